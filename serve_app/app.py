@@ -1,0 +1,69 @@
+"""The Serve application: one ingress deployment that embeds the runtime.
+
+The deployment *is* the HTTP ingress (proxy → replica in one hop): each replica
+owns a runtime (one GPU when Ray assigns one) and serves the Starlette app built
+from its dataplane.
+"""
+
+
+import asyncio
+import logging
+
+from ray import serve
+from ray.serve import Application
+from starlette.types import ASGIApp
+
+from serve_app.config import AppArgs
+from serve_app.dataplane import DataPlane
+from serve_app.http import build_http_app
+from serve_app.placement import Placement
+from serve_app.runtimes import start_runtime
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(
+    name="InferenceServer",
+    max_ongoing_requests=64,
+    graceful_shutdown_timeout_s=30,
+    health_check_period_s=10,
+)
+@serve.ingress()
+class InferenceServer:
+    """A replica: a runtime serving the model repository over Triton's HTTP API."""
+
+    async def __init__(self, args: AppArgs) -> None:
+        self._args = args
+        placement = Placement.detect()
+        self._runtime = await start_runtime(args, placement)
+        self._dataplane = DataPlane(
+            self._runtime, model_control=args.model_control, placement=placement.as_dict()
+        )
+        logger.info(
+            "replica %s ready: runtime=%s device=%s gpu_ids=%s CUDA_VISIBLE_DEVICES=%s",
+            placement.replica, self._runtime.name, self._runtime.device(),
+            list(placement.gpu_ids), placement.cuda_visible_devices,
+        )
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        return build_http_app(self._dataplane, self._args.max_request_bytes)
+
+    async def check_health(self) -> None:
+        """Serve replaces the replica when this raises."""
+        if not self._runtime.healthy():
+            raise RuntimeError(f"{self._runtime.name} runtime is not healthy")
+
+    async def __del__(self) -> None:
+        """Stop the runtime after Serve drained this replica; a hung stop is cut short."""
+        try:
+            await asyncio.wait_for(self._runtime.stop(), self._args.stop_timeout_s)
+        except TimeoutError:
+            logger.error("runtime stop exceeded %.0f s; exiting anyway", self._args.stop_timeout_s)
+
+
+def build_app(args: AppArgs) -> Application:
+    """Serve application builder (`import_path: serve_app.app:build_app`).
+
+    Not postponed-annotated: Serve reads the `AppArgs` annotation to validate `args`.
+    """
+    return InferenceServer.bind(args)

@@ -1,0 +1,67 @@
+"""Application arguments (`applications[].args` in the Serve config), validated by pydantic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+
+class TritonOptions(BaseModel):
+    """Options of the in-process `tritonserver.Server` (runtime: triton)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strict_model_config: bool = Field(
+        True, description="Use config.pbtxt as is; False lets Triton auto-complete it (slower load)."
+    )
+    log_verbose: int = Field(0, ge=0, description="Triton's verbose log level.")
+    log_info: bool = Field(False, description="Triton's info log lines.")
+    exit_timeout_s: PositiveInt = Field(
+        20, description="How long Triton waits for requests in flight at stop; keep below Serve's "
+        "graceful_shutdown_timeout_s."
+    )
+    backend_directory: str | None = Field(
+        None, description="Triton backends; default: the NGC image's, else the CPU build's."
+    )
+    metrics: bool = Field(False, description="Triton's Prometheus metrics (port 8002).")
+
+
+class AppArgs(BaseModel):
+    """What a user sets under `args:` in configs/app.yaml."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_repository: Path = Field(
+        description="Triton model repository: absolute, or relative to where `serve run` starts."
+    )
+    runtime: Literal["torch", "triton", "auto"] = Field(
+        "auto", description="triton: in-process Triton; torch: embedded PyTorch; auto: triton if it starts."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: the replica's GPU when Ray assigned one and CUDA works, else CPU."
+    )
+    model_control: bool = Field(
+        False, description="Enable POST /v2/repository/models/{m}/load and /unload."
+    )
+    max_request_bytes: PositiveInt = Field(64 * 2**20, description="Larger request bodies get 413.")
+    torch_threads: PositiveInt | None = Field(
+        None, description="torch intra-op threads; default: the replica's num_cpus."
+    )
+    stop_timeout_s: float = Field(
+        25.0, gt=0, description="Bound on the runtime's stop at replica shutdown."
+    )
+    triton: TritonOptions = Field(default_factory=TritonOptions)
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_exists(cls, path: Path) -> Path:
+        resolved = path.expanduser().resolve()
+        if not resolved.is_dir():
+            raise ValueError(
+                f"'{path}' is not a directory (resolved to {resolved}); set "
+                "applications[].args.model_repository to a Triton model repository, "
+                "absolute or relative to the directory you run `serve run` from"
+            )
+        return resolved

@@ -1,0 +1,153 @@
+"""The transport-free core: route to the runtime, validate requests, shape responses.
+
+Every request is checked against the model's signature (names, datatypes, shapes,
+batch size) before any model runs, so a bad request is a 400 of its own and never
+reaches a batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from serve_app.errors import InvalidInputError, ModelControlDisabledError, ModelNotFoundError
+from serve_app.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
+from serve_app.repository import ModelSignature, TensorSpec
+from serve_app.runtimes.base import Runtime
+
+
+class DataPlane:
+    def __init__(self, runtime: Runtime, *, model_control: bool, placement: dict[str, Any]) -> None:
+        self._runtime = runtime
+        self._model_control = model_control
+        self._placement = placement
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._runtime.healthy()
+
+    def server_metadata(self) -> dict[str, Any]:
+        """Triton's `/v2` body plus where this replica runs (runtime, device, GPU ids)."""
+        placement = {"runtime": self._runtime.name, "device": self._runtime.device(), **self._placement}
+        return {**self._runtime.server_metadata(), "serve_app": placement}
+
+    def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        return self._runtime.metadata(model, version)
+
+    def model_config(self, model: str, version: str | None) -> dict[str, Any]:
+        return self._runtime.config(model, version)
+
+    def model_ready(self, model: str, version: str | None) -> dict[str, Any]:
+        """Raises 404 (unknown) or 503 (not ready); returns the KServe ready body."""
+        self._runtime.resolve(model, version)
+        return {"name": model, "ready": True}
+
+    def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
+        return self._runtime.statistics(model, version)
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        rows = [state.as_dict() for state in self._runtime.index()]
+        return [r for r in rows if r["state"] == "READY"] if ready_only else rows
+
+    async def load(self, model: str, parameters: dict[str, Any]) -> None:
+        self._check_model_control()
+        await self._runtime.load(model, parameters)
+
+    async def unload(self, model: str) -> None:
+        self._check_model_control()
+        if not any(s.name == model for s in self._runtime.index()):
+            raise ModelNotFoundError(f"unknown model '{model}'")
+        await self._runtime.unload(model)
+
+    def _check_model_control(self) -> None:
+        if not self._model_control:
+            raise ModelControlDisabledError(
+                "model load/unload is disabled; set args.model_control: true in the app config"
+            )
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        version = self._runtime.resolve(request.model_name, request.model_version)
+        signature = self._runtime.signature(request.model_name, version)
+        inputs = validate_inputs(signature, request.inputs)
+        outputs = requested_outputs(signature, request)
+        results = await self._runtime.infer(
+            request.model_name, version, inputs, [o.name for o in outputs]
+        )
+        return InferResponse(
+            model_name=request.model_name,
+            model_version=version,
+            outputs=[(o, results[o.name]) for o in outputs],
+            id=request.id,
+            parameters=request.parameters or None,
+        )
+
+
+def validate_inputs(signature: ModelSignature, inputs: list[InputTensor]) -> dict[str, np.ndarray]:
+    """Check names, datatypes, shapes and batch size against the model; 400 on mismatch."""
+    expected = {t.name: t for t in signature.inputs}
+    arrays: dict[str, np.ndarray] = {}
+    batch_sizes = set()
+    for tensor in inputs:
+        spec = expected.get(tensor.name)
+        if spec is None:
+            raise InvalidInputError(
+                f"unexpected inference input '{tensor.name}' for model '{signature.name}'; "
+                f"expected {sorted(expected)}"
+            )
+        if tensor.name in arrays:
+            raise InvalidInputError(f"input '{tensor.name}' is given more than once")
+        if tensor.datatype != spec.datatype:
+            raise InvalidInputError(
+                f"inference input '{tensor.name}' data-type is '{tensor.datatype}', "
+                f"but model '{signature.name}' expects '{spec.datatype}'"
+            )
+        batch_sizes.add(_check_shape(signature, spec, tensor.shape))
+        arrays[tensor.name] = tensor.array
+    missing = sorted(set(expected) - set(arrays))
+    if missing:
+        raise InvalidInputError(f"model '{signature.name}' expects inputs {missing} that are missing")
+    if len(batch_sizes) > 1:
+        raise InvalidInputError(f"inputs have different batch sizes {sorted(batch_sizes)}")
+    return arrays
+
+
+def _check_shape(signature: ModelSignature, spec: TensorSpec, shape: tuple[int, ...]) -> int:
+    """Returns the batch size (1 for models without batching)."""
+    dims = shape
+    batch = 1
+    if signature.max_batch_size > 0:
+        if not shape:
+            raise InvalidInputError(f"input '{spec.name}' needs a leading batch dimension")
+        batch, dims = shape[0], shape[1:]
+        if not 1 <= batch <= signature.max_batch_size:
+            raise InvalidInputError(
+                f"inference request batch-size {batch} for input '{spec.name}' must be between "
+                f"1 and max_batch_size {signature.max_batch_size} of model '{signature.name}'"
+            )
+    if len(dims) != len(spec.dims) or any(e != -1 and e != d for e, d in zip(spec.dims, dims, strict=True)):
+        expected = [-1, *spec.dims] if signature.max_batch_size > 0 else list(spec.dims)
+        raise InvalidInputError(
+            f"unexpected shape for input '{spec.name}' of model '{signature.name}': "
+            f"expected {expected}, got {list(shape)}"
+        )
+    return batch
+
+
+def requested_outputs(signature: ModelSignature, request: InferRequest) -> list[RequestedOutput]:
+    """The outputs to return (all of them in model order when none are named)."""
+    known = [t.name for t in signature.outputs]
+    if request.outputs is None:
+        return [RequestedOutput(name, request.binary_output) for name in known]
+    unknown = sorted({o.name for o in request.outputs} - set(known))
+    if unknown:
+        raise InvalidInputError(
+            f"model '{signature.name}' has no outputs {unknown}; its outputs are {known}"
+        )
+    return request.outputs

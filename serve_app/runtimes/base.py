@@ -1,0 +1,80 @@
+"""The boundary every runtime satisfies: numpy in, numpy out, keyed by tensor name.
+
+The dataplane talks only to this protocol, so the HTTP layer never branches on
+which runtime serves the models. A runtime owns devices, threads and batching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from serve_app.repository import ModelSignature
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One row of `/v2/repository/index`."""
+
+    name: str
+    version: str | None
+    state: str  # READY | UNAVAILABLE | LOADING | UNLOADING
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"name": self.name, "state": self.state, "reason": self.reason}
+        if self.version is not None:
+            row["version"] = self.version
+        return row
+
+
+class Runtime(Protocol):
+    """A model executor behind the dataplane (TorchRuntime, TritonRuntime)."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Load the repository's models; a broken entry must not fail the start."""
+
+    async def stop(self) -> None:
+        """Finish requests in flight, then release models and devices."""
+
+    def healthy(self) -> bool:
+        """False when the runtime can no longer serve (Serve then replaces the replica)."""
+
+    def server_metadata(self) -> dict[str, Any]:
+        """`GET /v2` body."""
+
+    def device(self) -> str:
+        """Where models run, e.g. "cpu" or "cuda:0 (GPU 3)"; shown to operators."""
+
+    def index(self) -> list[ModelState]:
+        """Every model in the repository, loaded or not."""
+
+    def resolve(self, model: str, version: str | None) -> str:
+        """The version that serves `model` (latest ready if None); 404/503 errors otherwise."""
+
+    def signature(self, model: str, version: str) -> ModelSignature:
+        """Inputs, outputs and max batch size the dataplane validates against."""
+
+    def metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        """`GET /v2/models/{model}[/versions/{v}]` body."""
+
+    def config(self, model: str, version: str | None) -> dict[str, Any]:
+        """`GET /v2/models/{model}/config` body (Triton's JSON model config)."""
+
+    def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
+        """`GET /v2/models[/{model}]/stats` body, in Triton's format."""
+
+    async def infer(
+        self, model: str, version: str, inputs: dict[str, np.ndarray], output_names: list[str]
+    ) -> dict[str, np.ndarray]:
+        """Run validated inputs; return the named outputs."""
+
+    async def load(self, model: str, parameters: dict[str, Any]) -> None:
+        """(Re)load a model from the repository."""
+
+    async def unload(self, model: str) -> None:
+        """Unload a model; requests already running complete."""

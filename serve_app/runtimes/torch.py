@@ -1,0 +1,220 @@
+"""The embedded runtime: executes the Triton repository with plain PyTorch.
+
+Same semantics as Triton with its PyTorch backend (config.pbtxt, version policy,
+implicit batch dim, dynamic batching), so the app runs and is tested where no
+Triton build or GPU exists. Model execution runs on one executor thread, off the
+replica's event loop; torch's intra-op threads use the replica's CPU allotment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from serve_app import __version__
+from serve_app.datatypes import NUMPY_BY_DATATYPE
+from serve_app.errors import ModelNotFoundError, ModelNotReadyError, summarize
+from serve_app.repository import (
+    ModelEntryError,
+    ModelSignature,
+    ModelSpec,
+    RepositoryEntry,
+    discover,
+    load_model_spec,
+)
+from serve_app.runtimes.base import ModelState
+from serve_app.runtimes.batching import Scheduler, Tensors
+from serve_app.runtimes.statistics import ModelStatistics
+from serve_app.runtimes.torchscript import Timings, TorchScriptModel
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration"]
+
+
+@dataclass
+class _Version:
+    model: TorchScriptModel
+    scheduler: Scheduler
+    statistics: ModelStatistics
+
+
+@dataclass
+class _Model:
+    """A repository entry and, when it loaded, its serving versions."""
+
+    name: str
+    spec: ModelSpec | None = None
+    error: str = ""
+    versions: dict[int, _Version] = field(default_factory=dict)
+
+
+class TorchRuntime:
+    name = "torch"
+
+    def __init__(self, repository: Path, device: torch.device, threads: int) -> None:
+        self._repository = repository
+        self._device = device
+        torch.set_num_threads(threads)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-runtime")
+        self._models: dict[str, _Model] = {}
+        self._stopped = False
+
+    async def start(self) -> None:
+        for entry in discover(self._repository):
+            self._models[entry.name] = await self._load_entry(entry)
+        ready = [m.name for m in self._models.values() if m.versions]
+        logger.info("torch runtime on %s serving %s", self._device, ready)
+
+    async def _load_entry(self, entry: RepositoryEntry) -> _Model:
+        model = _Model(entry.name, entry.spec, entry.error or "")
+        if entry.spec is None:
+            return model
+        loop = asyncio.get_running_loop()
+        try:
+            for version in entry.spec.versions:
+                loaded = await loop.run_in_executor(self._executor, self._load_version, entry.spec, version)
+                model.versions[version] = loaded
+        except Exception as exc:  # noqa: BLE001 - a model that fails to load is UNAVAILABLE
+            model.versions.clear()
+            model.error = f"failed to load TorchScript: {summarize(exc)}"
+            logger.warning("model '%s' is unavailable: %s", entry.name, model.error)
+        return model
+
+    def _load_version(self, spec: ModelSpec, version: int) -> _Version:
+        signature = spec.signature()
+        model = TorchScriptModel(
+            spec.model_file(version),
+            [t.name for t in signature.inputs],
+            [t.name for t in signature.outputs],
+            [NUMPY_BY_DATATYPE[t.datatype] for t in signature.outputs],
+            self._device,
+        )
+        statistics = ModelStatistics()
+
+        async def execute(inputs: Tensors) -> tuple[Tensors, Timings]:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, model, inputs)
+
+        scheduler = Scheduler(execute, statistics, spec.max_batch_size, spec.dynamic_batching)
+        return _Version(model, scheduler, statistics)
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for model in self._models.values():
+            for version in model.versions.values():
+                await version.scheduler.drain()
+        self._executor.shutdown(wait=True)
+
+    def healthy(self) -> bool:
+        return not self._stopped
+
+    def device(self) -> str:
+        return str(self._device)
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "serve_app", "version": __version__, "extensions": EXTENSIONS}
+
+    def index(self) -> list[ModelState]:
+        rows = []
+        for model in self._models.values():
+            if not model.versions:
+                rows.append(ModelState(model.name, None, "UNAVAILABLE", model.error or "unloaded"))
+            rows.extend(ModelState(model.name, str(v), "READY") for v in model.versions)
+        return rows
+
+    def _model(self, name: str) -> _Model:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFoundError(f"unknown model '{name}'") from None
+
+    def resolve(self, model: str, version: str | None) -> str:
+        entry = self._model(model)
+        if not entry.versions:
+            raise ModelNotReadyError(f"model '{model}' is not ready: {entry.error or 'unloaded'}")
+        if version is None:
+            return str(max(entry.versions))
+        if not version.isdigit() or int(version) not in entry.versions:
+            raise ModelNotFoundError(f"model '{model}' has no ready version '{version}'")
+        return version
+
+    def _spec(self, model: str) -> ModelSpec:
+        spec = self._model(model).spec
+        if spec is None:
+            raise ModelNotReadyError(f"model '{model}' is not ready: {self._models[model].error}")
+        return spec
+
+    def signature(self, model: str, version: str) -> ModelSignature:
+        return self._spec(model).signature()
+
+    def metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        resolved = self.resolve(model, version)
+        spec = self._spec(model)
+        signature = spec.signature()
+        versions = [resolved] if version is not None else [str(v) for v in self._models[model].versions]
+        return {
+            "name": model,
+            "versions": versions,
+            "platform": spec.config.platform,
+            "inputs": [signature.tensor_metadata(t) for t in signature.inputs],
+            "outputs": [signature.tensor_metadata(t) for t in signature.outputs],
+        }
+
+    def config(self, model: str, version: str | None) -> dict[str, Any]:
+        self.resolve(model, version)
+        return self._spec(model).config_dict()
+
+    def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
+        names = [model] if model is not None else list(self._models)
+        stats = []
+        for name in names:
+            entry = self._model(name)
+            if model is not None:
+                self.resolve(name, version)
+            for number, loaded in sorted(entry.versions.items()):
+                if version is None or version == str(number):
+                    stats.append(loaded.statistics.as_dict(name, str(number)))
+        return {"model_stats": stats}
+
+    async def infer(
+        self, model: str, version: str, inputs: dict[str, np.ndarray], output_names: list[str]
+    ) -> dict[str, np.ndarray]:
+        loaded = self._models[model].versions.get(int(version))
+        if loaded is None:
+            raise ModelNotReadyError(f"model '{model}' version {version} was unloaded")
+        outputs = await loaded.scheduler.submit(inputs)
+        return {name: outputs[name] for name in output_names}
+
+    async def load(self, model: str, parameters: dict[str, Any]) -> None:
+        model_dir = self._repository / model
+        if not model_dir.is_dir():
+            raise ModelNotFoundError(f"no directory '{model}' in the model repository")
+        try:
+            entry = RepositoryEntry(model, spec=load_model_spec(model_dir))
+        except ModelEntryError as exc:
+            entry = RepositoryEntry(model, error=str(exc))
+        loaded = await self._load_entry(entry)
+        previous = self._models.get(model)
+        self._models[model] = loaded
+        if previous is not None:
+            await self._drain(previous)
+        if not loaded.versions:
+            raise ModelNotReadyError(f"failed to load '{model}': {loaded.error}")
+
+    async def unload(self, model: str) -> None:
+        entry = self._model(model)
+        self._models[model] = _Model(model, entry.spec, "unloaded")
+        await self._drain(entry)
+
+    @staticmethod
+    async def _drain(model: _Model) -> None:
+        for version in model.versions.values():
+            await version.scheduler.drain()
+

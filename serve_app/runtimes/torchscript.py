@@ -1,0 +1,100 @@
+"""Calling a TorchScript model the way Triton's PyTorch backend does.
+
+Inputs named `<prefix>__<index>` (`input__0`, `INPUT__1`) are passed positionally
+by index; otherwise names must match `forward()`'s arguments; otherwise config
+order. Outputs named `<prefix>__<index>` pick that element of the returned tuple;
+otherwise outputs map to tuple elements in config order. Shared by the embedded
+runtime and the Triton Python-backend shim so both compute the same thing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_INDEXED = re.compile(r"^.+__(\d+)$")
+
+# Binary request bodies are read-only buffers; torch warns on wrapping them even
+# though inference never writes to its inputs.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Nanoseconds spent in one execution, as Triton's statistics split them."""
+
+    compute_input: int
+    compute_infer: int
+    compute_output: int
+
+
+def _indexed_order(names: Sequence[str]) -> list[int] | None:
+    matches = [_INDEXED.match(n) for n in names]
+    if not all(matches):
+        return None
+    return [int(m.group(1)) for m in matches]  # type: ignore[union-attr]
+
+
+def _forward_argument_names(module: torch.jit.ScriptModule) -> list[str]:
+    try:
+        return [a.name for a in module.forward.schema.arguments[1:]]
+    except AttributeError:
+        return []
+
+
+class TorchScriptModel:
+    """A loaded TorchScript file with the backend's input/output conventions."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        output_dtypes: Sequence[np.dtype],
+        device: torch.device,
+    ) -> None:
+        self.device = device
+        self.module = torch.jit.load(str(path), map_location=device).eval()
+        self.input_names = list(input_names)
+        self._argument_order = self._input_order(self.input_names)
+        indexed = _indexed_order(output_names)
+        self._output_index = indexed if indexed is not None else list(range(len(output_names)))
+        self._outputs = list(zip(output_names, output_dtypes, strict=True))
+
+    def _input_order(self, names: list[str]) -> list[str]:
+        indexed = _indexed_order(names)
+        if indexed is not None:
+            return [name for _, name in sorted(zip(indexed, names, strict=True))]
+        arguments = _forward_argument_names(self.module)
+        if sorted(arguments) == sorted(names):
+            return arguments
+        return names
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Timings]:
+        start = time.perf_counter_ns()
+        tensors = [torch.from_numpy(inputs[name]).to(self.device) for name in self._argument_order]
+        ready = time.perf_counter_ns()
+        with torch.inference_mode():
+            result = self.module(*tensors)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        computed = time.perf_counter_ns()
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        if len(result) <= max(self._output_index):
+            raise RuntimeError(
+                f"model returned {len(result)} outputs, config.pbtxt declares {len(self._outputs)}"
+            )
+        outputs = {
+            name: result[index].detach().cpu().numpy().astype(dtype, copy=False)
+            for (name, dtype), index in zip(self._outputs, self._output_index, strict=True)
+        }
+        done = time.perf_counter_ns()
+        return outputs, Timings(ready - start, computed - ready, done - computed)

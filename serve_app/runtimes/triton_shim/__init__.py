@@ -1,0 +1,1 @@
+"""Triton python-backend shim serving TorchScript models (``model.py``, loaded by Triton, not imported)."""
