@@ -57,7 +57,7 @@ class InferenceServer:
         """Stop the runtime after Serve drained this replica; a hung stop is cut short."""
         try:
             await asyncio.wait_for(self._runtime.stop(), self._args.stop_timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
             logger.error("runtime stop exceeded %.0f s; exiting anyway", self._args.stop_timeout_s)
 
 

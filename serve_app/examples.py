@@ -61,7 +61,7 @@ class IntOps(nn.Module):
 
 
 def mlp(width: int, depth: int) -> nn.Module:
-    """The compute-bound benchmark model: depth × (Linear width→width + ReLU)."""
+    """The compute-bound benchmark model: depth x (Linear width→width + ReLU)."""
     layers: list[nn.Module] = []
     for _ in range(depth):
         layers += [nn.Linear(width, width), nn.ReLU()]

@@ -85,7 +85,7 @@ async def model_stats(dataplane: DataPlane, request: Request) -> Response:
 
 async def infer(dataplane: DataPlane, request: Request) -> Response:
     limit: int = request.app.state.max_request_bytes
-    body = decompress(await read_body(request, limit), request.headers.get("content-encoding"))
+    body = decompress(await read_body(request, limit), request.headers.get("content-encoding"), limit)
     inference = decode_request(
         request.path_params["model"], _version(request), body, request.headers.get(HEADER_LENGTH)
     )
@@ -176,7 +176,9 @@ ROUTES: list[tuple[str, Handler, str]] = [
 
 def build_http_app(dataplane: DataPlane, max_request_bytes: int) -> Starlette:
     app = Starlette(
-        routes=[Route(path, _endpoint(dataplane, handler), methods=[method]) for path, handler, method in ROUTES],
+        routes=[
+            Route(path, _endpoint(dataplane, handler), methods=[method]) for path, handler, method in ROUTES
+        ],
         exception_handlers={HTTPException: _http_error},
     )
     app.state.max_request_bytes = max_request_bytes

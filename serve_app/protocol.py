@@ -8,7 +8,6 @@ without copying (`np.frombuffer`), outputs are written with one `tobytes` each.
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from serve_app.datatypes import DATATYPE_BY_NUMPY, numpy_dtype
-from serve_app.errors import InvalidInputError
+from serve_app.errors import InvalidInputError, PayloadTooLargeError
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -83,18 +82,30 @@ class InferResponse:
     parameters: dict[str, Any] | None = None
 
 
-def decompress(body: bytes, content_encoding: str | None) -> bytes:
-    """Undo the request compression tritonclient can apply (gzip or deflate)."""
+# zlib window bits: gzip framing, and zlib framing (what tritonclient sends as "deflate").
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """Undo the request compression tritonclient can apply (gzip or deflate).
+
+    The decompressed body is held to `limit` as well, so a small compressed body
+    cannot expand past max_request_bytes.
+    """
     if not content_encoding or content_encoding == "identity":
         return body
+    if content_encoding not in _WBITS:
+        raise InvalidInputError(f"unsupported Content-Encoding '{content_encoding}'")
+    decompressor = zlib.decompressobj(_WBITS[content_encoding])
     try:
-        if content_encoding == "gzip":
-            return gzip.decompress(body)
-        if content_encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error) as exc:
+        data = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:
         raise InvalidInputError(f"cannot decompress {content_encoding} body: {exc}") from None
-    raise InvalidInputError(f"unsupported Content-Encoding '{content_encoding}'")
+    if len(data) > limit:
+        raise PayloadTooLargeError(f"decompressed request body exceeds the {limit}-byte limit")
+    if not decompressor.eof:
+        raise InvalidInputError(f"cannot decompress {content_encoding} body: it is truncated")
+    return data
 
 
 def decode_request(
@@ -173,15 +184,40 @@ def _decode_input(tensor: InputTensorBody, body: memoryview, offset: int) -> tup
         return array.reshape(tensor.shape), offset + size
     if tensor.data is None:
         raise InvalidInputError(f"input '{tensor.name}' has neither 'data' nor binary_data_size")
-    try:
-        array = np.asarray(tensor.data, dtype=dtype)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidInputError(f"input '{tensor.name}': data is not {tensor.datatype}: {exc}") from None
+    array = _json_array(tensor, dtype)
     if array.size != count:
         raise InvalidInputError(
             f"input '{tensor.name}': {array.size} values given for shape {tensor.shape} ({count} values)"
         )
     return array.reshape(tensor.shape), offset
+
+
+# What each datatype kind accepts from JSON, as numpy infers it and as Python types. As in
+# Triton, 1.5 is not an INT32 and "1" or true is not an FP32, where numpy would convert them.
+_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float)}
+
+
+def _json_array(tensor: InputTensorBody, dtype: np.dtype) -> np.ndarray:
+    """JSON `data` (flat or nested) as `dtype`; values of another kind or out of range are a 400."""
+    try:
+        values = np.asarray(tensor.data)
+    except ValueError as exc:  # ragged nesting
+        raise InvalidInputError(f"input '{tensor.name}': data is not {tensor.datatype}: {exc}") from None
+    if values.size and values.dtype.kind not in _JSON_KINDS[dtype.kind]:
+        # numpy infers float or object for integers beyond int64: judge the values themselves.
+        values = np.asarray(tensor.data, dtype=object)
+        if not all(type(v) in _JSON_TYPES[dtype.kind] for v in values.flat):
+            raise InvalidInputError(
+                f"input '{tensor.name}': data holds values that are not {tensor.datatype}"
+            )
+    if values.size and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if int(values.min()) < info.min or int(values.max()) > info.max:
+            raise InvalidInputError(
+                f"input '{tensor.name}': data holds values outside the range of {tensor.datatype}"
+            )
+    return values.astype(dtype)
 
 
 def _describe(exc: ValidationError) -> str:

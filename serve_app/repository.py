@@ -128,18 +128,26 @@ class RepositoryEntry:
 def message_to_dict(message: Message) -> dict[str, Any]:
     """Protobuf → dict with proto field names, enum names and int64 kept as numbers.
 
-    `json_format.MessageToDict` renders int64 as strings, which Triton does not.
+    `json_format.MessageToDict` renders int64 as strings, which Triton does not. Map keys
+    become strings (JSON object keys), e.g. `priority_queue_policy`'s uint64 keys.
     """
     result: dict[str, Any] = {}
     for descriptor, value in message.ListFields():
         if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
             value_field = descriptor.message_type.fields_by_name["value"]
-            result[descriptor.name] = {k: _field_value(value_field, v) for k, v in value.items()}
-        elif descriptor.label == FieldDescriptor.LABEL_REPEATED:
+            result[descriptor.name] = {str(k): _field_value(value_field, v) for k, v in value.items()}
+        elif _is_repeated(descriptor):
             result[descriptor.name] = [_field_value(descriptor, v) for v in value]
         else:
             result[descriptor.name] = _field_value(descriptor, value)
     return result
+
+
+def _is_repeated(descriptor: FieldDescriptor) -> bool:
+    """`is_repeated` where protobuf has it (6+), `label` (deprecated there) before."""
+    if hasattr(descriptor, "is_repeated"):
+        return descriptor.is_repeated
+    return descriptor.label == FieldDescriptor.LABEL_REPEATED
 
 
 def _field_value(descriptor: FieldDescriptor, value: Any) -> Any:
@@ -170,7 +178,7 @@ def parse_config(model_dir: Path) -> model_config_pb2.ModelConfig:
     config = model_config_pb2.ModelConfig()
     try:
         text_format.Parse(config_path.read_text(), config)
-    except (text_format.ParseError, UnicodeDecodeError) as exc:
+    except (text_format.ParseError, UnicodeDecodeError, OSError) as exc:  # OSError: e.g. unreadable
         raise ModelEntryError(f"cannot parse {config_path}: {exc}") from None
     if config.name and config.name != model_dir.name:
         raise ModelEntryError(
@@ -223,7 +231,8 @@ def _check_tensors(config: model_config_pb2.ModelConfig) -> None:
 
 
 def _version_dirs(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    # isdecimal, not isdigit: a directory named like "²" would make int() fail the whole discovery.
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdecimal())
 
 
 def select_versions(config: model_config_pb2.ModelConfig, available: list[int]) -> tuple[int, ...]:

@@ -105,7 +105,7 @@ class Scheduler:
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 return
 
     def _ready_samples(self, key: tuple) -> int:
@@ -137,6 +137,7 @@ class Scheduler:
         started = time.perf_counter_ns()
         try:
             outputs, timings = await self._execute(_concatenate(batch))
+            pieces = _split(outputs, batch, batched=self._max_batch_size > 0)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a per-request error
             if len(batch) > 1:
                 for queued in batch:
@@ -145,14 +146,14 @@ class Scheduler:
             self._finish(batch[0], started, error=_as_error(exc))
             return
         self._statistics.record_execution(sum(q.batch_size for q in batch), len(batch), timings)
-        for queued, piece in zip(batch, _split(outputs, batch), strict=True):
+        for queued, piece in zip(batch, pieces, strict=True):
             self._finish(queued, started, result=piece)
 
     def _finish(
         self, queued: _Queued, started_ns: int, result: Tensors | None = None, error: Exception | None = None
     ) -> None:
-        now = time.perf_counter_ns()
-        self._statistics.record_request(error is None, now - queued.enqueued_ns, started_ns - queued.enqueued_ns)
+        total_ns = time.perf_counter_ns() - queued.enqueued_ns
+        self._statistics.record_request(error is None, total_ns, started_ns - queued.enqueued_ns)
         if queued.future.done():
             return
         if error is None:
@@ -167,7 +168,17 @@ def _concatenate(batch: list[_Queued]) -> Tensors:
     return {name: np.concatenate([q.inputs[name] for q in batch]) for name in batch[0].inputs}
 
 
-def _split(outputs: Tensors, batch: list[_Queued]) -> list[Tensors]:
+def _split(outputs: Tensors, batch: list[_Queued], batched: bool) -> list[Tensors]:
+    """Each request's slice; a batched model's outputs must carry the batch as dim 0 (as in Triton)."""
+    if not batched:
+        return [outputs]
+    total = sum(q.batch_size for q in batch)
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise InternalError(
+                f"model returned output '{name}' of shape {list(array.shape)} for a batch of {total}; "
+                "with max_batch_size > 0 every output needs the batch as its first dimension"
+            )
     if len(batch) == 1:
         return [outputs]
     offsets = np.cumsum([q.batch_size for q in batch])[:-1]

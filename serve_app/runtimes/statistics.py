@@ -50,7 +50,11 @@ class ModelStatistics:
             self.request[phase].add(ns * requests, requests)
 
     def record_request(self, ok: bool, total_ns: int, queue_ns: int) -> None:
-        self.request["success" if ok else "fail"].add(total_ns)
+        """As in Triton, a failed request counts only under `fail`; queue time is for successes."""
+        if not ok:
+            self.request["fail"].add(total_ns)
+            return
+        self.request["success"].add(total_ns)
         self.request["queue"].add(queue_ns)
 
     def as_dict(self, name: str, version: str) -> dict[str, Any]:

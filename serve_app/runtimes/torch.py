@@ -141,9 +141,10 @@ class TorchRuntime:
             raise ModelNotReadyError(f"model '{model}' is not ready: {entry.error or 'unloaded'}")
         if version is None:
             return str(max(entry.versions))
-        if not version.isdigit() or int(version) not in entry.versions:
+        # isdecimal, not isdigit: int() refuses digits such as "²". "01" names version 1.
+        if not version.isdecimal() or int(version) not in entry.versions:
             raise ModelNotFoundError(f"model '{model}' has no ready version '{version}'")
-        return version
+        return str(int(version))
 
     def _spec(self, model: str) -> ModelSpec:
         spec = self._model(model).spec
@@ -176,10 +177,9 @@ class TorchRuntime:
         stats = []
         for name in names:
             entry = self._model(name)
-            if model is not None:
-                self.resolve(name, version)
+            resolved = self.resolve(name, version) if model is not None else None
             for number, loaded in sorted(entry.versions.items()):
-                if version is None or version == str(number):
+                if version is None or str(number) == resolved:
                     stats.append(loaded.statistics.as_dict(name, str(number)))
         return {"model_stats": stats}
 

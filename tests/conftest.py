@@ -1,0 +1,143 @@
+"""Fixtures shared by the unit and HTTP tiers: example repositories, a started TorchRuntime,
+and a Starlette TestClient serving one.
+
+Async tests run on anyio's pytest plugin (asyncio backend). The HTTP client starts and
+stops its runtime on the TestClient's own event loop (`client.portal`), which is where
+Starlette then runs every request.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+with warnings.catch_warnings():
+    # Starlette's TestClient works on the installed httpx; its nudge towards httpx2 is noise here.
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from starlette.testclient import TestClient
+
+from serve_app.dataplane import DataPlane
+from serve_app.examples import build_example_repository
+from serve_app.http import build_http_app
+from serve_app.runtimes.torch import TorchRuntime
+
+CPU = torch.device("cpu")
+
+# Entries that must be UNAVAILABLE next to the examples, with a word their reason contains.
+BROKEN_ENTRIES: dict[str, tuple[str, str]] = {
+    "bad_pbtxt": ('platform: "pytorch_libtorch" max_batch_size: [ oops', "cannot parse"),
+    "onnx_model": (
+        'platform: "onnxruntime_onnx" max_batch_size: 1\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]',
+        "onnxruntime_onnx",
+    ),
+    "corrupt_torchscript": (
+        'platform: "pytorch_libtorch" max_batch_size: 1\n'
+        'input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        'output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 1 ] } ]',
+        "failed to load TorchScript",
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def example_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four example models (serve_app.examples); read-only, copy it to change it."""
+    path = tmp_path_factory.mktemp("examples")
+    build_example_repository(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mixed_repository(tmp_path_factory: pytest.TempPathFactory, example_repository: Path) -> Path:
+    """The examples plus BROKEN_ENTRIES; read-only."""
+    path = tmp_path_factory.mktemp("mixed") / "repo"
+    shutil.copytree(example_repository, path)
+    for name, (config, _) in BROKEN_ENTRIES.items():
+        (path / name / "1").mkdir(parents=True)
+        (path / name / "config.pbtxt").write_text(config)
+        (path / name / "1" / "model.pt").write_bytes(b"not a TorchScript archive")
+    return path
+
+
+@pytest.fixture
+def broken_reasons() -> dict[str, str]:
+    """Name → a phrase of its UNAVAILABLE reason, for each broken entry of mixed_repository."""
+    return {name: reason for name, (_, reason) in BROKEN_ENTRIES.items()}
+
+
+@pytest.fixture
+def repository(tmp_path: Path, example_repository: Path) -> Path:
+    """A private, writable copy of the example repository."""
+    path = tmp_path / "repo"
+    shutil.copytree(example_repository, path)
+    return path
+
+
+def reference(repository: Path, model: str, *inputs: np.ndarray, version: int = 1) -> list[np.ndarray]:
+    """The model's outputs computed by plain torch on its TorchScript file (tuple order)."""
+    module = torch.jit.load(str(repository / model / str(version) / "model.pt"))
+    with torch.inference_mode():
+        result = module(*(torch.from_numpy(np.array(a)) for a in inputs))
+    results = (result,) if isinstance(result, torch.Tensor) else result
+    return [r.numpy() for r in results]
+
+
+@pytest.fixture
+def torch_reference() -> Callable[..., list[np.ndarray]]:
+    return reference
+
+
+@pytest.fixture
+async def runtime(example_repository: Path) -> AsyncIterator[TorchRuntime]:
+    """A started TorchRuntime over the example repository (one torch thread: shared CI cores)."""
+    started = TorchRuntime(example_repository, CPU, 1)
+    await started.start()
+    yield started
+    await started.stop()
+
+
+ServeFactory = Callable[..., tuple[TestClient, TorchRuntime]]
+
+
+@pytest.fixture
+def serve(mixed_repository: Path) -> Iterator[ServeFactory]:
+    """`serve(repository=..., model_control=..., max_request_bytes=...)` → (client, runtime).
+
+    The runtime starts on the client's event loop, so its schedulers and the request
+    handlers share one loop, as in a Serve replica.
+    """
+    with ExitStack() as stack:
+
+        def factory(
+            repository: Path = mixed_repository,
+            model_control: bool = False,
+            max_request_bytes: int = 8 * 2**20,
+        ) -> tuple[TestClient, TorchRuntime]:
+            runtime = TorchRuntime(repository, CPU, 1)
+            dataplane = DataPlane(runtime, model_control=model_control, placement={"replica": "test"})
+            client = stack.enter_context(TestClient(build_http_app(dataplane, max_request_bytes)))
+            client.portal.call(runtime.start)
+            stack.callback(client.portal.call, runtime.stop)
+            return client, runtime
+
+        yield factory
+
+
+@pytest.fixture
+def client(serve: ServeFactory) -> TestClient:
+    """The app over the mixed repository, model control off, 8 MiB request limit."""
+    return serve()[0]

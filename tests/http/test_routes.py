@@ -1,0 +1,300 @@
+"""Every route of the HTTP API through Starlette's TestClient, on the embedded torch runtime."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from starlette.testclient import TestClient
+
+READY_MODELS = ["image_classifier", "int_ops", "linear", "multi_io"]
+Reference = Callable[..., list[np.ndarray]]
+
+
+def infer_binary(
+    client: TestClient,
+    model: str,
+    inputs: list[httpclient.InferInput],
+    outputs: list[httpclient.InferRequestedOutput] | None = None,
+    path_suffix: str = "",
+    **kwargs: object,
+) -> httpclient.InferResult:
+    """POST a body built by tritonclient; parse the reply with tritonclient."""
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(
+        inputs, outputs=outputs, **kwargs
+    )
+    headers = {} if json_size is None else {"Inference-Header-Content-Length": str(json_size)}
+    response = client.post(f"/v2/models/{model}{path_suffix}/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    header_length = response.headers.get("inference-header-content-length")
+    return httpclient.InferenceServerClient.parse_response_body(
+        response.content, header_length=None if header_length is None else int(header_length)
+    )
+
+
+def infer_input(name: str, array: np.ndarray, binary: bool = True) -> httpclient.InferInput:
+    tensor = httpclient.InferInput(name, list(array.shape), httpclient.np_to_triton_dtype(array.dtype))
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    return tensor
+
+
+def test_health(client: TestClient) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    response = client.get("/v2/health/ready")
+    assert response.status_code == 200 and response.json() == {"ready": True}
+
+
+def test_health_ready_is_503_once_the_runtime_stopped(serve) -> None:
+    client, runtime = serve()
+    client.portal.call(runtime.stop)
+    response = client.get("/v2/health/ready")
+    assert response.status_code == 503 and response.json() == {"ready": False}
+    assert client.get("/v2/health/live").json() == {"live": True}
+
+
+def test_server_metadata(client: TestClient) -> None:
+    body = client.get("/v2").json()
+    assert body["name"] == "serve_app"
+    assert {"binary_tensor_data", "model_repository", "statistics", "model_configuration"} <= set(
+        body["extensions"]
+    )
+    assert body["serve_app"] == {"runtime": "torch", "device": "cpu", "replica": "test"}
+
+
+@pytest.mark.parametrize("prefix", ["/v2/models/linear", "/v2/models/linear/versions/1"])
+def test_model_metadata_ready_and_config(client: TestClient, prefix: str) -> None:
+    assert client.get(prefix).json() == {
+        "name": "linear",
+        "versions": ["1"],
+        "platform": "pytorch_libtorch",
+        "inputs": [{"name": "input__0", "datatype": "FP32", "shape": [-1, 16]}],
+        "outputs": [{"name": "output__0", "datatype": "FP32", "shape": [-1, 4]}],
+    }
+    assert client.get(f"{prefix}/ready").json() == {"name": "linear", "ready": True}
+    config = client.get(f"{prefix}/config").json()
+    assert config["name"] == "linear" and config["max_batch_size"] == 64
+    assert config["input"] == [{"name": "input__0", "data_type": "TYPE_FP32", "dims": [16]}]
+    assert config["version_policy"] == {"latest": {"num_versions": 1}}
+
+
+def test_json_inference_matches_torch(
+    client: TestClient, mixed_repository: Path, torch_reference: Reference
+) -> None:
+    x = np.random.default_rng(0).standard_normal((3, 16), dtype=np.float32)
+    response = client.post(
+        "/v2/models/linear/infer",
+        json={
+            "id": "json-1",
+            "inputs": [{"name": "input__0", "datatype": "FP32", "shape": [3, 16], "data": x.tolist()}],
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert (body["model_name"], body["model_version"], body["id"]) == ("linear", "1", "json-1")
+    [output] = body["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("output__0", "FP32", [3, 4])
+    expected = torch_reference(mixed_repository, "linear", x)[0]
+    np.testing.assert_allclose(np.array(output["data"], np.float32).reshape(3, 4), expected, atol=1e-6)
+
+
+def test_json_inference_with_flat_data_and_versioned_path(
+    client: TestClient, mixed_repository: Path, torch_reference: Reference
+) -> None:
+    x = np.array([[-2, 0, 3], [4, -5, 6]], np.int32)
+    response = client.post(
+        "/v2/models/int_ops/versions/1/infer",
+        json={
+            "inputs": [
+                {"name": "INPUT__0", "datatype": "INT32", "shape": [2, 3], "data": x.ravel().tolist()}
+            ],
+            "outputs": [{"name": "OUTPUT__1"}],
+        },
+    )
+    assert response.status_code == 200
+    [output] = response.json()["outputs"]
+    assert (output["name"], output["datatype"], output["shape"]) == ("OUTPUT__1", "INT64", [2, 3])
+    np.testing.assert_array_equal(
+        np.reshape(output["data"], (2, 3)), torch_reference(mixed_repository, "int_ops", x)[1]
+    )
+
+
+def test_binary_inference_through_tritonclient(
+    client: TestClient, mixed_repository: Path, torch_reference: Reference
+) -> None:
+    image = np.random.default_rng(1).random((2, 3, 224, 224), dtype=np.float32)
+    result = infer_binary(client, "image_classifier", [infer_input("input__0", image)], request_id="bin-1")
+    assert result.get_response()["id"] == "bin-1"
+    output = result.get_output("output__0")
+    assert output["parameters"] == {"binary_data_size": 2 * 10 * 4}  # binary_data_output by default
+    np.testing.assert_allclose(
+        result.as_numpy("output__0"),
+        torch_reference(mixed_repository, "image_classifier", image)[0],
+        atol=1e-6,
+    )
+
+
+def test_binary_and_json_mixed_per_input_and_output(
+    client: TestClient, mixed_repository: Path, torch_reference: Reference
+) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.random((2, 5), dtype=np.float32)
+    scale = rng.random((2, 1), dtype=np.float32)
+    outputs = [
+        httpclient.InferRequestedOutput("output__1", binary_data=False),
+        httpclient.InferRequestedOutput("output__0", binary_data=True),
+    ]
+    result = infer_binary(
+        client,
+        "multi_io",
+        [infer_input("x", x), infer_input("scale", scale, binary=False)],
+        outputs,
+        path_suffix="/versions/1",
+    )
+    response = result.get_response()
+    assert [o["name"] for o in response["outputs"]] == ["output__1", "output__0"]
+    assert "data" in response["outputs"][0] and "parameters" not in response["outputs"][0]
+    assert response["outputs"][1]["parameters"] == {"binary_data_size": x.nbytes}
+    expected = torch_reference(mixed_repository, "multi_io", x, scale)
+    np.testing.assert_allclose(result.as_numpy("output__0"), expected[0], atol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("output__1"), expected[1], atol=1e-6)
+
+
+def test_binary_request_with_json_reply(client: TestClient) -> None:
+    x = np.ones((1, 16), np.float32)
+    result = infer_binary(
+        client, "linear", [infer_input("input__0", x)], [httpclient.InferRequestedOutput("output__0", False)]
+    )
+    assert "data" in result.get_output("output__0")
+    assert result.as_numpy("output__0").shape == (1, 4)
+
+
+def test_bool_and_int64_outputs_in_binary(
+    client: TestClient, mixed_repository: Path, torch_reference: Reference
+) -> None:
+    x = np.array([[1, -1, 0], [2, 2, -7]], np.int32)
+    result = infer_binary(client, "int_ops", [infer_input("INPUT__0", x)])
+    expected = torch_reference(mixed_repository, "int_ops", x)
+    assert result.as_numpy("OUTPUT__0").dtype == np.bool_
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT__0"), expected[0])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT__1"), expected[1])
+
+
+def test_concurrent_requests_each_get_their_own_rows(
+    client: TestClient, mixed_repository: Path, torch_reference: Reference
+) -> None:
+    """Requests batched together by the scheduler are split back to the right callers."""
+    rng = np.random.default_rng(3)
+    rows = [rng.standard_normal((1 + i % 3, 16), dtype=np.float32) for i in range(12)]
+
+    def post(x: np.ndarray) -> httpclient.InferResult:
+        return infer_binary(client, "linear", [infer_input("input__0", x)])
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(post, rows))
+    for x, result in zip(rows, results, strict=True):
+        expected = torch_reference(mixed_repository, "linear", x)[0]
+        np.testing.assert_allclose(result.as_numpy("output__0"), expected, atol=1e-6)
+    [stats] = client.get("/v2/models/linear/stats").json()["model_stats"]
+    assert stats["inference_stats"]["success"]["count"] == len(rows)
+    assert stats["inference_count"] == sum(len(x) for x in rows)
+
+
+@pytest.mark.parametrize(("encoding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress)])
+def test_compressed_binary_request(
+    client: TestClient, encoding: str, compress: Callable[[bytes], bytes]
+) -> None:
+    """As tritonclient sends with request_compression_algorithm: the header length is uncompressed."""
+    x = np.arange(32, dtype=np.float32).reshape(2, 16)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([infer_input("input__0", x)])
+    response = client.post(
+        "/v2/models/linear/infer",
+        content=compress(body),
+        headers={"Content-Encoding": encoding, "Inference-Header-Content-Length": str(json_size)},
+    )
+    assert response.status_code == 200, response.text
+    result = httpclient.InferenceServerClient.parse_response_body(
+        response.content, header_length=int(response.headers["inference-header-content-length"])
+    )
+    assert result.as_numpy("output__0").shape == (2, 4)
+
+
+def test_parameters_are_echoed(client: TestClient) -> None:
+    response = client.post(
+        "/v2/models/linear/infer",
+        json={
+            "parameters": {"tag": "abc"},
+            "inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 16], "data": [0.0] * 16}],
+        },
+    )
+    assert response.json()["parameters"] == {"tag": "abc"}
+
+
+def test_statistics_routes(client: TestClient) -> None:
+    x = {"name": "input__0", "datatype": "FP32", "shape": [2, 16], "data": [1.0] * 32}
+    for _ in range(3):
+        assert client.post("/v2/models/linear/infer", json={"inputs": [x]}).status_code == 200
+    [entry] = client.get("/v2/models/linear/stats").json()["model_stats"]
+    assert (entry["name"], entry["version"], entry["inference_count"]) == ("linear", "1", 6)
+    assert entry["inference_stats"]["success"]["count"] == 3
+    assert client.get("/v2/models/linear/versions/1/stats").json()["model_stats"] == [entry]
+    everything = client.get("/v2/models/stats").json()["model_stats"]
+    assert [s["name"] for s in everything] == READY_MODELS
+
+
+def test_repository_index(client: TestClient, broken_reasons: dict[str, str]) -> None:
+    rows = client.post("/v2/repository/index").json()
+    assert [r["name"] for r in rows] == sorted([*READY_MODELS, *broken_reasons])
+    for row in rows:
+        if row["name"] in broken_reasons:
+            assert row["state"] == "UNAVAILABLE" and "version" not in row
+            assert broken_reasons[row["name"]] in row["reason"]
+        else:
+            assert row == {"name": row["name"], "version": "1", "state": "READY", "reason": ""}
+    ready = client.post("/v2/repository/index", json={"ready": True}).json()
+    assert [r["name"] for r in ready] == READY_MODELS
+    assert client.post("/v2/repository/index", content=b"  ").json() == rows
+
+
+@pytest.mark.parametrize("action", ["load", "unload"])
+def test_model_control_is_403_when_off(client: TestClient, action: str) -> None:
+    response = client.post(f"/v2/repository/models/linear/{action}")
+    assert response.status_code == 403
+    assert "model_control" in response.json()["error"]
+    assert client.get("/v2/models/linear/ready").status_code == 200
+
+
+def test_model_control_unload_and_load(serve, repository: Path) -> None:
+    client, _ = serve(repository=repository, model_control=True)
+    request = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 16], "data": [1.0] * 16}]}
+    assert client.post("/v2/repository/models/linear/unload").json() == {}
+    assert client.get("/v2/models/linear/ready").status_code == 503
+    response = client.post("/v2/models/linear/infer", json=request)
+    assert response.status_code == 503 and "not ready: unloaded" in response.json()["error"]
+    assert {"name": "linear", "state": "UNAVAILABLE", "reason": "unloaded"} in client.post(
+        "/v2/repository/index"
+    ).json()
+    assert client.post("/v2/repository/models/linear/load", json={"parameters": {}}).json() == {}
+    assert client.get("/v2/models/linear/ready").json() == {"name": "linear", "ready": True}
+    assert client.post("/v2/models/linear/infer", json=request).status_code == 200
+    # tritonclient's unload body carries parameters; a body-less load works too.
+    assert (
+        client.post(
+            "/v2/repository/models/int_ops/unload", json={"parameters": {"unload_dependents": False}}
+        ).status_code
+        == 200
+    )
+    assert client.post("/v2/repository/models/int_ops/load").status_code == 200
+
+    assert client.post("/v2/repository/models/nope/load").status_code == 404
+    assert client.post("/v2/repository/models/nope/unload").status_code == 404
+    (repository / "linear" / "config.pbtxt").write_text("garbage {")
+    response = client.post("/v2/repository/models/linear/load")
+    assert response.status_code == 503 and "cannot parse" in response.json()["error"]
+    assert client.post("/v2/repository/models/linear/load", content=b"[1]").status_code == 400

@@ -1,0 +1,252 @@
+"""Request validation against the model signature, before any model runs; the error table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_app.dataplane import DataPlane, requested_outputs, validate_inputs
+from serve_app.errors import (
+    InternalError,
+    InvalidInputError,
+    ModelControlDisabledError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    PayloadTooLargeError,
+    ServeAppError,
+    from_triton,
+    status_for,
+    summarize,
+)
+from serve_app.protocol import InferRequest, InputTensor, RequestedOutput
+from serve_app.repository import ModelSignature, TensorSpec
+from serve_app.runtimes.torch import TorchRuntime
+
+BATCHED = ModelSignature(
+    name="batched",
+    max_batch_size=4,
+    inputs=(TensorSpec("x", "FP32", (-1, 3)), TensorSpec("ids", "INT64", (2,))),
+    outputs=(TensorSpec("out_a", "FP32", (3,)), TensorSpec("out_b", "INT64", (1,))),
+)
+UNBATCHED = ModelSignature(
+    name="unbatched",
+    max_batch_size=0,
+    inputs=(TensorSpec("x", "INT32", (2, -1)),),
+    outputs=(TensorSpec("y", "INT32", (2, -1)),),
+)
+
+NP_BY_DATATYPE = {"FP32": np.float32, "INT64": np.int64, "INT32": np.int32, "FP64": np.float64}
+
+
+def tensor(name: str, shape: tuple[int, ...], datatype: str = "FP32") -> InputTensor:
+    return InputTensor(name, datatype, shape, np.zeros(shape, NP_BY_DATATYPE[datatype]))
+
+
+def batched_inputs(batch: int = 2, width: int = 5) -> list[InputTensor]:
+    return [tensor("x", (batch, width, 3)), tensor("ids", (batch, 2), "INT64")]
+
+
+def test_valid_inputs_are_returned_by_name() -> None:
+    arrays = validate_inputs(BATCHED, batched_inputs(batch=3, width=7))
+    assert sorted(arrays) == ["ids", "x"]
+    assert arrays["x"].shape == (3, 7, 3) and arrays["ids"].shape == (3, 2)
+
+
+def test_variable_dims_accept_any_size_and_unbatched_models_take_the_shape_as_is() -> None:
+    for width in (1, 9):
+        validate_inputs(BATCHED, batched_inputs(width=width))
+    arrays = validate_inputs(UNBATCHED, [tensor("x", (2, 11), "INT32")])
+    assert arrays["x"].shape == (2, 11)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (
+            [tensor("x", (2, 5, 3), "FP64"), tensor("ids", (2, 2), "INT64")],
+            "inference input 'x' data-type is 'FP64', but model 'batched' expects 'FP32'",
+        ),
+        (
+            [tensor("x", (2, 5, 4)), tensor("ids", (2, 2), "INT64")],
+            "unexpected shape for input 'x' of model 'batched': expected [-1, -1, 3], got [2, 5, 4]",
+        ),
+        ([tensor("x", (2, 3)), tensor("ids", (2, 2), "INT64")], "expected [-1, -1, 3], got [2, 3]"),
+        ([tensor("x", ()), tensor("ids", (2, 2), "INT64")], "needs a leading batch dimension"),
+        (
+            [tensor("x", (5, 1, 3)), tensor("ids", (5, 2), "INT64")],
+            "batch-size 5 for input 'x' must be between 1 and max_batch_size 4 of model 'batched'",
+        ),
+        ([tensor("x", (0, 1, 3)), tensor("ids", (0, 2), "INT64")], "batch-size 0"),
+        ([tensor("x", (2, 5, 3))], "expects inputs ['ids'] that are missing"),
+        ([], "expects inputs ['ids', 'x'] that are missing"),
+        (
+            [*batched_inputs(), tensor("extra", (2, 1))],
+            "unexpected inference input 'extra' for model 'batched'; expected ['ids', 'x']",
+        ),
+        ([*batched_inputs(), tensor("x", (2, 5, 3))], "input 'x' is given more than once"),
+        (
+            [tensor("x", (2, 5, 3)), tensor("ids", (3, 2), "INT64")],
+            "inputs have different batch sizes [2, 3]",
+        ),
+    ],
+)
+def test_invalid_batched_inputs_are_refused(inputs: list[InputTensor], message: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        validate_inputs(BATCHED, inputs)
+    assert message in str(info.value)
+    assert status_for(info.value) == 400
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((1, 2, 5), "expected [2, -1], got [1, 2, 5]"),  # no implicit batch dimension
+        ((3, 5), "expected [2, -1], got [3, 5]"),
+    ],
+)
+def test_invalid_unbatched_shapes_are_refused(shape: tuple[int, ...], message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate_inputs(UNBATCHED, [tensor("x", shape, "INT32")])
+
+
+def request(outputs: list[RequestedOutput] | None, binary_output: bool = False) -> InferRequest:
+    return InferRequest("batched", None, batched_inputs(), outputs=outputs, binary_output=binary_output)
+
+
+def test_all_outputs_in_model_order_when_none_are_named() -> None:
+    assert requested_outputs(BATCHED, request(None)) == [
+        RequestedOutput("out_a", False),
+        RequestedOutput("out_b", False),
+    ]
+    assert requested_outputs(BATCHED, request(None, binary_output=True)) == [
+        RequestedOutput("out_a", True),
+        RequestedOutput("out_b", True),
+    ]
+
+
+def test_named_outputs_keep_their_order_and_flags() -> None:
+    wanted = [RequestedOutput("out_b", True)]
+    assert requested_outputs(BATCHED, request(wanted)) == wanted
+
+
+def test_unknown_requested_output_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match=r"model 'batched' has no outputs \['nope'\]"):
+        requested_outputs(BATCHED, request([RequestedOutput("out_a", False), RequestedOutput("nope", False)]))
+
+
+def test_error_statuses() -> None:
+    assert {
+        cls: status_for(cls("m"))
+        for cls in (
+            InvalidInputError,
+            ModelControlDisabledError,
+            ModelNotFoundError,
+            PayloadTooLargeError,
+            InternalError,
+            ModelNotReadyError,
+            ServeAppError,
+        )
+    } == {
+        InvalidInputError: 400,
+        ModelControlDisabledError: 403,
+        ModelNotFoundError: 404,
+        PayloadTooLargeError: 413,
+        InternalError: 500,
+        ModelNotReadyError: 503,
+        ServeAppError: 500,
+    }
+
+    class Subclass(ModelNotFoundError):
+        pass
+
+    assert status_for(Subclass("m")) == 404
+
+
+def test_triton_errors_map_by_class_name_and_summaries_drop_tracebacks() -> None:
+    class UnavailableError(Exception):
+        pass
+
+    class SomethingNew(Exception):
+        pass
+
+    assert isinstance(from_triton(UnavailableError("x")), ModelNotReadyError)
+    assert isinstance(from_triton(SomethingNew("x")), InternalError)
+    assert summarize(RuntimeError("Traceback:\n  File x\n\nRuntimeError: the real reason\n")) == (
+        "RuntimeError: the real reason"
+    )
+    assert summarize(RuntimeError("")) == "RuntimeError"
+
+
+# --- DataPlane over the embedded runtime ------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_dataplane_infers_and_shapes_the_response(
+    runtime: TorchRuntime, example_repository: Path, torch_reference
+) -> None:
+    dataplane = DataPlane(runtime, model_control=False, placement={"gpu_ids": []})
+    x = np.arange(6, dtype=np.int32).reshape(2, 3) - 3
+    response = await dataplane.infer(
+        InferRequest(
+            "int_ops",
+            None,
+            [InputTensor("INPUT__0", "INT32", (2, 3), x)],
+            outputs=[RequestedOutput("OUTPUT__1", True)],
+            id="q",
+            parameters={"p": 1},
+        )
+    )
+    assert (response.model_name, response.model_version, response.id, response.parameters) == (
+        "int_ops",
+        "1",
+        "q",
+        {"p": 1},
+    )
+    [(requested, array)] = response.outputs
+    assert requested == RequestedOutput("OUTPUT__1", True)
+    np.testing.assert_array_equal(array, torch_reference(example_repository, "int_ops", x)[1])
+
+
+@pytest.mark.anyio
+async def test_dataplane_validates_before_the_model_runs(runtime: TorchRuntime) -> None:
+    dataplane = DataPlane(runtime, model_control=False, placement={})
+    bad = InferRequest(
+        "linear", None, [InputTensor("input__0", "FP32", (1, 15), np.zeros((1, 15), np.float32))]
+    )
+    with pytest.raises(InvalidInputError, match=r"expected \[-1, 16\], got \[1, 15\]"):
+        await dataplane.infer(bad)
+    assert runtime.statistics("linear", None)["model_stats"][0]["execution_count"] == 0
+    with pytest.raises(ModelNotFoundError, match="unknown model 'nope'"):
+        await dataplane.infer(InferRequest("nope", None, []))
+    with pytest.raises(ModelNotFoundError, match="no ready version '2'"):
+        await dataplane.infer(InferRequest("linear", "2", []))
+
+
+@pytest.mark.anyio
+async def test_dataplane_metadata_and_model_control(runtime: TorchRuntime) -> None:
+    dataplane = DataPlane(runtime, model_control=False, placement={"gpu_ids": [3]})
+    assert dataplane.live() and dataplane.ready()
+    metadata = dataplane.server_metadata()
+    assert metadata["serve_app"] == {"runtime": "torch", "device": "cpu", "gpu_ids": [3]}
+    assert "binary_tensor_data" in metadata["extensions"]
+    assert dataplane.model_ready("linear", "1") == {"name": "linear", "ready": True}
+    assert [r["name"] for r in dataplane.repository_index(ready_only=True)] == [
+        "image_classifier",
+        "int_ops",
+        "linear",
+        "multi_io",
+    ]
+    with pytest.raises(ModelControlDisabledError):
+        await dataplane.load("linear", {})
+    with pytest.raises(ModelControlDisabledError):
+        await dataplane.unload("linear")
+    controlled = DataPlane(runtime, model_control=True, placement={})
+    with pytest.raises(ModelNotFoundError, match="unknown model 'nope'"):
+        await controlled.unload("nope")
+    await controlled.unload("linear")
+    with pytest.raises(ModelNotReadyError):
+        dataplane.model_ready("linear", None)
+    assert {"name": "linear", "state": "UNAVAILABLE", "reason": "unloaded"} in controlled.repository_index()
+    assert "linear" not in [r["name"] for r in controlled.repository_index(ready_only=True)]

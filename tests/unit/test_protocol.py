@@ -1,0 +1,358 @@
+"""KServe v2 codecs: JSON and binary-extension bodies both ways, compression, the datatype table."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import numpy as np
+import orjson
+import pytest
+import tritonclient.http as httpclient
+
+from serve_app.datatypes import DATATYPE_BY_NUMPY, NUMPY_BY_DATATYPE, from_config_type, numpy_dtype
+from serve_app.errors import InvalidInputError, PayloadTooLargeError
+from serve_app.protocol import (
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    decode_request,
+    decompress,
+    encode_response,
+)
+
+
+def decode(body: dict | bytes, header_length: int | str | None = None) -> InferRequest:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    return decode_request("m", None, raw, None if header_length is None else str(header_length))
+
+
+def json_input(name: str, datatype: str, shape: list[int], data: object) -> dict:
+    return {"name": name, "datatype": datatype, "shape": shape, "data": data}
+
+
+# --- datatypes ---------------------------------------------------------------------------
+
+
+def test_datatype_table_covers_triton_numeric_types_both_ways() -> None:
+    assert set(NUMPY_BY_DATATYPE) == {
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "FP32",
+        "FP64",
+    }
+    for datatype, dtype in NUMPY_BY_DATATYPE.items():
+        assert DATATYPE_BY_NUMPY[dtype] == datatype
+        assert numpy_dtype(datatype) == dtype
+        # Triton's own client agrees on every mapping.
+        assert np.dtype(httpclient.triton_to_np_dtype(datatype)) == dtype
+
+
+def test_config_types_map_to_wire_names() -> None:
+    assert from_config_type("TYPE_FP32") == "FP32"
+    assert from_config_type("TYPE_BOOL") == "BOOL"
+    assert from_config_type("TYPE_STRING") == "BYTES"
+
+
+@pytest.mark.parametrize("datatype", ["BYTES", "BF16", "FLOAT32", "fp32"])
+def test_unsupported_datatypes_are_a_400_listing_the_supported_ones(datatype: str) -> None:
+    with pytest.raises(InvalidInputError, match=f"unsupported datatype '{datatype}'; supported: BOOL"):
+        numpy_dtype(datatype)
+
+
+# --- JSON requests -----------------------------------------------------------------------
+
+
+def test_json_request_flat_and_nested_data() -> None:
+    request = decode(
+        {
+            "id": "req-7",
+            "parameters": {"priority": 2},
+            "inputs": [
+                json_input("flat", "FP32", [2, 2], [1, 2.5, 3, 4]),
+                json_input("nested", "INT64", [2, 2], [[1, 2], [3, 4]]),
+                json_input("flags", "BOOL", [3], [True, False, True]),
+            ],
+        }
+    )
+    assert request.model_name == "m" and request.model_version is None
+    assert request.id == "req-7"
+    assert request.parameters == {"priority": 2}
+    assert request.outputs is None and request.binary_output is False
+    flat, nested, flags = request.inputs
+    assert flat.shape == (2, 2) and flat.datatype == "FP32"
+    np.testing.assert_array_equal(flat.array, np.array([[1, 2.5], [3, 4]], np.float32))
+    assert flat.array.dtype == np.float32
+    np.testing.assert_array_equal(nested.array, np.array([[1, 2], [3, 4]], np.int64))
+    assert nested.array.dtype == np.int64
+    np.testing.assert_array_equal(flags.array, [True, False, True])
+
+
+def test_requested_outputs_binary_flags() -> None:
+    request = decode(
+        {
+            "inputs": [json_input("x", "FP32", [1], [1])],
+            "parameters": {"binary_data_output": True, "custom": "kept"},
+            "outputs": [{"name": "a"}, {"name": "b", "parameters": {"binary_data": False}}],
+        }
+    )
+    assert request.binary_output is True
+    assert request.parameters == {"custom": "kept"}  # binary_data_output is consumed
+    assert request.outputs == [RequestedOutput("a", True), RequestedOutput("b", False)]
+    request = decode(
+        {
+            "inputs": [json_input("x", "FP32", [1], [1])],
+            "outputs": [{"name": "a"}, {"name": "b", "parameters": {"binary_data": True}}],
+        }
+    )
+    assert request.outputs == [RequestedOutput("a", False), RequestedOutput("b", True)]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "malformed JSON"),
+        (b"", "malformed JSON"),
+        (b"[1, 2]", "invalid inference request"),
+        (b'{"id": "x"}', "inputs: Field required"),
+        (orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "data": [1]}]}), "inputs.0.shape"),
+        (orjson.dumps({"inputs": [json_input("x", "FP32", [-1], [1])]}), "negative dimension"),
+        (orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}), "neither 'data'"),
+        (orjson.dumps({"inputs": [json_input("x", "FP32", [3], [1, 2])]}), "2 values given for shape [3]"),
+        (orjson.dumps({"inputs": [json_input("x", "FP32", [3], [[1, 2], [3]])]}), "data is not FP32"),
+        (orjson.dumps({"inputs": [json_input("x", "BYTES", [1], ["a"])]}), "unsupported datatype 'BYTES'"),
+    ],
+)
+def test_malformed_requests_are_invalid_input(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        decode(body)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("INT32", [1, 2.5], "not INT32"),  # numpy would truncate to 2
+        ("FP32", ["1.5", "2"], "not FP32"),  # numpy would parse the strings
+        ("FP32", [True, False], "not FP32"),
+        ("BOOL", [1, 0], "not BOOL"),
+        ("INT64", [1, None], "not INT64"),
+        ("UINT8", [1, 256], "outside the range of UINT8"),
+        ("UINT32", [-1, 2], "outside the range of UINT32"),
+        ("INT64", [2**63, 1], "outside the range of INT64"),  # numpy infers float64 for these
+        ("FP64", [1.5, {"a": 1}], "not FP64"),
+    ],
+)
+def test_json_values_of_the_wrong_kind_are_refused(datatype: str, data: list, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        decode({"inputs": [json_input("x", datatype, [2], data)]})
+
+
+def test_json_integers_are_valid_floats_and_extremes_are_kept() -> None:
+    request = decode(
+        {
+            "inputs": [
+                json_input("f", "FP64", [2], [1, 2]),
+                json_input("u", "UINT64", [2], [2**64 - 1, 1]),
+                json_input("i", "INT8", [2], [-128, 127]),
+            ]
+        }
+    )
+    np.testing.assert_array_equal(request.inputs[0].array, [1.0, 2.0])
+    np.testing.assert_array_equal(request.inputs[1].array, np.array([2**64 - 1, 1], np.uint64))
+    np.testing.assert_array_equal(request.inputs[2].array, np.array([-128, 127], np.int8))
+
+
+# --- binary requests ---------------------------------------------------------------------
+
+
+def test_tritonclient_binary_request_is_decoded_without_copy() -> None:
+    image = np.random.default_rng(0).random((2, 3), dtype=np.float32)
+    ids = np.array([[7, -8]], np.int64)
+    x = httpclient.InferInput("image", list(image.shape), "FP32")
+    x.set_data_from_numpy(image)  # binary
+    y = httpclient.InferInput("ids", list(ids.shape), "INT64")
+    y.set_data_from_numpy(ids, binary_data=False)  # JSON, mixed into a binary body
+    z = httpclient.InferInput("mask", [3], "BOOL")
+    z.set_data_from_numpy(np.array([True, False, True]))
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(
+        [x, y, z], outputs=[httpclient.InferRequestedOutput("out", binary_data=False)], request_id="r1"
+    )
+    assert json_size is not None and json_size < len(body)
+    request = decode(body, json_size)
+    assert request.id == "r1"
+    assert request.outputs == [RequestedOutput("out", False)]
+    decoded = {t.name: t.array for t in request.inputs}
+    np.testing.assert_array_equal(decoded["image"], image)
+    np.testing.assert_array_equal(decoded["ids"], ids)
+    np.testing.assert_array_equal(decoded["mask"], [True, False, True])
+    assert decoded["image"].dtype == np.float32 and decoded["image"].shape == (2, 3)
+    assert not decoded["image"].flags.owndata  # a view of the body
+
+
+def test_tritonclient_default_outputs_ask_for_binary() -> None:
+    x = httpclient.InferInput("x", [1], "FP32")
+    x.set_data_from_numpy(np.ones(1, np.float32), binary_data=False)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([x])
+    assert json_size is None
+    request = decode(body)
+    assert request.binary_output is True and request.outputs is None and request.parameters == {}
+
+
+def binary_body(array: np.ndarray, size: object = None, extra: bytes = b"") -> tuple[bytes, int]:
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": DATATYPE_BY_NUMPY[array.dtype],
+                    "shape": list(array.shape),
+                    "parameters": {"binary_data_size": array.nbytes if size is None else size},
+                }
+            ]
+        }
+    )
+    return header + array.tobytes() + extra, len(header)
+
+
+@pytest.mark.parametrize(
+    ("size", "extra", "header_delta", "message"),
+    [
+        (12, b"", 0, "binary_data_size 12 does not match shape [2, 4] of FP32 (32 bytes)"),
+        ("32", b"", 0, "binary_data_size 32 does not match"),
+        (None, b"\x00\x01", 0, "2 bytes not claimed by any binary_data_size"),
+        (None, b"", 1, "malformed JSON"),  # the header length reaches into the binary data
+        (None, b"", -1, "malformed JSON"),  # it cuts the JSON short
+    ],
+)
+def test_bad_binary_bodies_are_invalid_input(
+    size: object, extra: bytes, header_delta: int, message: str
+) -> None:
+    body, header_length = binary_body(np.zeros((2, 4), np.float32), size, extra)
+    with pytest.raises(InvalidInputError) as info:
+        decode(body, header_length + header_delta)
+    assert message in str(info.value)
+
+
+def test_binary_data_running_past_the_body_is_invalid_input() -> None:
+    body, header_length = binary_body(np.zeros((2, 4), np.float32))
+    with pytest.raises(InvalidInputError, match="runs past the end of the body"):
+        decode(body[:-4], header_length)
+    with pytest.raises(InvalidInputError, match="runs past the end"):
+        decode(body[:header_length])  # binary_data_size without the header-length header
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "100000"])
+def test_bad_header_length_is_invalid_input(value: str) -> None:
+    body, _ = binary_body(np.zeros(2, np.float32))
+    with pytest.raises(InvalidInputError, match="Inference-Header-Content-Length"):
+        decode(body, value)
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+def response(*outputs: tuple[str, bool, np.ndarray], **kwargs: object) -> InferResponse:
+    return InferResponse(
+        "m",
+        "1",
+        [(RequestedOutput(name, binary), array) for name, binary, array in outputs],
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_json_response_matches_triton_and_tritonclient_parses_it() -> None:
+    scores = np.array([[0.5, -1.25], [2.0, 3.0]], np.float32)
+    flags = np.array([[True, False]])
+    body, header_length = encode_response(
+        response(("scores", False, scores), ("flags", False, flags), id="abc", parameters={"k": 1})
+    )
+    assert header_length is None
+    assert orjson.loads(body) == {
+        "model_name": "m",
+        "model_version": "1",
+        "outputs": [
+            {"name": "scores", "datatype": "FP32", "shape": [2, 2], "data": [0.5, -1.25, 2.0, 3.0]},
+            {"name": "flags", "datatype": "BOOL", "shape": [1, 2], "data": [True, False]},
+        ],
+        "id": "abc",
+        "parameters": {"k": 1},
+    }
+    result = httpclient.InferenceServerClient.parse_response_body(body)
+    np.testing.assert_array_equal(result.as_numpy("scores"), scores)
+    np.testing.assert_array_equal(result.as_numpy("flags"), flags)
+
+
+def test_id_is_omitted_when_the_request_had_none() -> None:
+    body, _ = encode_response(response(("y", False, np.zeros(1, np.float32))))
+    assert set(orjson.loads(body)) == {"model_name", "model_version", "outputs"}
+
+
+def test_binary_response_round_trips_through_tritonclient() -> None:
+    rng = np.random.default_rng(1)
+    outputs = {
+        "f16": rng.random((2, 3)).astype(np.float16),
+        "u64": np.array([[1, 2**64 - 1]], np.uint64),
+        "i8": np.array([-1, 5], np.int8),
+        "mask": np.array([True, False, True]),
+        "transposed": rng.random((3, 2)).astype(np.float64).T,  # not C-contiguous
+    }
+    body, header_length = encode_response(
+        response(*((name, name != "i8", array) for name, array in outputs.items()), id="bin")
+    )
+    assert header_length is not None
+    header = orjson.loads(body[:header_length])
+    assert header["id"] == "bin"
+    sizes = {o["name"]: o.get("parameters", {}).get("binary_data_size") for o in header["outputs"]}
+    assert sizes == {"f16": 12, "u64": 16, "i8": None, "mask": 3, "transposed": 48}
+    assert len(body) == header_length + sum(s for s in sizes.values() if s)
+    result = httpclient.InferenceServerClient.parse_response_body(body, header_length=header_length)
+    assert result.get_response()["id"] == "bin"
+    for name, array in outputs.items():
+        parsed = result.as_numpy(name)
+        assert parsed.dtype == array.dtype
+        np.testing.assert_array_equal(parsed, array)
+
+
+# --- compression -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("encoding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress)])
+def test_decompress_gzip_and_deflate(encoding: str, compress: object) -> None:
+    body = orjson.dumps({"inputs": [json_input("x", "FP32", [1], [1])]}) * 3
+    assert decompress(compress(body), encoding, limit=len(body)) == body  # type: ignore[operator]
+
+
+def test_identity_and_absent_encoding_pass_through() -> None:
+    assert decompress(b"raw", None, limit=10) == b"raw"
+    assert decompress(b"raw", "identity", limit=10) == b"raw"
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "message"),
+    [
+        (b"not gzip at all", "gzip", "cannot decompress gzip"),
+        (b"not zlib either", "deflate", "cannot decompress deflate"),
+        (gzip.compress(b"x" * 100)[:-6], "gzip", "truncated"),
+        (b"data", "br", "unsupported Content-Encoding 'br'"),
+    ],
+)
+def test_bad_compressed_bodies_are_invalid_input(body: bytes, encoding: str, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        decompress(body, encoding, limit=1000)
+
+
+def test_decompressed_size_is_held_to_the_limit() -> None:
+    bomb = gzip.compress(b"\x00" * 1_000_000)
+    assert len(bomb) < 2000
+    with pytest.raises(PayloadTooLargeError, match="exceeds the 100000-byte limit"):
+        decompress(bomb, "gzip", limit=100_000)
+    assert len(decompress(bomb, "gzip", limit=1_000_000)) == 1_000_000

@@ -1,0 +1,285 @@
+"""TorchRuntime over temporary repositories: correctness vs. plain torch, broken entries, load/unload."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from serve_app.errors import InternalError, ModelNotFoundError, ModelNotReadyError
+from serve_app.examples import write_model
+from serve_app.runtimes.base import ModelState
+from serve_app.runtimes.torch import TorchRuntime
+
+pytestmark = pytest.mark.anyio
+
+CPU = torch.device("cpu")
+Reference = Callable[..., list[np.ndarray]]
+RNG = np.random.default_rng(0)
+
+# model → (inputs by name, in forward order; output names in tuple order)
+CASES: dict[str, tuple[dict[str, np.ndarray], list[str]]] = {
+    "image_classifier": ({"input__0": RNG.random((2, 3, 224, 224), dtype=np.float32)}, ["output__0"]),
+    "multi_io": (
+        {"x": RNG.random((3, 7), dtype=np.float32), "scale": RNG.random((3, 1), dtype=np.float32)},
+        ["output__0", "output__1"],
+    ),
+    "linear": ({"input__0": RNG.standard_normal((5, 16), dtype=np.float32)}, ["output__0"]),
+    "int_ops": ({"INPUT__0": RNG.integers(-9, 9, (2, 3), dtype=np.int32)}, ["OUTPUT__0", "OUTPUT__1"]),
+}
+
+
+@pytest.mark.parametrize("model", sorted(CASES))
+async def test_outputs_equal_direct_torch(
+    runtime: TorchRuntime, example_repository: Path, torch_reference: Reference, model: str
+) -> None:
+    inputs, output_names = CASES[model]
+    outputs = await runtime.infer(model, "1", inputs, output_names)
+    assert list(outputs) == output_names
+    expected = torch_reference(example_repository, model, *inputs.values())
+    signature = runtime.signature(model, "1")
+    for spec, name, want in zip(signature.outputs, output_names, expected, strict=True):
+        assert spec.name == name
+        assert outputs[name].shape == want.shape
+        assert outputs[name].dtype == want.dtype
+        np.testing.assert_allclose(outputs[name], want, rtol=0, atol=1e-6)
+
+
+async def test_only_the_requested_outputs_are_returned(runtime: TorchRuntime) -> None:
+    inputs, _ = CASES["multi_io"]
+    outputs = await runtime.infer("multi_io", "1", inputs, ["output__1"])
+    assert list(outputs) == ["output__1"]
+    np.testing.assert_allclose(outputs["output__1"], inputs["x"].sum(axis=1, keepdims=True), atol=1e-6)
+
+
+async def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(
+    runtime: TorchRuntime, example_repository: Path, torch_reference: Reference
+) -> None:
+    rows = [RNG.standard_normal((1 + i % 3, 16), dtype=np.float32) for i in range(12)]
+    with anyio.fail_after(10):
+        results = await asyncio.gather(
+            *(runtime.infer("linear", "1", {"input__0": r}, ["output__0"]) for r in rows)
+        )
+    for row, result in zip(rows, results, strict=True):
+        np.testing.assert_allclose(
+            result["output__0"], torch_reference(example_repository, "linear", row)[0], atol=1e-6
+        )
+    [stats] = runtime.statistics("linear", None)["model_stats"]
+    assert stats["inference_count"] == sum(len(r) for r in rows)
+    assert stats["execution_count"] < len(rows)
+    assert stats["inference_stats"]["success"]["count"] == len(rows)
+
+
+async def test_metadata_config_and_index(runtime: TorchRuntime) -> None:
+    assert runtime.healthy() and runtime.device() == "cpu"
+    assert runtime.index() == [
+        ModelState(name, "1", "READY") for name in ("image_classifier", "int_ops", "linear", "multi_io")
+    ]
+    assert runtime.metadata("multi_io", None) == {
+        "name": "multi_io",
+        "versions": ["1"],
+        "platform": "pytorch_libtorch",
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [-1, -1]},
+            {"name": "scale", "datatype": "FP32", "shape": [-1, 1]},
+        ],
+        "outputs": [
+            {"name": "output__0", "datatype": "FP32", "shape": [-1, -1]},
+            {"name": "output__1", "datatype": "FP32", "shape": [-1, 1]},
+        ],
+    }
+    config = runtime.config("image_classifier", "1")
+    assert config["max_batch_size"] == 8 and config["platform"] == "pytorch_libtorch"
+    assert config["dynamic_batching"] == {}
+    assert runtime.resolve("linear", None) == "1"
+    assert runtime.resolve("linear", "01") == "1"
+    assert runtime.statistics("linear", "01")["model_stats"][0]["version"] == "1"
+    for version in ("latest", "2", "²", "-1", ""):
+        with pytest.raises(ModelNotFoundError):
+            runtime.resolve("linear", version)
+    with pytest.raises(ModelNotFoundError, match="unknown model 'nope'"):
+        runtime.metadata("nope", None)
+    stats = runtime.statistics(None, None)["model_stats"]
+    assert [(s["name"], s["version"]) for s in stats] == [
+        ("image_classifier", "1"),
+        ("int_ops", "1"),
+        ("linear", "1"),
+        ("multi_io", "1"),
+    ]
+
+
+async def test_broken_entries_are_unavailable_with_a_reason_and_the_rest_serve(
+    mixed_repository: Path, broken_reasons: dict[str, str]
+) -> None:
+    runtime = TorchRuntime(mixed_repository, CPU, 1)
+    await runtime.start()
+    try:
+        states = {s.name: s for s in runtime.index()}
+        for name, reason in broken_reasons.items():
+            assert states[name].state == "UNAVAILABLE" and states[name].version is None
+            assert reason in states[name].reason
+            with pytest.raises(ModelNotReadyError, match=f"model '{name}' is not ready: .*{reason}"):
+                runtime.resolve(name, None)
+        assert all(states[name].state == "READY" for name in CASES)
+        inputs, names = CASES["linear"]
+        assert (await runtime.infer("linear", "1", inputs, names))["output__0"].shape == (5, 4)
+        assert [s["name"] for s in runtime.statistics(None, None)["model_stats"]] == sorted(CASES)
+    finally:
+        await runtime.stop()
+
+
+async def test_all_versions_serve_and_the_latest_is_the_default(tmp_path: Path) -> None:
+    config = """
+platform: "pytorch_libtorch"
+max_batch_size: 2
+input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 1 ] } ]
+version_policy: { all: { } }
+"""
+    write_model(tmp_path, "scaled", Scale(1.0), (torch.ones(1, 1),), config, versions=(1,))
+    write_model(tmp_path, "scaled", Scale(2.0), (torch.ones(1, 1),), config, versions=(2,))
+    runtime = TorchRuntime(tmp_path, CPU, 1)
+    await runtime.start()
+    try:
+        assert runtime.resolve("scaled", None) == "2"
+        assert runtime.metadata("scaled", None)["versions"] == ["1", "2"]
+        assert runtime.metadata("scaled", "1")["versions"] == ["1"]
+        x = {"input__0": np.array([[3.0]], np.float32)}
+        assert (await runtime.infer("scaled", "1", x, ["output__0"]))["output__0"][0, 0] == 3.0
+        assert (await runtime.infer("scaled", "2", x, ["output__0"]))["output__0"][0, 0] == 6.0
+        assert [s["version"] for s in runtime.statistics("scaled", None)["model_stats"]] == ["1", "2"]
+        assert [s["version"] for s in runtime.statistics("scaled", "2")["model_stats"]] == ["2"]
+        with pytest.raises(ModelNotFoundError, match="no ready version '3'"):
+            runtime.statistics("scaled", "3")
+    finally:
+        await runtime.stop()
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+async def test_unload_then_load(repository: Path) -> None:
+    runtime = TorchRuntime(repository, CPU, 1)
+    await runtime.start()
+    try:
+        inputs, names = CASES["linear"]
+        await runtime.unload("linear")
+        assert ModelState("linear", None, "UNAVAILABLE", "unloaded") in runtime.index()
+        with pytest.raises(ModelNotReadyError, match="model 'linear' is not ready: unloaded"):
+            runtime.resolve("linear", None)
+        with pytest.raises(ModelNotReadyError, match="was unloaded"):
+            await runtime.infer("linear", "1", inputs, names)
+        assert runtime.statistics(None, None)["model_stats"][2]["name"] == "multi_io"
+
+        await runtime.load("linear", {})
+        assert ModelState("linear", "1", "READY") in runtime.index()
+        assert (await runtime.infer("linear", "1", inputs, names))["output__0"].shape == (5, 4)
+
+        # A reload picks up a new version directory (latest 1 → version 2).
+        write_model(
+            repository,
+            "linear",
+            Scale(3.0),
+            (torch.ones(1, 16),),
+            (repository / "linear" / "config.pbtxt").read_text(),
+            versions=(2,),
+        )
+        await runtime.load("linear", {})
+        assert runtime.resolve("linear", None) == "2"
+        outputs = await runtime.infer(
+            "linear", "2", {"input__0": np.ones((1, 16), np.float32)}, ["output__0"]
+        )
+        np.testing.assert_array_equal(outputs["output__0"], np.full((1, 16), 3.0, np.float32))
+    finally:
+        await runtime.stop()
+
+
+async def test_loading_a_broken_or_missing_model_is_refused(repository: Path) -> None:
+    runtime = TorchRuntime(repository, CPU, 1)
+    await runtime.start()
+    try:
+        with pytest.raises(ModelNotFoundError, match="no directory 'nope'"):
+            await runtime.load("nope", {})
+        (repository / "linear" / "config.pbtxt").write_text('platform: "onnxruntime_onnx"')
+        with pytest.raises(ModelNotReadyError, match=r"failed to load 'linear': .*onnxruntime_onnx"):
+            await runtime.load("linear", {})
+        [state] = [s for s in runtime.index() if s.name == "linear"]
+        assert state.state == "UNAVAILABLE" and "onnxruntime_onnx" in state.reason
+        shutil.copytree(repository / "int_ops", repository / "new_model")
+        (repository / "new_model" / "config.pbtxt").write_text(
+            (repository / "int_ops" / "config.pbtxt").read_text()
+        )
+        await runtime.load("new_model", {})
+        assert runtime.resolve("new_model", None) == "1"
+    finally:
+        await runtime.stop()
+
+
+async def test_stop_finishes_requests_in_flight(example_repository: Path) -> None:
+    runtime = TorchRuntime(example_repository, CPU, 1)
+    await runtime.start()
+    inputs, names = CASES["image_classifier"]
+    with anyio.fail_after(10):
+        pending = [
+            asyncio.ensure_future(runtime.infer("image_classifier", "1", inputs, names)) for _ in range(3)
+        ]
+        await asyncio.sleep(0)
+        await runtime.stop()
+        assert not runtime.healthy()
+        assert all(p.done() and p.result()["output__0"].shape == (2, 10) for p in pending)
+
+
+class Picky(nn.Module):
+    """Fails on negative inputs: a fault only one request of a batch triggers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < 0).any()):
+            raise ValueError("negative input")
+        return x * 2
+
+
+async def test_a_request_that_breaks_the_model_fails_alone(tmp_path: Path) -> None:
+    (tmp_path / "picky" / "1").mkdir(parents=True)
+    torch.jit.script(Picky()).save(str(tmp_path / "picky" / "1" / "model.pt"))
+    (tmp_path / "picky" / "config.pbtxt").write_text("""
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+dynamic_batching { max_queue_delay_microseconds: 20000 }
+""")
+    runtime = TorchRuntime(tmp_path, CPU, 1)
+    await runtime.start()
+    try:
+        values = [1.0, -1.0, 2.0, 3.0]
+        with anyio.fail_after(10):
+            results = await asyncio.gather(
+                *(
+                    runtime.infer("picky", "1", {"input__0": np.full((1, 2), v, np.float32)}, ["output__0"])
+                    for v in values
+                ),
+                return_exceptions=True,
+            )
+        assert isinstance(results[1], InternalError)
+        assert "negative input" in str(results[1]) and "Traceback" not in str(results[1])
+        for value, result in zip(values, results, strict=True):
+            if value > 0:
+                np.testing.assert_array_equal(result["output__0"], np.full((1, 2), 2 * value))  # type: ignore[index]
+        [stats] = runtime.statistics("picky", "1")["model_stats"]
+        assert stats["inference_stats"]["fail"]["count"] == 1
+        assert stats["inference_stats"]["success"]["count"] == 3
+    finally:
+        await runtime.stop()
