@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from tests.e2e.harness import ServeRun, app_config, free_port
+from tests.e2e.harness import RUNTIMES, ServeRun, app_config, free_port
 
 FAKE_GPUS = 2
 
@@ -40,7 +40,7 @@ def example_repository_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=["torch"])
+@pytest.fixture(scope="module", params=RUNTIMES)
 def served(
     request: pytest.FixtureRequest,
     ray_address: str,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,11 +17,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_CONFIG = ROOT / "configs" / "app.yaml"
 SERVE = str(Path(sys.executable).with_name("serve"))
+# The runtimes `served` and the other per-module apps are parametrised by (add "triton" here).
+RUNTIMES = ["torch"]
+# Max abs difference between served outputs and the TorchScript file run directly.
+TOLERANCE = 1e-5
 
 
 def free_port() -> int:
@@ -47,10 +56,79 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-class ServeRun:
-    """`serve run <config>` in its own process group; stopped with SIGINT like Ctrl-C."""
+# A process by (pid, start time in clock ticks since boot): a reused pid is another process.
+Process = tuple[int, int]
 
-    def __init__(self, config: dict[str, Any], workdir: Path, address: str | None = None) -> None:
+
+def _process_table() -> dict[int, tuple[int, int, int]]:
+    """pid → (ppid, pgid, start time) of every live, non-zombie process (from /proc)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # After the parenthesised command name: state, ppid, pgid, ..., starttime (field 22).
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[0] not in ("Z", "X"):
+            table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+    return table
+
+
+def descendants(pid: int) -> set[Process]:
+    """Live processes below `pid` (children, grandchildren, ...)."""
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for child, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(child)
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return {(p, table[p][2]) for p in found}
+
+
+def alive(processes: set[Process]) -> set[Process]:
+    """The subset of `processes` still running (zombies count as gone)."""
+    table = _process_table()
+    return {(pid, start) for pid, start in processes if pid in table and table[pid][2] == start}
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def processes_mentioning(text: str) -> set[Process]:
+    """Live processes whose command line contains `text` (e.g. a private Ray temp dir)."""
+    found = set()
+    for pid, (_, _, start) in _process_table().items():
+        if text in command_line(pid) and pid != os.getpid():
+            found.add((pid, start))
+    return found
+
+
+class ServeRun:
+    """`serve run <config>` in its own process group; stopped with SIGINT like Ctrl-C.
+
+    `address=None` lets `serve run` start its own Ray, as a user does. `env` overrides the
+    child's environment (a value of None removes the variable).
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        address: str | None = None,
+        env: dict[str, str | None] | None = None,
+    ) -> None:
         self.config = config
         self.port = config["http_options"]["port"]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,24 +136,52 @@ class ServeRun:
         self.config_path = workdir / f"app-{self.port}.yaml"
         self.log_path = workdir / f"serve-{self.port}.log"
         self.address = address
+        self.env = env or {}
         self.process: subprocess.Popen | None = None
         self.ready_after_s = float("nan")
+        self.stop_s = float("nan")
+        # True when `serve run` exited by itself after SIGINT (before the SIGKILL backstop).
+        self.exited_on_sigint = False
+        # Every process seen below `serve run` just before it was stopped, and those of
+        # them still running when `serve run` had exited (before the SIGKILL backstop).
+        self.seen_processes: set[Process] = set()
+        self.survivors: set[Process] = set()
+        self.survivor_commands: list[str] = []
 
-    def start(self, timeout_s: float = 120.0) -> ServeRun:
-        self.config_path.write_text(yaml.safe_dump(self.config))
+    def launch(self) -> ServeRun:
+        """Start `serve run` without waiting for the app (see `wait_ready`, `wait_log`)."""
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         command = [SERVE, "run", str(self.config_path)]
         if self.address:
             command += ["--address", self.address]
-        started = time.monotonic()
+        self._started = time.monotonic()
         self.process = subprocess.Popen(
             command,
             cwd=self.workdir,
+            env=self._env(),
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.wait_ready(timeout_s)
-        self.ready_after_s = time.monotonic() - started
+        return self
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for key, value in self.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    def start(self, timeout_s: float = 180.0) -> ServeRun:
+        self.launch()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        self.ready_after_s = time.monotonic() - self._started
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -85,39 +191,152 @@ class ServeRun:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve run exited early:\n{self.log()}")
             try:
-                if http_get(self.url + "/v2/health/ready", timeout=1)[0] == 200:
+                if http_get(self.url + "/v2/health/ready", timeout=2)[0] == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.3)
         raise TimeoutError(f"serve run not ready after {timeout_s} s:\n{self.log()}")
 
+    def wait_log(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        """Wait until the log matches `pattern` (a regex); returns the match."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            match = re.search(pattern, self.full_log())
+            if match:
+                return match
+            assert self.process is not None
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not in the serve run log:\n{self.log()}")
+            time.sleep(0.5)
+
+    def full_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+        return self.full_log()[-6000:]
 
     def stop(self, timeout_s: float = 45.0) -> float:
-        """SIGINT, wait; returns how long `serve run` took to exit. Kills the group after."""
+        """SIGINT, wait; returns how long `serve run` took to exit. Kills the group after.
+
+        On a shared cluster (`address`), a `serve run` that did not shut Serve down itself
+        (killed after `timeout_s`, or dead before the stop) would leave Serve's controller
+        holding its app and HTTP port, and the next module's `serve run` would never get
+        ready; so Serve is then shut down from a separate driver.
+        """
         if self.process is None:
             return 0.0
+        if self.process.returncode is not None and not math.isnan(self.stop_s):
+            return self.stop_s  # already stopped
+        was_running = self.process.poll() is None
+        if was_running:
+            self.seen_processes = descendants(self.process.pid)
         started = time.monotonic()
         try:
             os.killpg(self.process.pid, signal.SIGINT)
             self.process.wait(timeout_s)
+            self.exited_on_sigint = was_running
+            self.survivors = alive(self.seen_processes)
+            self.survivor_commands = [command_line(pid)[:120] for pid, _ in sorted(self.survivors)]
         except subprocess.TimeoutExpired:
             pass
         except ProcessLookupError:
             pass
         elapsed = time.monotonic() - started
         # Ray's dashboard helpers outlive `serve run` in its process group.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait()
+        self.stop_s = elapsed
+        if self.address and not self.exited_on_sigint:
+            self._shutdown_serve()
         return elapsed
+
+    def _shutdown_serve(self) -> None:
+        script = (
+            "import sys, ray\nfrom ray import serve\n"
+            "ray.init(address=sys.argv[1], log_to_driver=False)\nserve.shutdown()\n"
+        )
+        with contextlib.suppress(subprocess.TimeoutExpired), self.log_path.open("ab") as log:
+            subprocess.run(
+                [sys.executable, "-c", script, str(self.address)],
+                env=self._env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+                check=False,
+            )
 
     def __enter__(self) -> ServeRun:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_torchscript(repository: Path, model: str, *inputs: Any, version: int = 1) -> tuple[Any, ...]:
+    """The reference: `<repository>/<model>/<version>/model.pt` run directly in torch.
+
+    Inputs are numpy arrays in forward()'s argument order; outputs come back as numpy.
+    """
+    import torch
+
+    module = torch.jit.load(str(repository / model / str(version) / "model.pt")).eval()
+    with torch.inference_mode():
+        result = module(*[torch.from_numpy(np.array(a)) for a in inputs])
+    if isinstance(result, torch.Tensor):
+        result = (result,)
+    return tuple(r.numpy() for r in result)
+
+
+# --- checks shared by the e2e modules ---------------------------------------------------
+
+
+def assert_matches(actual: np.ndarray | None, expected: np.ndarray) -> None:
+    """Same shape and dtype as the TorchScript reference; values within TOLERANCE."""
+    assert actual is not None, "output missing from the response"
+    assert actual.shape == expected.shape
+    assert actual.dtype == expected.dtype
+    if expected.dtype == np.bool_:
+        np.testing.assert_array_equal(actual, expected)
+    else:
+        diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+        assert diff.max(initial=0.0) <= TOLERANCE, f"max abs diff {diff.max()}"
+
+
+def runtime_of(run: ServeRun) -> str:
+    return run.config["applications"][0]["args"]["runtime"]
+
+
+def repository_of(run: ServeRun) -> Path:
+    """The repository the app serves (a relative one is relative to where `serve run` runs)."""
+    return run.workdir / run.config["applications"][0]["args"]["model_repository"]
+
+
+def linear_body(batch: int = 2) -> tuple[dict[str, Any], np.ndarray]:
+    data = np.arange(batch * 16, dtype=np.float32).reshape(batch, 16) / 10
+    body = {
+        "inputs": [
+            {"name": "input__0", "datatype": "FP32", "shape": [batch, 16], "data": data.ravel().tolist()}
+        ]
+    }
+    return body, data
+
+
+def assert_still_serving(http: httpx.Client, repository: Path) -> None:
+    """A good request after a bad one: the replica is alive and still right."""
+    body, data = linear_body()
+    response = http.post("/v2/models/linear/infer", json=body)
+    assert response.status_code == 200, response.text
+    output = response.json()["outputs"][0]
+    (expected,) = run_torchscript(repository, "linear", data)
+    assert_matches(np.asarray(output["data"], dtype=np.float32).reshape(output["shape"]), expected)
+
+
+def assert_error(response: httpx.Response, status: int) -> str:
+    """`status` with Triton's `{"error": "<message>"}` JSON body; returns the message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
+    return body["error"]
