@@ -8,12 +8,13 @@ from its dataplane.
 
 import asyncio
 import logging
+from typing import Any
 
 from ray import serve
 from ray.serve import Application
 from starlette.types import ASGIApp
 
-from serve_app.config import AppArgs
+from serve_app.config import AppArgs, parse_args
 from serve_app.dataplane import DataPlane
 from serve_app.http import build_http_app
 from serve_app.placement import Placement
@@ -61,9 +62,10 @@ class InferenceServer:
             logger.error("runtime stop exceeded %.0f s; exiting anyway", self._args.stop_timeout_s)
 
 
-def build_app(args: AppArgs) -> Application:
+def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder (`import_path: serve_app.app:build_app`).
 
-    Not postponed-annotated: Serve reads the `AppArgs` annotation to validate `args`.
+    Takes the raw dict (not `AppArgs`) so a bad arg fails with `parse_args`'s message,
+    which names the YAML path, instead of pydantic's default rendering.
     """
-    return InferenceServer.bind(args)
+    return InferenceServer.bind(parse_args(args))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 
 class TritonOptions(BaseModel):
@@ -52,7 +52,9 @@ class AppArgs(BaseModel):
     stop_timeout_s: float = Field(
         25.0, gt=0, description="Bound on the runtime's stop at replica shutdown."
     )
-    triton: TritonOptions = Field(default_factory=TritonOptions)
+    triton: TritonOptions = Field(
+        default_factory=TritonOptions, description="Options of the in-process Triton (runtime: triton)."
+    )
 
     @field_validator("model_repository")
     @classmethod
@@ -61,7 +63,30 @@ class AppArgs(BaseModel):
         if not resolved.is_dir():
             raise ValueError(
                 f"'{path}' is not a directory (resolved to {resolved}); set "
-                "applications[].args.model_repository to a Triton model repository, "
-                "absolute or relative to the directory you run `serve run` from"
+                "applications[].args.model_repository to a Triton model repository, absolute or "
+                "relative to the directory the Ray cluster started in (where `serve run` starts "
+                "its own Ray: the directory you run it from)"
             )
         return resolved
+
+
+class InvalidArgsError(ValueError):
+    """Bad `applications[].args`: one self-contained line per problem, naming field and fix."""
+
+
+def parse_args(raw: dict[str, Any]) -> AppArgs:
+    """Validate raw `args` from the Serve config, with messages that name the YAML path."""
+    try:
+        return AppArgs.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = f"unknown field; the fields are {', '.join(AppArgs.model_fields)}"
+            elif error["type"] not in ("missing", "value_error"):
+                message += f" (got {error['input']!r})"
+            problems.append(f"applications[].args.{field}: {message}")
+        summary = "\n  ".join(problems)
+        raise InvalidArgsError(f"invalid serve_app args in the Serve config:\n  {summary}") from None
