@@ -14,7 +14,7 @@ from ray import serve
 from ray.serve import Application
 from starlette.types import ASGIApp
 
-from serve_app.config import AppArgs, parse_args
+from serve_app.config import AppArgs, InvalidArgsError, parse_args
 from serve_app.dataplane import DataPlane
 from serve_app.http import build_http_app
 from serve_app.placement import Placement
@@ -36,6 +36,12 @@ class InferenceServer:
     async def __init__(self, args: AppArgs) -> None:
         self._args = args
         placement = Placement.detect()
+        if args.device == "cpu" and placement.gpu_ids:
+            raise InvalidArgsError(
+                f"applications[].args.device is 'cpu' but ray_actor_options.num_gpus gave this replica "
+                f"GPU {','.join(placement.gpu_ids)}: set device: auto (or cuda) to use it, or remove "
+                "num_gpus so the GPU stays free"
+            )
         self._runtime = await start_runtime(args, placement)
         self._dataplane = DataPlane(
             self._runtime, model_control=args.model_control, placement=placement.as_dict()
@@ -56,6 +62,8 @@ class InferenceServer:
 
     async def __del__(self) -> None:
         """Stop the runtime after Serve drained this replica; a hung stop is cut short."""
+        if not hasattr(self, "_runtime"):  # __init__ failed before the runtime started
+            return
         try:
             await asyncio.wait_for(self._runtime.stop(), self._args.stop_timeout_s)
         except asyncio.TimeoutError:  # not the builtin before Python 3.11

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from ray.serve.exceptions import RayServeException
 
 
 class TritonOptions(BaseModel):
@@ -70,8 +71,12 @@ class AppArgs(BaseModel):
         return resolved
 
 
-class InvalidArgsError(ValueError):
-    """Bad `applications[].args`: one self-contained line per problem, naming field and fix."""
+class InvalidArgsError(RayServeException, ValueError):
+    """Bad `applications[].args`: one self-contained line per problem, naming field and fix.
+
+    A RayServeException: Serve's build task reports those as their message alone (no
+    traceback) and does not retry the build.
+    """
 
 
 def parse_args(raw: dict[str, Any]) -> AppArgs:

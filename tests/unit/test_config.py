@@ -36,3 +36,30 @@ def test_bad_args_name_the_field(raw: dict, expected: str) -> None:
 
 def test_every_field_is_documented() -> None:
     assert all(field.description for field in AppArgs.model_fields.values())
+
+
+def test_preflight_check_reports_each_problem(example_repository: Path) -> None:
+    from serve_app.check import check_config
+
+    config = {
+        "applications": [
+            {
+                "import_path": "serve_app.app:build_app",
+                "args": {"model_repository": str(example_repository), "device": "cpu", "runtime": "x"},
+                "deployments": [
+                    {
+                        "name": "InferenceServer",
+                        "autoscaling_config": {"min_replicas": 3, "max_replicas": 2},
+                        "ray_actor_options": {"num_gpus": 1},
+                    }
+                ],
+            }
+        ]
+    }
+    problems = check_config(config)
+    assert any(p.startswith("applications[].args.runtime:") for p in problems)
+    assert any("autoscaling_config" in p and "min_replicas" in p for p in problems)
+    assert any("ray_actor_options.num_gpus is 1" in p for p in problems)
+    config["applications"][0]["args"] = {"model_repository": str(example_repository)}
+    config["applications"][0]["deployments"][0]["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 2}
+    assert check_config(config) == []

@@ -1,0 +1,123 @@
+"""One GPU per replica: configs/app.gpu.yaml's 2 replicas with num_gpus: 1 on the session
+cluster's 2 fake GPUs.
+
+Ray assigns each replica its own GPU id and sets CUDA_VISIBLE_DEVICES to it; there
+is no CUDA here, so the torch runtime falls back to CPU and still reports the id in
+the server metadata (GET /v2 → "serve_app").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from tests.e2e.conftest import FAKE_GPUS
+from tests.e2e.harness import ROOT, ServeRun, free_port, http_get, run_torchscript
+
+pytestmark = pytest.mark.e2e
+
+GPU_CONFIG = ROOT / "configs" / "app.gpu.yaml"
+
+
+def gpu_config(port: int, repository: Path, num_gpus: float) -> dict[str, Any]:
+    """configs/app.gpu.yaml (num_gpus: 1 per replica) made to fit this machine: the torch
+    runtime, the example repository, loopback, 2 fixed replicas of 1 CPU and `num_gpus`."""
+    config = yaml.safe_load(GPU_CONFIG.read_text())
+    ServeDeploySchema.model_validate(config)  # the shipped file is a valid Serve config
+    config["http_options"].update(host="127.0.0.1", port=port)
+    app = config["applications"][0]
+    app["args"].update(model_repository=str(repository), runtime="torch")
+    deployment = app["deployments"][0]
+    assert deployment["ray_actor_options"]["num_gpus"] == 1
+    deployment.pop("autoscaling_config")
+    deployment["num_replicas"] = FAKE_GPUS
+    deployment["ray_actor_options"].update(num_cpus=1, num_gpus=num_gpus)
+    return config
+
+
+@pytest.fixture(scope="module", params=[1, 0.5], ids=["num_gpus=1", "num_gpus=0.5"])
+def gpu_served(
+    request: pytest.FixtureRequest,
+    ray_address: str,
+    example_repository_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServeRun]:
+    config = gpu_config(free_port(), example_repository_path, request.param)
+    run = ServeRun(config, tmp_path_factory.mktemp("serve-gpu"), address=ray_address).start(timeout_s=180)
+    yield run
+    run.stop()
+
+
+def placements(url: str, replicas: int, timeout_s: float = 90.0) -> dict[str, dict[str, Any]]:
+    """GET /v2 until every replica answered once (Serve spreads the requests); replica → block."""
+    seen: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < replicas and time.monotonic() < deadline:
+        status, body = http_get(url + "/v2", timeout=10)
+        assert status == 200, body
+        block = json.loads(body)["serve_app"]
+        seen[block["replica"]] = block
+    return seen
+
+
+def infer(url: str, model: str, rows: np.ndarray) -> np.ndarray:
+    body = json.dumps(
+        {"inputs": [{"name": "input__0", "shape": list(rows.shape), "datatype": "FP32",
+                     "data": rows.ravel().tolist()}]}
+    ).encode()  # fmt: skip
+    request = urllib.request.Request(
+        f"{url}/v2/models/{model}/infer", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        output = json.loads(response.read())["outputs"][0]
+    return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+
+
+def test_each_replica_is_pinned_to_its_gpu(gpu_served: ServeRun) -> None:
+    """num_gpus: 1 → each replica its own GPU; num_gpus: 0.5 → both share one (Ray packs them)."""
+    num_gpus = gpu_served.config["applications"][0]["deployments"][0]["ray_actor_options"]["num_gpus"]
+    # The second replica may still be starting when the first one answers /v2/health/ready.
+    seen = placements(gpu_served.url, FAKE_GPUS, timeout_s=120)
+    print(f"\nreplica placements with num_gpus={num_gpus}:")
+    for block in seen.values():
+        print(f"  {json.dumps(block)}")
+    assert len(seen) == FAKE_GPUS, f"only {list(seen)} answered"
+    gpu_ids = [tuple(block["gpu_ids"]) for block in seen.values()]
+    assert all(len(ids) == 1 for ids in gpu_ids), gpu_ids
+    if num_gpus == 1:
+        assert sorted(ids[0] for ids in gpu_ids) == [str(i) for i in range(FAKE_GPUS)], "distinct GPU ids"
+    else:
+        assert len(set(gpu_ids)) == 1, f"two half-GPU replicas share one GPU: {gpu_ids}"
+    for block in seen.values():
+        # Ray pins the replica to its GPU: the only device CUDA could see is its own.
+        assert block["cuda_visible_devices"] == block["gpu_ids"][0]
+        # No CUDA on this machine: a clean CPU fallback that still reports the assigned GPU.
+        assert block["device"] == "cpu"
+        assert block["runtime"] == "torch"
+
+
+def test_inference_is_correct_on_every_replica(gpu_served: ServeRun, example_repository_path: Path) -> None:
+    rows = np.random.default_rng(1).random((1, 16), dtype=np.float32)
+    (expected,) = run_torchscript(example_repository_path, "linear", rows)
+    # An odd number of requests: the two replicas' counts differ, so GET stats tells them apart.
+    requests = 21
+    for _ in range(requests):
+        np.testing.assert_allclose(infer(gpu_served.url, "linear", rows), expected, rtol=1e-5, atol=1e-5)
+    # Each GET .../stats lands on one replica; collect the distinct per-replica counts.
+    counts: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(counts) < FAKE_GPUS and time.monotonic() < deadline:
+        status, body = http_get(gpu_served.url + "/v2/models/linear/stats", timeout=10)
+        assert status == 200, body
+        counts.add(json.loads(body)["model_stats"][0]["inference_count"])
+    print(f"\nlinear inferences per replica: {sorted(counts)}")
+    assert len(counts) == FAKE_GPUS and sum(counts) == requests and min(counts) > 0, counts
