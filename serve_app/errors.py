@@ -8,6 +8,8 @@ Triton server are mapped by their class name so this module never imports
 
 from __future__ import annotations
 
+import re
+
 
 class ServeAppError(Exception):
     """Base class: a failure that a client can be told about."""
@@ -59,10 +61,18 @@ _ERROR_BY_TRITON_NAME: dict[str, type[ServeAppError]] = {
 }
 
 
+_TRITON_REQUEST_ID = re.compile(r"^\[request id: [^\]]*\] ")
+
+
 def from_triton(exc: Exception) -> ServeAppError:
-    """Translate an error raised by `tritonserver` into ours (by class name)."""
+    """Translate an error raised by `tritonserver` into ours (by class name).
+
+    The message is `args[0]`: an error response appends the response object to the args, and
+    Triton prefixes request errors with `[request id: ...]`, which names no request of ours.
+    """
     error_type = _ERROR_BY_TRITON_NAME.get(type(exc).__name__, InternalError)
-    return error_type(str(exc))
+    message = str(exc.args[0]) if exc.args else type(exc).__name__
+    return error_type(_TRITON_REQUEST_ID.sub("", message, count=1))
 
 
 def status_for(exc: ServeAppError) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -42,10 +43,11 @@ CORE_GIT_URL = "https://github.com/triton-inference-server/core"
 CORE_BRANCH = "r24.10"
 CORE_SOURCE_ENV = "SERVE_APP_TRITON_CORE_SRC"
 
-# Contract with the shim (serve_app/runtimes/triton_shim/model.py), which cannot import us.
+# The shim (serve_app/runtimes/triton_shim/model.py) and the parameters it reads from its config.
 SHIM_FILE = Path(__file__).parent / "runtimes" / "triton_shim" / "model.py"
 TORCHSCRIPT_DIR_PARAMETER = "torchscript_model_dir"
 TORCHSCRIPT_FILENAME_PARAMETER = "torchscript_filename"
+TORCH_THREADS_PARAMETER = "torch_threads"
 
 _PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 _LIBS = "nvidia_pytriton.libs"
@@ -68,8 +70,7 @@ def backend_directory() -> str | None:
     """Triton backend directory to pass as ``Options.backend_directory``; None if not installed."""
     python_backend = install_root() / _BACKENDS / "python"
     ready = all(
-        (python_backend / name).is_file()
-        for name in ("libtriton_python.so", "triton_python_backend_stub")
+        (python_backend / name).is_file() for name in ("libtriton_python.so", "triton_python_backend_stub")
     )
     return str(python_backend.parent) if ready else None
 
@@ -105,48 +106,35 @@ def cpu_options(model_repository: str | list[str], **overrides: Any) -> tritonse
     return tritonserver.Options(**(settings | overrides))
 
 
-def read_model_config(model_dir: Path) -> dict[str, Any]:
-    """Parse ``<model_dir>/config.pbtxt`` into the JSON form Triton's load API accepts."""
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
-
-    config = text_format.Parse(
-        (model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
-    )
-    return json_format.MessageToDict(config, preserving_proto_field_name=True)
-
-
 def torchscript_load_parameters(
-    model_dir: Path, config: dict[str, Any] | None = None
+    model_dir: Path, config: dict[str, Any], torch_threads: int | None = None
 ) -> dict[str, str | bytes]:
     """``Server.load`` parameters that serve a TorchScript model through the python backend.
 
-    File overrides make Triton load the model from a temporary copy holding only the
-    shim, which is why the shim gets the real directory as a parameter: the user's
-    repository is read, never modified.
+    ``config`` is the model's config.pbtxt as a dict (proto field names). File overrides
+    make Triton load the model from a temporary directory holding only the shim, which is
+    why the shim gets the real directory as a parameter: the repository is never modified.
     """
     model_dir = model_dir.resolve()
-    config = dict(read_model_config(model_dir) if config is None else config)
     filename = config.get("default_model_filename") or "model.pt"
-    config.pop("platform", None)
-    config["backend"] = "python"
-    config["default_model_filename"] = "model.py"
-    config["parameters"] = {
-        **config.get("parameters", {}),
-        TORCHSCRIPT_DIR_PARAMETER: {"string_value": str(model_dir)},
-        TORCHSCRIPT_FILENAME_PARAMETER: {"string_value": filename},
+    injected = {
+        TORCHSCRIPT_DIR_PARAMETER: str(model_dir),
+        TORCHSCRIPT_FILENAME_PARAMETER: filename,
+        **({TORCH_THREADS_PARAMETER: str(torch_threads)} if torch_threads else {}),
     }
-    shim = SHIM_FILE.read_bytes()
+    override = {key: value for key, value in config.items() if key != "platform"} | {
+        "backend": "python",
+        "default_model_filename": "model.py",
+        "parameters": config.get("parameters", {})
+        | {key: {"string_value": value} for key, value in injected.items()},
+    }
     versions = sorted(
-        entry.name
-        for entry in model_dir.iterdir()
-        if entry.name.isdigit() and (entry / filename).is_file()
+        entry.name for entry in model_dir.iterdir() if entry.name.isdigit() and (entry / filename).is_file()
     )
     if not versions:
         raise FileNotFoundError(f"no <version>/{filename} under {model_dir}")
-    parameters: dict[str, str | bytes] = {"config": json.dumps(config)}
-    parameters.update({f"file:{version}/model.py": shim for version in versions})
-    return parameters
+    shim = SHIM_FILE.read_bytes()
+    return {"config": json.dumps(override)} | {f"file:{version}/model.py": shim for version in versions}
 
 
 def _run(command: list[str], what: str) -> None:
@@ -177,10 +165,11 @@ def _ensure_pybind11() -> None:
     except metadata.PackageNotFoundError:
         print("installing pybind11 (build dependency)")
         _run([sys.executable, "-m", "pip", "install", "pybind11"], "pip install pybind11")
+        importlib.invalidate_caches()
 
 
-def _install_binaries(work: Path, root: Path) -> str:
-    """Lay out the core libraries and python backend of nvidia-pytriton; return the core's file name."""
+def _stage_binaries(work: Path, layout: Path) -> str:
+    """Lay out nvidia-pytriton's core libraries and python backend; return the core's file name."""
     _run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(work), PYTRITON_REQUIREMENT],
         f"pip download {PYTRITON_REQUIREMENT}",
@@ -188,7 +177,7 @@ def _install_binaries(work: Path, root: Path) -> str:
     wheel = next(work.glob("nvidia_pytriton-*.whl"))
     backend_prefix = "pytriton/tritonserver/backends/python/"
     stub = f"pytriton/tritonserver/python_backend_stubs/{_PY}/triton_python_backend_stub"
-    python_backend = root / _BACKENDS / "python"
+    python_backend = layout / _BACKENDS / "python"
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         if stub not in names:
@@ -197,7 +186,7 @@ def _install_binaries(work: Path, root: Path) -> str:
             if name.endswith("/"):
                 continue
             if name.startswith(f"{_LIBS}/"):
-                target = root / name
+                target = layout / name
             elif name.startswith(backend_prefix) or name == stub:
                 target = python_backend / Path(name).name
             else:
@@ -206,10 +195,9 @@ def _install_binaries(work: Path, root: Path) -> str:
             target.write_bytes(archive.read(name))
     (python_backend / "triton_python_backend_stub").chmod(0o755)
     libpython = sysconfig.get_config_var("INSTSONAME")
-    (root / _LIBS / libpython).symlink_to(Path(sysconfig.get_config_var("LIBDIR")) / libpython)
-    core = next((root / _LIBS).glob("libtritonserver-*.so"))
-    print(f"installed Triton {TRITON_VERSION} core and python backend from {wheel.name} into {root}")
-    return core.name
+    (layout / _LIBS / libpython).symlink_to(Path(sysconfig.get_config_var("LIBDIR")) / libpython)
+    print(f"downloaded {wheel.name}")
+    return next((layout / _LIBS).glob("libtritonserver-*.so")).name
 
 
 @contextmanager
@@ -217,21 +205,24 @@ def _core_source() -> Iterator[Path]:
     """Yield a Triton core r24.10 checkout: $SERVE_APP_TRITON_CORE_SRC (dir or archive) or git."""
     given = os.environ.get(CORE_SOURCE_ENV)
     with tempfile.TemporaryDirectory(prefix="triton-core-") as scratch:
+        base = Path(scratch)
         if given and Path(given).is_dir():
-            candidates = [Path(given)]
+            base = Path(given)
         elif given:
-            if not Path(given).is_file():
-                raise InstallError(f"{CORE_SOURCE_ENV}={given} is neither a directory nor an archive")
-            shutil.unpack_archive(given, scratch)
-            candidates = [Path(scratch), *Path(scratch).iterdir()]
+            try:
+                shutil.unpack_archive(given, scratch)
+            except (OSError, ValueError, shutil.ReadError) as error:
+                raise InstallError(
+                    f"{CORE_SOURCE_ENV}={given} is not a directory or archive: {error}"
+                ) from error
+        elif shutil.which("git") is None:
+            raise InstallError(f"git is required to fetch the Triton core (or set {CORE_SOURCE_ENV})")
         else:
-            if shutil.which("git") is None:
-                raise InstallError(f"git is required to fetch the Triton core (or set {CORE_SOURCE_ENV})")
             _run(
-                ["git", "clone", "--depth", "1", "-b", CORE_BRANCH, CORE_GIT_URL, scratch + "/core"],
+                ["git", "clone", "--depth", "1", "-b", CORE_BRANCH, CORE_GIT_URL, str(base / "core")],
                 f"git clone {CORE_GIT_URL}",
             )
-            candidates = [Path(scratch, "core")]
+        candidates = [base, *(entry for entry in base.iterdir() if entry.is_dir())]
         source = next((c for c in candidates if (c / _BINDINGS_SOURCE).is_file()), None)
         if source is None:
             raise InstallError(f"no {_BINDINGS_SOURCE} in {given or CORE_GIT_URL}")
@@ -239,7 +230,7 @@ def _core_source() -> Iterator[Path]:
         yield source
 
 
-def _build_bindings(source: Path, root: Path, core_library: str, output: Path) -> None:
+def _build_bindings(source: Path, libs: Path, core_library: str, output: Path) -> None:
     """Compile the official bindings against the pytriton core under its hashed name.
 
     The hashed name keeps one core in the process, shared with the python backend; an
@@ -248,9 +239,8 @@ def _build_bindings(source: Path, root: Path, core_library: str, output: Path) -
     """
     import pybind11
 
-    libs = root / _LIBS
     installed_at = Path(sysconfig.get_paths()["platlib"]) / "tritonserver" / "_c"
-    rpath = "$ORIGIN/" + os.path.relpath(libs, installed_at)
+    rpath = "$ORIGIN/" + os.path.relpath(install_root() / _LIBS, installed_at)
     started = time.monotonic()
     _run(
         [
@@ -269,8 +259,41 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
-def _install_package(source: Path, bindings: Path, work: Path) -> None:
-    """Install ``tritonserver`` as a wheel so pip can list, upgrade and uninstall it."""
+# r24.10 API leaks that keep a model referenced, so Server.stop waits exit_timeout and
+# raises "Exit timeout expired": (file, original, replacement, occurrences).
+_SUBMIT = "        self._server.infer_async(request)\n"
+_API_PATCHES = (
+    # A request Triton rejects on submit (bad shape, dtype, batch size) and its response
+    # iterator keep each other alive through a C++ callback the garbage collector cannot see.
+    (
+        "tritonserver/_api/_model.py",
+        _SUBMIT,
+        "        try:\n    " + _SUBMIT + "        except Exception:\n"
+        "            response_iterator._request = None\n            raise\n",
+        2,
+    ),
+    # An error response's traceback holds the C++ response (and so the model) in a reference
+    # cycle with the error until the next garbage collection.
+    (
+        "tritonserver/_api/_response.py",
+        "            except TritonError as error:\n",
+        "            except TritonError as error:\n                error.__traceback__ = None\n",
+        1,
+    ),
+)
+
+
+def _patch_api(files: dict[str, bytes]) -> None:
+    """Apply ``_API_PATCHES`` to the package files, refusing sources they do not match."""
+    for name, original, replacement, occurrences in _API_PATCHES:
+        text = files[name].decode()
+        if text.count(original) != occurrences:
+            raise InstallError(f"{name} is not the {CORE_BRANCH} source this install patches")
+        files[name] = text.replace(original, replacement).encode()
+
+
+def _build_wheel(source: Path, bindings: Path, work: Path) -> Path:
+    """Package ``tritonserver`` as a wheel so pip can list, upgrade and uninstall it."""
     tag = f"cp{_PY.replace('.', '')}"
     platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
     dist_info = f"tritonserver-{TRITON_VERSION}.dist-info"
@@ -279,6 +302,7 @@ def _install_package(source: Path, bindings: Path, work: Path) -> None:
         for path in sorted((source / "python" / "tritonserver").rglob("*"))
         if path.is_file() and path.suffix in {".py", ".pyi", ".typed"}
     }
+    _patch_api(files)
     files[f"tritonserver/_c/{bindings.name}"] = bindings.read_bytes()
     files[f"{dist_info}/METADATA"] = (
         "Metadata-Version: 2.1\nName: tritonserver\n"
@@ -297,11 +321,7 @@ def _install_package(source: Path, bindings: Path, work: Path) -> None:
         for name, data in files.items():
             archive.writestr(name, data)
         archive.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
-    _run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--force-reinstall", str(wheel)],
-        "pip install tritonserver",
-    )
-    print(f"installed tritonserver {TRITON_VERSION} into {sysconfig.get_paths()['platlib']}")
+    return wheel
 
 
 def install(force: bool = False) -> None:
@@ -310,7 +330,8 @@ def install(force: bool = False) -> None:
     stamp = root / "installed.json"
     wanted = {"pytriton": PYTRITON_REQUIREMENT, "core": CORE_BRANCH, "python": _PY}
     try:
-        current = json.loads(stamp.read_text()) == wanted and metadata.version("tritonserver") == TRITON_VERSION
+        current = json.loads(stamp.read_text()) == wanted
+        current = current and metadata.version("tritonserver") == TRITON_VERSION
     except (OSError, ValueError, metadata.PackageNotFoundError):
         current = False
     if current and not force and backend_directory() is not None:
@@ -318,32 +339,37 @@ def install(force: bool = False) -> None:
         return
     _check_prerequisites()
     _ensure_pybind11()
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="serve-app-triton-") as scratch:
         work = Path(scratch)
-        core_library = _install_binaries(work, root)
+        core_library = _stage_binaries(work, work / "layout")
         with _core_source() as source:
             bindings = work / f"triton_bindings{sysconfig.get_config_var('EXT_SUFFIX')}"
-            _build_bindings(source, root, core_library, bindings)
-            _install_package(source, bindings, work)
+            _build_bindings(source, work / "layout" / _LIBS, core_library, bindings)
+            wheel = _build_wheel(source, bindings, work)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.move(work / "layout", root)
+        print(f"installed Triton {TRITON_VERSION} core and python backend into {root}")
+        pip_install = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--force-reinstall"]
+        _run([*pip_install, str(wheel)], "pip install tritonserver")
     stamp.write_text(json.dumps(wanted))
+    print(f"installed tritonserver {TRITON_VERSION} into {sysconfig.get_paths()['platlib']}")
 
 
-def _tiny_torchscript_repository(repository: Path) -> Any:
-    """Write a traced Linear(16, 4) as a batching PyTorch-backend model; return the module."""
+def _tiny_torchscript_model(model_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """Save a traced Linear(16, 4) as version 1; return it and its batching model config."""
     import torch
 
     module = torch.nn.Linear(16, 4).eval()
-    (repository / "linear" / "1").mkdir(parents=True)
-    torch.jit.trace(module, torch.zeros(1, 16)).save(str(repository / "linear" / "1" / "model.pt"))
-    (repository / "linear" / "config.pbtxt").write_text(
-        'platform: "pytorch_libtorch"\nmax_batch_size: 8\n'
-        'input [{ name: "input__0", data_type: TYPE_FP32, dims: [16] }]\n'
-        'output [{ name: "output__0", data_type: TYPE_FP32, dims: [4] }]\n'
-        "dynamic_batching {}\n"
-    )
-    return module
+    (model_dir / "1").mkdir(parents=True)
+    torch.jit.trace(module, torch.zeros(1, 16)).save(str(model_dir / "1" / "model.pt"))
+    config = {
+        "name": model_dir.name,
+        "max_batch_size": 8,
+        "input": [{"name": "input__0", "data_type": "TYPE_FP32", "dims": [16]}],
+        "output": [{"name": "output__0", "data_type": "TYPE_FP32", "dims": [4]}],
+        "dynamic_batching": {},
+    }
+    return module, config
 
 
 def check() -> None:
@@ -357,10 +383,10 @@ def check() -> None:
         raise InstallError(f"{error}: run python -m serve_app.triton_cpu install") from error
     os.environ.update(environment_for_stub())
     with tempfile.TemporaryDirectory(prefix="serve-app-triton-check-") as scratch:
-        module = _tiny_torchscript_repository(Path(scratch))
+        module, config = _tiny_torchscript_model(Path(scratch, "linear"))
         server = tritonserver.Server(cpu_options(scratch)).start(wait_until_ready=True)
         try:
-            server.load("linear", torchscript_load_parameters(Path(scratch, "linear")))
+            server.load("linear", torchscript_load_parameters(Path(scratch, "linear"), config))
             batch = np.random.default_rng(0).standard_normal((3, 16), dtype=np.float32)
             (response,) = server.model("linear").infer(inputs={"input__0": batch})
             output = np.from_dlpack(response.outputs["output__0"])
@@ -372,13 +398,14 @@ def check() -> None:
             server.stop()
     if not np.allclose(output, expected, atol=1e-5):
         raise InstallError("TorchScript output through Triton differs from torch")
-    print(f"tritonserver {tritonserver.__version__} (server {server_version}), "
-          f"backends in {backend_directory()}")  # fmt: skip
+    print(f"tritonserver {tritonserver.__version__}, server {server_version}, backends {backend_directory()}")
     print(f"python {_PY}, numpy {np.__version__}, torch {torch.__version__}: TorchScript shim OK")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve_app.triton_cpu", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m serve_app.triton_cpu", description="Triton's in-process Python API on CPU."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     install_command = commands.add_parser("install", help="build and install tritonserver for CPU")
     install_command.add_argument("--force", action="store_true", help="rebuild even if installed")

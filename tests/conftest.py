@@ -8,6 +8,12 @@ Starlette then runs every request.
 
 from __future__ import annotations
 
+import os
+
+# Before Ray is imported anywhere: keep every Ray process the tests start (and the `serve
+# run` children, which inherit this) on 127.0.0.1 instead of the machine's eth0 address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 import shutil
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator

@@ -1,41 +1,5 @@
-"""Runtime selection: `torch`, `triton`, or `auto` (Triton when it imports and starts)."""
+"""Runtimes behind the dataplane; `factory.start_runtime` picks one.
 
-from __future__ import annotations
-
-import logging
-
-from serve_app.config import AppArgs
-from serve_app.placement import Placement
-from serve_app.runtimes.base import ModelState, Runtime
-from serve_app.runtimes.torch import TorchRuntime
-
-logger = logging.getLogger(__name__)
-
-__all__ = ["ModelState", "Runtime", "start_runtime"]
-
-
-async def start_runtime(args: AppArgs, placement: Placement) -> Runtime:
-    """Create and start the runtime the args ask for."""
-    if args.runtime != "torch":
-        try:
-            return await _start_triton(args, placement)
-        except Exception as exc:
-            if args.runtime == "triton":
-                raise
-            logger.warning("runtime auto: Triton unavailable (%s); using the torch runtime", exc)
-    runtime = TorchRuntime(
-        args.model_repository,
-        placement.torch_device(args.device),
-        args.torch_threads or placement.threads(),
-    )
-    await runtime.start()
-    return runtime
-
-
-async def _start_triton(args: AppArgs, placement: Placement) -> Runtime:
-    from serve_app.runtimes.triton import TritonRuntime
-
-    runtime = TritonRuntime(args, placement)
-    await runtime.start()
-    logger.info("runtime %s: using in-process Triton", args.runtime)
-    return runtime
+Kept import-free: the Triton Python-backend shim imports `runtimes.torchscript` inside
+the stub process, which should not pay for loading the other runtimes.
+"""

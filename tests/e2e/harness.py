@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import math
 import os
 import re
@@ -24,8 +25,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 APP_CONFIG = ROOT / "configs" / "app.yaml"
 SERVE = str(Path(sys.executable).with_name("serve"))
-# The runtimes `served` and the other per-module apps are parametrised by (add "triton" here).
-RUNTIMES = ["torch"]
+# The runtimes `served` and the other per-module apps are parametrised by: triton where the
+# in-process build is installed (`python -m serve_app.triton_cpu install`; CI installs it).
+RUNTIMES = ["torch", *(["triton"] if importlib.util.find_spec("tritonserver") else [])]
 # Max abs difference between served outputs and the TorchScript file run directly.
 TOLERANCE = 1e-5
 

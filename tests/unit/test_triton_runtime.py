@@ -1,0 +1,351 @@
+"""TritonRuntime on the in-process Triton build: parity with the torch runtime, errors, batching, stop.
+
+One Triton server serves this module (examples + broken entries + a model that fails on some
+inputs); the stop tests start small servers of their own. Skipped only where `tritonserver`
+does not import (`python -m serve_app.triton_cpu install`); CI installs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from serve_app.config import AppArgs
+from serve_app.dataplane import DataPlane
+from serve_app.datatypes import DATATYPE_BY_NUMPY
+from serve_app.errors import (
+    InternalError,
+    InvalidInputError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ServeAppError,
+    status_for,
+)
+from serve_app.examples import EXAMPLES
+from serve_app.placement import Placement
+from serve_app.protocol import InferRequest, InputTensor
+from serve_app.runtimes.base import Runtime
+from serve_app.runtimes.torch import TorchRuntime
+from serve_app.runtimes.triton import TritonRuntime
+
+pytest.importorskip("tritonserver", reason="needs `python -m serve_app.triton_cpu install`")
+
+pytestmark = [pytest.mark.triton, pytest.mark.anyio]
+
+CPU_PLACEMENT = Placement(gpu_ids=(), cuda_visible_devices=None, num_cpus=1.0, replica="test", node_id="")
+TOLERANCE = 1e-5
+RNG = np.random.default_rng(4)
+
+# Every example model → (inputs by name, output names). Batched models get several rows.
+CASES: dict[str, tuple[dict[str, np.ndarray], list[str]]] = {
+    "image_classifier": ({"input__0": RNG.random((3, 3, 224, 224), dtype=np.float32)}, ["output__0"]),
+    "multi_io": (
+        {"x": RNG.standard_normal((4, 9), dtype=np.float32), "scale": RNG.random((4, 1), dtype=np.float32)},
+        ["output__0", "output__1"],
+    ),
+    "linear": ({"input__0": RNG.standard_normal((5, 16), dtype=np.float32)}, ["output__0"]),
+    "int_ops": ({"INPUT__0": RNG.integers(-9, 9, (2, 3), dtype=np.int32)}, ["OUTPUT__0", "OUTPUT__1"]),
+}
+
+PICKY_CONFIG = """
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+dynamic_batching { max_queue_delay_microseconds: 50000 }
+"""
+
+
+class Picky(nn.Module):
+    """Fails on negative inputs: a fault only one request of a batch triggers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < 0).any()):
+            raise ValueError("negative input")
+        return x * 2
+
+
+def triton_args(repository: Path, **overrides: object) -> AppArgs:
+    return AppArgs.model_validate(
+        {"model_repository": repository, "runtime": "triton", "torch_threads": 1, **overrides}
+    )
+
+
+@pytest.fixture(scope="module")
+def repository(mixed_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The examples, the broken entries (tests/conftest.py) and `picky`; writable, this module's."""
+    path = tmp_path_factory.mktemp("triton") / "repo"
+    shutil.copytree(mixed_repository, path)
+    (path / "picky" / "1").mkdir(parents=True)
+    torch.jit.script(Picky()).save(str(path / "picky" / "1" / "model.pt"))
+    (path / "picky" / "config.pbtxt").write_text(PICKY_CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+async def triton(repository: Path) -> AsyncIterator[TritonRuntime]:
+    runtime = TritonRuntime(triton_args(repository), CPU_PLACEMENT)
+    await runtime.start()
+    yield runtime
+    await runtime.stop()
+
+
+@pytest.fixture(scope="module")
+async def torch_runtime(repository: Path) -> AsyncIterator[TorchRuntime]:
+    runtime = TorchRuntime(repository, torch.device("cpu"), 1)
+    await runtime.start()
+    yield runtime
+    await runtime.stop()
+
+
+def test_every_example_model_has_a_parity_case() -> None:
+    assert set(CASES) == set(EXAMPLES)
+
+
+@pytest.mark.parametrize("model", sorted(CASES))
+async def test_outputs_equal_the_torch_runtime(
+    triton: TritonRuntime, torch_runtime: TorchRuntime, model: str
+) -> None:
+    inputs, names = CASES[model]
+    got = await triton.infer(model, "1", inputs, names)
+    want = await torch_runtime.infer(model, "1", inputs, names)
+    assert list(got) == names
+    for name in names:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape
+        assert np.max(np.abs(got[name].astype(np.float64) - want[name]), initial=0) <= TOLERANCE, name
+
+
+@pytest.mark.parametrize("model", sorted(CASES))
+async def test_metadata_and_config_are_the_users_model(
+    triton: TritonRuntime, torch_runtime: TorchRuntime, model: str
+) -> None:
+    """The shim's backend python / model.py and injected parameters never show."""
+    assert triton.metadata(model, None) == torch_runtime.metadata(model, None)
+    assert triton.metadata(model, "1") == torch_runtime.metadata(model, "1")
+    assert triton.signature(model, "1") == torch_runtime.signature(model, "1")
+    config, expected = triton.config(model, "1"), torch_runtime.config(model, "1")
+    assert config["platform"] == "pytorch_libtorch" and config["backend"] == "pytorch"
+    assert config["default_model_filename"] == "model.pt" and config["parameters"] == {}
+    assert config["name"] == expected["name"] and config["version_policy"] == expected["version_policy"]
+    assert config["max_batch_size"] == expected.get("max_batch_size", 0)  # ours omits proto defaults
+    for key in ("input", "output"):
+        assert [(t["name"], t["data_type"], t["dims"]) for t in config[key]] == [
+            (t["name"], t["data_type"], t["dims"]) for t in expected[key]
+        ]
+    assert ("dynamic_batching" in config) == ("dynamic_batching" in expected)
+
+
+async def test_server_index_versions_and_health(triton: TritonRuntime) -> None:
+    assert triton.healthy() and triton.device() == "cpu"
+    assert triton.server_metadata()["name"] == "triton"
+    assert {"binary_tensor_data", "model_repository", "statistics", "model_configuration"} <= set(
+        triton.server_metadata()["extensions"]
+    )
+    ready = [(s.name, s.version) for s in triton.index() if s.state == "READY"]
+    assert ready == [(name, "1") for name in sorted([*CASES, "picky"])]
+    assert triton.resolve("linear", None) == "1"
+    assert triton.resolve("linear", "01") == "1"
+    for version in ("latest", "2", "²", "-1", ""):
+        with pytest.raises(ModelNotFoundError):
+            triton.resolve("linear", version)
+    with pytest.raises(ModelNotFoundError, match="unknown model 'nope'"):
+        triton.metadata("nope", None)
+    assert triton.statistics("linear", "01")["model_stats"][0]["version"] == "1"
+    everything = triton.statistics(None, None)["model_stats"]
+    assert sorted(s["name"] for s in everything) == sorted([*CASES, "picky"])
+
+
+async def test_broken_entries_are_unavailable_with_a_reason_while_the_others_serve(
+    triton: TritonRuntime, broken_reasons: dict[str, str]
+) -> None:
+    # Ours where the entry never reaches Triton; Triton's (traceback cut) where its load failed.
+    reasons = broken_reasons | {"corrupt_torchscript": "PytorchStreamReader failed reading zip archive"}
+    states = {s.name: s for s in triton.index()}
+    for name, reason in reasons.items():
+        assert states[name].state == "UNAVAILABLE" and reason in states[name].reason, states[name]
+        assert "At:" not in states[name].reason
+        with pytest.raises(ModelNotReadyError, match=f"model '{name}' is not ready: .*{reason}"):
+            triton.resolve(name, None)
+    inputs, names = CASES["linear"]
+    assert (await triton.infer("linear", "1", inputs, names))["output__0"].shape == (5, 4)
+
+
+def _request(model: str, version: str | None = None, **arrays: np.ndarray) -> InferRequest:
+    tensors = [InputTensor(name, DATATYPE_BY_NUMPY[a.dtype], a.shape, a) for name, a in arrays.items()]
+    return InferRequest(model, version, tensors)
+
+
+F32 = np.float32
+BAD_REQUESTS = {
+    "wrong-datatype": _request("linear", input__0=np.zeros((1, 16), np.float64)),
+    "wrong-shape": _request("linear", input__0=np.zeros((1, 15), F32)),
+    "missing-batch-dim": _request("linear", input__0=np.zeros(16, F32)),
+    "wrong-shape-no-batching": _request("int_ops", INPUT__0=np.zeros((3, 2), np.int32)),
+    "missing-input": _request("multi_io", x=np.zeros((1, 3), F32)),
+    "unknown-input": _request("linear", nope=np.zeros((1, 16), F32)),
+    "batch-over-max": _request("multi_io", x=np.zeros((5, 2), F32), scale=np.zeros((5, 1), F32)),
+    "unknown-model": _request("nope", input__0=np.zeros((1, 16), F32)),
+    "unknown-version": _request("linear", "7", input__0=np.zeros((1, 16), F32)),
+    "broken-model": _request("corrupt_torchscript", input__0=np.zeros((1, 1), F32)),
+    "unparsable-model": _request("bad_pbtxt", input__0=np.zeros((1, 1), F32)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+async def test_bad_requests_get_the_torch_runtimes_errors(
+    triton: TritonRuntime, torch_runtime: TorchRuntime, case: str
+) -> None:
+    errors: list[ServeAppError] = []
+    runtime: Runtime
+    for runtime in (triton, torch_runtime):
+        with pytest.raises(ServeAppError) as raised:
+            await DataPlane(runtime, model_control=False, placement={}).infer(BAD_REQUESTS[case])
+        errors.append(raised.value)
+    assert type(errors[0]) is type(errors[1]) and status_for(errors[0]) in (400, 404, 503)
+    assert "Traceback" not in str(errors[0])
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"input__0": np.zeros((1, 16), np.float64)},  # datatype
+        {"input__0": np.zeros((1, 15), np.float32)},  # shape
+        {"input__0": np.zeros((65, 16), np.float32)},  # batch over max_batch_size 64
+        {},  # missing input
+    ],
+)
+async def test_triton_itself_refuses_bad_inputs_as_invalid(
+    triton: TritonRuntime, inputs: dict[str, np.ndarray]
+) -> None:
+    """Inputs that skip the dataplane's checks are refused by Triton, with a 400 and a clean message."""
+    with pytest.raises(InvalidInputError) as raised:
+        await triton.infer("linear", "1", inputs, ["output__0"])
+    assert "linear" in str(raised.value) and not str(raised.value).startswith("[request id")
+    assert triton.healthy()
+
+
+async def test_a_request_that_breaks_the_model_fails_alone(
+    triton: TritonRuntime, torch_runtime: TorchRuntime
+) -> None:
+    """The shim batches the requests of one execution, and retries them alone when the batch fails."""
+    values = [1.0, -1.0, 2.0, 3.0]
+    for runtime in (triton, torch_runtime):
+        with anyio.fail_after(60):
+            results = await asyncio.gather(
+                *(
+                    runtime.infer("picky", "1", {"input__0": np.full((1, 2), v, np.float32)}, ["output__0"])
+                    for v in values
+                ),
+                return_exceptions=True,
+            )
+        assert isinstance(results[1], InternalError), results[1]
+        assert "negative input" in str(results[1]) and "Traceback" not in str(results[1])
+        for value, result in zip(values, results, strict=True):
+            if value > 0:
+                np.testing.assert_array_equal(result["output__0"], np.full((1, 2), 2 * value))  # type: ignore[index]
+    # Triton's statistics: one execution served the four; its Python backend counts a request as
+    # failed only when execute() raises, not when it answers with an error response.
+    [stats] = triton.statistics("picky", "1")["model_stats"]
+    assert stats["inference_count"] == len(values) and stats["execution_count"] < len(values)
+
+
+async def test_concurrent_requests_are_batched_by_triton(
+    triton: TritonRuntime, torch_runtime: TorchRuntime
+) -> None:
+    [before] = triton.statistics("linear", "1")["model_stats"]
+    rows = [RNG.standard_normal((1 + i % 2, 16), dtype=np.float32) for i in range(64)]
+    with anyio.fail_after(60):
+        results = await asyncio.gather(
+            *(triton.infer("linear", "1", {"input__0": r}, ["output__0"]) for r in rows)
+        )
+    for row, result in zip(rows, results, strict=True):
+        want = await torch_runtime.infer("linear", "1", {"input__0": row}, ["output__0"])
+        np.testing.assert_allclose(result["output__0"], want["output__0"], rtol=0, atol=TOLERANCE)
+    [after] = triton.statistics("linear", "1")["model_stats"]
+    executions = after["execution_count"] - before["execution_count"]
+    requests = after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
+    assert requests == len(rows)
+    assert after["inference_count"] - before["inference_count"] == sum(len(r) for r in rows)
+    assert executions < len(rows), f"{executions} executions for {len(rows)} requests"
+    assert max(b["batch_size"] for b in after["batch_stats"]) > 2
+
+
+async def test_unload_load_and_a_broken_reload(triton: TritonRuntime, repository: Path) -> None:
+    inputs, names = CASES["int_ops"]
+    try:
+        await triton.unload("int_ops")
+        assert ("int_ops", "1", "UNAVAILABLE", "unloaded") in [
+            (s.name, s.version, s.state, s.reason) for s in triton.index()
+        ]
+        with pytest.raises(ModelNotReadyError, match="model 'int_ops' is not ready: unloaded"):
+            triton.resolve("int_ops", None)
+        with pytest.raises(ModelNotReadyError):
+            await triton.infer("int_ops", "1", inputs, names)
+    finally:
+        await triton.load("int_ops", {})
+    assert triton.resolve("int_ops", None) == "1"
+    assert (await triton.infer("int_ops", "1", inputs, names))["OUTPUT__1"].dtype == np.int64
+
+    with pytest.raises(ModelNotFoundError, match="no directory 'nope'"):
+        await triton.load("nope", {})
+    shutil.copytree(repository / "bad_pbtxt", repository / "late_bad")
+    with pytest.raises(ModelNotReadyError, match=r"failed to load 'late_bad': .*cannot parse"):
+        await triton.load("late_bad", {})
+    [state] = [s for s in triton.index() if s.name == "late_bad"]
+    assert state.state == "UNAVAILABLE" and "cannot parse" in state.reason
+
+
+async def test_stop_completes_requests_in_flight(example_repository: Path, tmp_path: Path) -> None:
+    shutil.copytree(example_repository / "image_classifier", tmp_path / "image_classifier")
+    args = triton_args(tmp_path)
+    runtime = TritonRuntime(args, CPU_PLACEMENT)
+    await runtime.start()
+    inputs, names = CASES["image_classifier"]
+    with anyio.fail_after(60):
+        pending = [
+            asyncio.ensure_future(runtime.infer("image_classifier", "1", inputs, names)) for _ in range(6)
+        ]
+        await asyncio.sleep(0)  # every request is now in Triton
+        started = time.monotonic()
+        await runtime.stop()
+        took = time.monotonic() - started
+    assert not runtime.healthy()
+    assert all(p.done() and p.result()["output__0"].shape == (3, 10) for p in pending)
+    assert took < args.stop_timeout_s
+    with pytest.raises(ModelNotReadyError, match="stopped"):
+        runtime.resolve("image_classifier", None)
+
+
+async def test_a_hung_stop_is_cut_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = TritonRuntime(triton_args(tmp_path, stop_timeout_s=0.5), CPU_PLACEMENT)
+    await runtime.start()
+    server = runtime._server
+    assert server is not None
+    release = threading.Event()
+    real_stop = server.stop
+    monkeypatch.setattr(server, "stop", release.wait)
+    started = time.monotonic()
+    await runtime.stop()
+    assert time.monotonic() - started < 5 and not runtime.healthy()
+    release.set()
+    await asyncio.to_thread(real_stop)
+
+
+async def test_without_tritonserver_the_error_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tritonserver", None)  # makes `import tritonserver` fail
+    runtime = TritonRuntime(triton_args(tmp_path), CPU_PLACEMENT)
+    with pytest.raises(RuntimeError, match=r"python -m serve_app\.triton_cpu install.*configs/Dockerfile"):
+        await runtime.start()
