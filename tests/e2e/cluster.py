@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import ROOT, free_port
+from tests.e2e.harness import ROOT, free_port, session_processes
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -81,23 +81,6 @@ def autoscaling_config(
         "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
-
-
-def session_processes(sid: int) -> list[int]:
-    """PIDs of the live processes in session `sid` (Linux /proc)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp session ...; comm may contain spaces.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
 
 
 class FakeAutoscalingCluster:

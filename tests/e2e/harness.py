@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import json
 import math
 import os
 import re
@@ -62,8 +63,27 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 Process = tuple[int, int]
 
 
-def _process_table() -> dict[int, tuple[int, int, int]]:
-    """pid → (ppid, pgid, start time) of every live, non-zombie process (from /proc)."""
+def infer_json(url: str, model: str, rows: np.ndarray) -> np.ndarray:
+    """One FP32 `input__0` → first output, over plain JSON (no tritonclient in the way)."""
+    body = json.dumps(
+        {"inputs": [{"name": "input__0", "shape": list(rows.shape), "datatype": "FP32",
+                     "data": rows.ravel().tolist()}]}
+    ).encode()  # fmt: skip
+    request = urllib.request.Request(
+        f"{url}/v2/models/{model}/infer", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        output = json.loads(response.read())["outputs"][0]
+    return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+
+
+def session_processes(sid: int) -> list[int]:
+    """PIDs of the live processes in session `sid`."""
+    return [pid for pid, (_, _, session, _) in _process_table().items() if session == sid]
+
+
+def _process_table() -> dict[int, tuple[int, int, int, int]]:
+    """pid → (ppid, pgid, session, start time) of every live, non-zombie process (from /proc)."""
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -75,7 +95,7 @@ def _process_table() -> dict[int, tuple[int, int, int]]:
         # After the parenthesised command name: state, ppid, pgid, ..., starttime (field 22).
         fields = stat[stat.rfind(")") + 2 :].split()
         if fields[0] not in ("Z", "X"):
-            table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+            table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
     return table
 
 
@@ -83,7 +103,7 @@ def descendants(pid: int) -> set[Process]:
     """Live processes below `pid` (children, grandchildren, ...)."""
     table = _process_table()
     children: dict[int, list[int]] = {}
-    for child, (ppid, _, _) in table.items():
+    for child, (ppid, _, _, _) in table.items():
         children.setdefault(ppid, []).append(child)
     found: set[int] = set()
     stack = [pid]
@@ -92,13 +112,13 @@ def descendants(pid: int) -> set[Process]:
             if child not in found:
                 found.add(child)
                 stack.append(child)
-    return {(p, table[p][2]) for p in found}
+    return {(p, table[p][3]) for p in found}
 
 
 def alive(processes: set[Process]) -> set[Process]:
     """The subset of `processes` still running (zombies count as gone)."""
     table = _process_table()
-    return {(pid, start) for pid, start in processes if pid in table and table[pid][2] == start}
+    return {(pid, start) for pid, start in processes if pid in table and table[pid][3] == start}
 
 
 def command_line(pid: int) -> str:
@@ -111,7 +131,7 @@ def command_line(pid: int) -> str:
 def processes_mentioning(text: str) -> set[Process]:
     """Live processes whose command line contains `text` (e.g. a private Ray temp dir)."""
     found = set()
-    for pid, (_, _, start) in _process_table().items():
+    for pid, (_, _, _, start) in _process_table().items():
         if text in command_line(pid) and pid != os.getpid():
             found.add((pid, start))
     return found

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,18 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from tests.e2e.cluster import FakeAutoscalingCluster, NodeWatcher, gpu_workers, session_processes
-from tests.e2e.harness import APP_CONFIG, ROOT, ServeRun, app_config, free_port, http_get, run_torchscript
+from tests.e2e.cluster import FakeAutoscalingCluster, NodeWatcher, gpu_workers
+from tests.e2e.harness import (
+    APP_CONFIG,
+    ROOT,
+    ServeRun,
+    app_config,
+    free_port,
+    http_get,
+    infer_json,
+    run_torchscript,
+    session_processes,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -40,19 +49,6 @@ def fake_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAutos
         print(f"\nfake cluster stopped; processes SIGKILLed after the grace period: {killed}")
         if sid is not None:
             assert session_processes(sid) == [], "processes of the fake cluster outlived stop()"
-
-
-def infer(url: str, model: str, rows: np.ndarray) -> np.ndarray:
-    body = json.dumps(
-        {"inputs": [{"name": "input__0", "shape": list(rows.shape), "datatype": "FP32",
-                     "data": rows.ravel().tolist()}]}
-    ).encode()  # fmt: skip
-    request = urllib.request.Request(
-        f"{url}/v2/models/{model}/infer", body, {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        output = json.loads(response.read())["outputs"][0]
-    return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
 
 
 def replicas_running(sample: dict[str, Any], n: int) -> bool:
@@ -126,7 +122,7 @@ def test_gpu_replicas_grow_and_shrink_the_cluster(
             # Correct results, and both replicas (one per GPU node) answer.
             rows = np.random.default_rng(0).random((3, 16), dtype=np.float32)
             (expected,) = run_torchscript(example_repository_path, "linear", rows)
-            np.testing.assert_allclose(infer(serve.url, "linear", rows), expected, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(infer_json(serve.url, "linear", rows), expected, rtol=1e-5, atol=1e-5)
             placements: dict[str, dict[str, Any]] = {}
             deadline = time.monotonic() + 60
             while len(placements) < REPLICAS and time.monotonic() < deadline:

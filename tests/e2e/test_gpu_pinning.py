@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from tests.e2e.conftest import FAKE_GPUS
-from tests.e2e.harness import ROOT, ServeRun, free_port, http_get, run_torchscript
+from tests.e2e.harness import ROOT, ServeRun, free_port, http_get, infer_json, run_torchscript
 
 pytestmark = pytest.mark.e2e
 
@@ -69,19 +68,6 @@ def placements(url: str, replicas: int, timeout_s: float = 90.0) -> dict[str, di
     return seen
 
 
-def infer(url: str, model: str, rows: np.ndarray) -> np.ndarray:
-    body = json.dumps(
-        {"inputs": [{"name": "input__0", "shape": list(rows.shape), "datatype": "FP32",
-                     "data": rows.ravel().tolist()}]}
-    ).encode()  # fmt: skip
-    request = urllib.request.Request(
-        f"{url}/v2/models/{model}/infer", body, {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        output = json.loads(response.read())["outputs"][0]
-    return np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
-
-
 def test_each_replica_is_pinned_to_its_gpu(gpu_served: ServeRun) -> None:
     """num_gpus: 1 → each replica its own GPU; num_gpus: 0.5 → both share one (Ray packs them)."""
     num_gpus = gpu_served.config["applications"][0]["deployments"][0]["ray_actor_options"]["num_gpus"]
@@ -111,7 +97,7 @@ def test_inference_is_correct_on_every_replica(gpu_served: ServeRun, example_rep
     # An odd number of requests: the two replicas' counts differ, so GET stats tells them apart.
     requests = 21
     for _ in range(requests):
-        np.testing.assert_allclose(infer(gpu_served.url, "linear", rows), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(infer_json(gpu_served.url, "linear", rows), expected, rtol=1e-5, atol=1e-5)
     # Each GET .../stats lands on one replica; collect the distinct per-replica counts.
     counts: set[int] = set()
     deadline = time.monotonic() + 60
