@@ -8,6 +8,7 @@ from its dataplane.
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from ray import serve
@@ -36,6 +37,10 @@ class InferenceServer:
     async def __init__(self, args: AppArgs) -> None:
         self._args = args
         placement = Placement.detect()
+        if not placement.gpu_ids:
+            # Ray leaves CUDA_VISIBLE_DEVICES unset for replicas without num_gpus: hide the GPUs
+            # it did not assign, from torch and Triton alike.
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         if args.device == "cpu" and placement.gpu_ids:
             raise InvalidArgsError(
                 f"applications[].args.device is 'cpu' but ray_actor_options.num_gpus gave this replica "

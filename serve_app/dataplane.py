@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.errors import InvalidInputError, ModelControlDisabledError, ModelNotFoundError
+from serve_app.errors import InvalidInputError, ModelControlDisabledError
 from serve_app.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import Runtime
@@ -22,10 +22,6 @@ class DataPlane:
         self._runtime = runtime
         self._model_control = model_control
         self._placement = placement
-
-    @property
-    def runtime(self) -> Runtime:
-        return self._runtime
 
     def live(self) -> bool:
         return True
@@ -57,20 +53,25 @@ class DataPlane:
         return [r for r in rows if r["state"] == "READY"] if ready_only else rows
 
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
-        self._check_model_control()
+        self._check_model_control(model)
+        if parameters:
+            raise InvalidInputError(
+                f"load parameters {sorted(parameters)} (config or file overrides) are not supported; "
+                "edit the model in the repository and load it again"
+            )
         await self._runtime.load(model, parameters)
 
     async def unload(self, model: str) -> None:
-        self._check_model_control()
-        if not any(s.name == model for s in self._runtime.index()):
-            raise ModelNotFoundError(f"unknown model '{model}'")
+        self._check_model_control(model)
         await self._runtime.unload(model)
 
-    def _check_model_control(self) -> None:
+    def _check_model_control(self, model: str) -> None:
         if not self._model_control:
             raise ModelControlDisabledError(
                 "model load/unload is disabled; set args.model_control: true in the app config"
             )
+        if not model or model.startswith(".") or "/" in model or "\\" in model:
+            raise InvalidInputError(f"'{model}' is not a model directory name")
 
     async def infer(self, request: InferRequest) -> InferResponse:
         version = self._runtime.resolve(request.model_name, request.model_version)

@@ -51,7 +51,6 @@ _STATUS_BY_ERROR: dict[type[ServeAppError], int] = {
 # tritonserver's typed errors (tritonserver._api._error) by class name.
 _ERROR_BY_TRITON_NAME: dict[str, type[ServeAppError]] = {
     "InvalidArgumentError": InvalidInputError,
-    "InvalidArgument": InvalidInputError,
     "UnsupportedError": InvalidInputError,
     "AlreadyExistsError": InvalidInputError,
     "NotFoundError": ModelNotFoundError,

@@ -44,7 +44,7 @@ class Placement:
         )
 
     def torch_device(self, preference: str) -> torch.device:
-        if preference == "cpu":
+        if preference == "cpu" or (preference == "auto" and not self.gpu_ids):
             return torch.device("cpu")
         if torch.cuda.is_available():
             return torch.device("cuda:0")

@@ -136,11 +136,11 @@ def decode_request(
     parameters = dict(header.parameters or {})
     binary_output = bool(parameters.pop("binary_data_output", False))
     outputs = None
-    if header.outputs is not None:
-        outputs = [
-            RequestedOutput(o.name, bool((o.parameters or {}).get("binary_data", binary_output)))
-            for o in header.outputs
-        ]
+    if header.outputs:  # absent or empty: every output, as in Triton
+        outputs = [_requested_output(o, binary_output) for o in header.outputs]
+        names = [o.name for o in outputs]
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"an output is requested more than once in {names}")
     return InferRequest(
         model_name=model_name,
         model_version=model_version,
@@ -150,6 +150,15 @@ def decode_request(
         id=header.id,
         parameters=parameters,
     )
+
+
+def _requested_output(output: RequestedOutputBody, binary_default: bool) -> RequestedOutput:
+    parameters = output.parameters or {}
+    unsupported = sorted(set(parameters) - {"binary_data"})
+    if unsupported:
+        # e.g. tritonclient's class_count (classification) or shared-memory outputs.
+        raise InvalidInputError(f"output '{output.name}': unsupported parameters {unsupported}")
+    return RequestedOutput(output.name, bool(parameters.get("binary_data", binary_default)))
 
 
 def _header_length(value: str | None, body_length: int) -> int:

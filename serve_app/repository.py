@@ -219,6 +219,12 @@ def _check_torchscript(config: model_config_pb2.ModelConfig) -> None:
 def _check_tensors(config: model_config_pb2.ModelConfig) -> None:
     if config.max_batch_size < 0:
         raise ModelEntryError(f"max_batch_size must be >= 0, got {config.max_batch_size}")
+    too_large = [p for p in config.dynamic_batching.preferred_batch_size if p > config.max_batch_size]
+    if too_large:
+        raise ModelEntryError(
+            f"dynamic_batching preferred_batch_size {too_large} exceeds "
+            f"max_batch_size {config.max_batch_size}"
+        )
     for kind, tensors in (("input", config.input), ("output", config.output)):
         if not tensors:
             raise ModelEntryError(f"config.pbtxt declares no {kind}")

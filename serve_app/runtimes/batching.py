@@ -72,7 +72,8 @@ class Scheduler:
         if self._worker is None:
             self._worker = asyncio.create_task(self._run_forever())
         try:
-            return await asyncio.shield(queued.future)
+            # Not shielded: a request its client gave up on is cancelled and never runs.
+            return await queued.future
         finally:
             self._in_flight -= 1
 
@@ -86,11 +87,15 @@ class Scheduler:
 
     async def _run_forever(self) -> None:
         while True:
-            while not self._queue:
+            self._queue = deque(q for q in self._queue if not q.future.done())
+            if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
+                continue
             await self._wait_for_batch()
-            await self._run(self._take())
+            batch = [q for q in self._take() if not q.future.done()]
+            if batch:
+                await self._run(batch)
 
     async def _wait_for_batch(self) -> None:
         if self._batching is None or not self._batching.max_queue_delay_us:

@@ -110,7 +110,8 @@ class TorchRuntime:
         for model in self._models.values():
             for version in model.versions.values():
                 await version.scheduler.drain()
-        self._executor.shutdown(wait=True)
+        # Off the loop: an execution whose requests were all cancelled may still be running.
+        await asyncio.to_thread(self._executor.shutdown)
 
     def healthy(self) -> bool:
         return not self._stopped
@@ -201,12 +202,14 @@ class TorchRuntime:
         except ModelEntryError as exc:
             entry = RepositoryEntry(model, error=str(exc))
         loaded = await self._load_entry(entry)
+        if not loaded.versions:
+            # Like Triton in EXPLICIT mode: a failed reload leaves the loaded versions serving.
+            self._models.setdefault(model, loaded)
+            raise ModelNotReadyError(f"failed to load '{model}': {loaded.error}")
         previous = self._models.get(model)
         self._models[model] = loaded
         if previous is not None:
             await self._drain(previous)
-        if not loaded.versions:
-            raise ModelNotReadyError(f"failed to load '{model}': {loaded.error}")
 
     async def unload(self, model: str) -> None:
         entry = self._model(model)

@@ -144,7 +144,7 @@ class TritonRuntime:
             exit_timeout=triton.exit_timeout_s,
             log_verbose=triton.log_verbose,
             log_info=triton.log_info,
-            log_warn=triton.log_info,
+            log_warn=True,
             log_error=True,
             metrics=triton.metrics,
             cpu_metrics=triton.metrics,
@@ -337,10 +337,10 @@ class TritonRuntime:
         try:
             spec = load_model_spec(model_dir)
         except ModelEntryError as exc:
-            if model in self._signatures:
-                await self.unload(model)
-            self._entry_errors[model] = str(exc)
-            self._refresh_versions()
+            # Like Triton in EXPLICIT mode: a failed reload leaves the loaded versions serving.
+            if model not in self._signatures:
+                self._entry_errors[model] = str(exc)
+                self._refresh_versions()
             raise ModelNotReadyError(f"failed to load '{model}': {exc}") from None
         self._entry_errors.pop(model, None)
         failure = await self._load(spec)

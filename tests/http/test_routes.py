@@ -298,3 +298,9 @@ def test_model_control_unload_and_load(serve, repository: Path) -> None:
     response = client.post("/v2/repository/models/linear/load")
     assert response.status_code == 503 and "cannot parse" in response.json()["error"]
     assert client.post("/v2/repository/models/linear/load", content=b"[1]").status_code == 400
+    # The failed reload left version 1 serving (Triton's EXPLICIT-mode behaviour).
+    assert client.post("/v2/models/linear/infer", json=request).status_code == 200
+    response = client.post("/v2/repository/models/linear/load", json={"parameters": {"config": "{}"}})
+    assert response.status_code == 400 and "not supported" in response.json()["error"]
+    response = client.post("/v2/repository/models/..hidden/load")
+    assert response.status_code == 400 and "not a model directory name" in response.json()["error"]

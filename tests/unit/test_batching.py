@@ -206,3 +206,19 @@ async def test_request_statistics_split_queue_and_compute_time() -> None:
     assert stats.request["queue"].ns >= 15_000_000
     assert stats.request["success"].ns >= stats.request["queue"].ns + 2 * 15_000_000
     assert stats.request["compute_infer"].as_dict() == {"count": 2, "ns": 40}
+
+
+async def test_a_cancelled_request_never_runs() -> None:
+    model = FakeModel(delay=0.05)
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=None)
+    first = asyncio.create_task(scheduler.submit(sample(1.0)))
+    abandoned = asyncio.create_task(scheduler.submit(sample(2.0)))
+    await asyncio.sleep(0.01)  # the first is executing, the second queued behind it
+    abandoned.cancel()
+    with anyio.fail_after(5):
+        result = await first
+    await asyncio.sleep(0.1)
+    np.testing.assert_array_equal(result["y"], sample(1.0)["x"] * 2)
+    assert abandoned.cancelled()
+    assert len(model.executions) == 1
+    await scheduler.drain()

@@ -114,6 +114,8 @@ def test_requested_outputs_binary_flags() -> None:
         }
     )
     assert request.outputs == [RequestedOutput("a", False), RequestedOutput("b", True)]
+    # An empty list asks for every output, as in Triton.
+    assert decode({"inputs": [json_input("x", "FP32", [1], [1])], "outputs": []}).outputs is None
 
 
 @pytest.mark.parametrize(
@@ -129,6 +131,19 @@ def test_requested_outputs_binary_flags() -> None:
         (orjson.dumps({"inputs": [json_input("x", "FP32", [3], [1, 2])]}), "2 values given for shape [3]"),
         (orjson.dumps({"inputs": [json_input("x", "FP32", [3], [[1, 2], [3]])]}), "data is not FP32"),
         (orjson.dumps({"inputs": [json_input("x", "BYTES", [1], ["a"])]}), "unsupported datatype 'BYTES'"),
+        (
+            orjson.dumps({"inputs": [json_input("x", "FP32", [1], [1])], "outputs": [{"name": "a"}] * 2}),
+            "requested more than once",
+        ),
+        (
+            orjson.dumps(
+                {
+                    "inputs": [json_input("x", "FP32", [1], [1])],
+                    "outputs": [{"name": "a", "parameters": {"classification": 3}}],
+                }
+            ),
+            "unsupported parameters ['classification']",
+        ),
     ],
 )
 def test_malformed_requests_are_invalid_input(body: bytes, message: str) -> None:

@@ -120,6 +120,10 @@ def test_name_in_config_equal_to_the_directory_is_accepted(tmp_path: Path) -> No
             "output 'output__0' has invalid dims []",
         ),
         (VALID.replace("TYPE_FP32 dims: [ 4 ]", "TYPE_STRING dims: [ 4 ]"), "unsupported datatype BYTES"),
+        (
+            VALID + "\ndynamic_batching { preferred_batch_size: [ 4, 16 ] }",
+            "preferred_batch_size [16] exceeds max_batch_size 8",
+        ),
         (VALID.replace("TYPE_FP32 dims: [ 2 ]", "TYPE_BF16 dims: [ 2 ]"), "unsupported datatype BF16"),
         (VALID.replace("data_type: TYPE_FP32 dims: [ 4 ]", "dims: [ 4 ]"), "unsupported datatype INVALID"),
         (
