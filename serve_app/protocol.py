@@ -8,6 +8,7 @@ without copying (`np.frombuffer`), outputs are written with one `tobytes` each.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,7 +180,7 @@ def _decode_input(tensor: InputTensorBody, body: memoryview, offset: int) -> tup
     dtype = numpy_dtype(tensor.datatype)
     if any(dim < 0 for dim in tensor.shape):
         raise InvalidInputError(f"input '{tensor.name}' has a negative dimension in {tensor.shape}")
-    count = int(np.prod(tensor.shape, dtype=np.int64))
+    count = math.prod(tensor.shape)
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != count * dtype.itemsize:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,11 @@ class ModelSpec:
         return message_to_dict(self.config)
 
     def signature(self) -> ModelSignature:
+        """Read on every request: derived from the config once, not per call."""
+        return self._signature
+
+    @functools.cached_property
+    def _signature(self) -> ModelSignature:
         return ModelSignature.from_config(self.config_dict())
 
 
