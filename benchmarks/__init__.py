@@ -1,0 +1,1 @@
+"""Benchmarks for serve_app: `python -m benchmarks.run --help`."""

@@ -1,0 +1,131 @@
+"""The benchmark's models and request bodies.
+
+Models (TorchScript, traced by serve_app.examples.write_model into a temp repository):
+* `mlp4096`: 4 x (Linear 4096→4096 + ReLU), FP32, max_batch_size 64, dynamic_batching {} —
+  compute-bound; batching is what makes it fast.
+* `mlp1024`: the same at width 1024 — lighter; the request path's per-request cost dominates.
+* `tiny`: Linear(16, 4) — latency of the path itself.
+* `blob4m`: identity over 1,048,576 FP32 (4 MiB) — tensor transport (binary vs JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.loadgen import Request
+from serve_app.examples import mlp, write_model
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    width: int  # input features (per sample)
+    max_batch_size: int
+    description: str
+
+    @property
+    def sample_bytes(self) -> int:
+        return self.width * 4
+
+
+MODELS = {
+    m.name: m
+    for m in (
+        Model("mlp4096", 4096, 64, "4x(Linear 4096→4096+ReLU) FP32, compute-bound"),
+        Model("mlp1024", 1024, 64, "4x(Linear 1024→1024+ReLU) FP32, lighter"),
+        Model("tiny", 16, 64, "Linear(16→4) FP32, latency"),
+        Model("blob4m", 1 << 20, 4, "identity over 4 MiB FP32, transport"),
+    )
+}
+
+
+class _Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _config(model: Model, out_width: int, batching: bool) -> str:
+    return f"""
+platform: "pytorch_libtorch"
+max_batch_size: {model.max_batch_size}
+input [ {{ name: "input__0" data_type: TYPE_FP32 dims: [ {model.width} ] }} ]
+output [ {{ name: "output__0" data_type: TYPE_FP32 dims: [ {out_width} ] }} ]
+{"dynamic_batching { }" if batching else ""}
+"""
+
+
+def build_repository(path: Path, names: list[str]) -> Path:
+    """A Triton model repository holding the named benchmark models."""
+    torch.manual_seed(0)
+    path.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        model = MODELS[name]
+        if name.startswith("mlp"):
+            module, out, batching = mlp(model.width, 4), model.width, True
+        elif name == "tiny":
+            module, out, batching = nn.Linear(16, 4), 4, True
+        else:
+            module, out, batching = _Identity(), model.width, False
+        write_model(path, name, module, (torch.rand(1, model.width),), _config(model, out, batching))
+    return path
+
+
+def model_file(repository: Path, name: str) -> Path:
+    return repository / name / "1" / "model.pt"
+
+
+def sample(model: Model, batch: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((batch, model.width), dtype=np.float32)
+
+
+def kserve_binary(model: Model, batch: int = 1) -> Request:
+    """Triton binary tensor extension: JSON header + raw FP32, binary output requested."""
+    data = sample(model, batch).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input__0",
+                    "shape": [batch, model.width],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "outputs": [{"name": "output__0", "parameters": {"binary_data": True}}],
+        },
+        separators=(",", ":"),
+    ).encode()
+    return Request(
+        f"/v2/models/{model.name}/infer",
+        header + data,
+        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def kserve_json(model: Model, batch: int = 1) -> Request:
+    values = sample(model, batch).reshape(-1).tolist()
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "input__0", "shape": [batch, model.width], "datatype": "FP32", "data": values}
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
+    return Request(f"/v2/models/{model.name}/infer", body, {"Content-Type": "application/json"})
+
+
+def plain_json(model: Model, route: str, batch: int = 1) -> Request:
+    """The tutorial deployment's body: {"data": [[...]]}."""
+    body = json.dumps({"data": sample(model, batch).tolist()}, separators=(",", ":")).encode()
+    return Request(route, body, {"Content-Type": "application/json"})
+
+
+def noop_request(route: str = "/") -> Request:
+    return Request(route, b'{"data":[0]}', {"Content-Type": "application/json"})
