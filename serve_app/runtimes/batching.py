@@ -21,7 +21,7 @@ import numpy as np
 from serve_app.errors import InternalError, ModelNotReadyError, ServeAppError, summarize
 from serve_app.repository import DynamicBatching
 from serve_app.runtimes.statistics import ModelStatistics
-from serve_app.runtimes.torchscript import Timings
+from serve_app.runtimes.torchscript import Timings, concatenate, split_batch
 
 Tensors = dict[str, np.ndarray]
 Execute = Callable[[Tensors], Awaitable[tuple[Tensors, Timings]]]
@@ -141,8 +141,9 @@ class Scheduler:
     async def _run(self, batch: list[_Queued]) -> None:
         started = time.perf_counter_ns()
         try:
-            outputs, timings = await self._execute(_concatenate(batch))
-            pieces = _split(outputs, batch, batched=self._max_batch_size > 0)
+            outputs, timings = await self._execute(concatenate([q.inputs for q in batch]))
+            sizes = [q.batch_size for q in batch]
+            pieces = split_batch(outputs, sizes, batched=self._max_batch_size > 0)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a per-request error
             if len(batch) > 1:
                 for queued in batch:
@@ -165,30 +166,6 @@ class Scheduler:
             queued.future.set_result(result)
         else:
             queued.future.set_exception(error)
-
-
-def _concatenate(batch: list[_Queued]) -> Tensors:
-    if len(batch) == 1:
-        return batch[0].inputs
-    return {name: np.concatenate([q.inputs[name] for q in batch]) for name in batch[0].inputs}
-
-
-def _split(outputs: Tensors, batch: list[_Queued], batched: bool) -> list[Tensors]:
-    """Each request's slice; a batched model's outputs must carry the batch as dim 0 (as in Triton)."""
-    if not batched:
-        return [outputs]
-    total = sum(q.batch_size for q in batch)
-    for name, array in outputs.items():
-        if array.ndim == 0 or array.shape[0] != total:
-            raise InternalError(
-                f"model returned output '{name}' of shape {list(array.shape)} for a batch of {total}; "
-                "with max_batch_size > 0 every output needs the batch as its first dimension"
-            )
-    if len(batch) == 1:
-        return [outputs]
-    offsets = np.cumsum([q.batch_size for q in batch])[:-1]
-    pieces = {name: np.split(array, offsets) for name, array in outputs.items()}
-    return [{name: pieces[name][i] for name in outputs} for i in range(len(batch))]
 
 
 def _as_error(exc: Exception) -> ServeAppError:

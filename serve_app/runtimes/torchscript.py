@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+Arrays = dict[str, np.ndarray]
+
 _INDEXED = re.compile(r"^.+__(\d+)$")
 
 # Binary request bodies are read-only buffers; torch warns on wrapping them even
@@ -98,3 +100,27 @@ class TorchScriptModel:
         }
         done = time.perf_counter_ns()
         return outputs, Timings(ready - start, computed - ready, done - computed)
+
+
+def concatenate(requests: list[Arrays]) -> Arrays:
+    """Dynamically batched requests as one input batch along dim 0."""
+    if len(requests) == 1:
+        return requests[0]
+    return {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+
+
+def split_batch(outputs: Arrays, sizes: list[int], batched: bool) -> list[Arrays]:
+    """Each request's rows; a batched model's outputs must carry the batch as dim 0 (as in Triton)."""
+    if not batched:
+        return [outputs]
+    total = sum(sizes)
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise ValueError(
+                f"model returned output '{name}' of shape {list(array.shape)} for a batch of {total}; "
+                "with max_batch_size > 0 every output needs the batch as its first dimension"
+            )
+    if len(sizes) == 1:
+        return [outputs]
+    pieces = {name: np.split(array, np.cumsum(sizes)[:-1]) for name, array in outputs.items()}
+    return [{name: pieces[name][i] for name in outputs} for i in range(len(sizes))]

@@ -20,7 +20,7 @@ import triton_python_backend_utils as pb_utils
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import summarize
 from serve_app.repository import ModelSignature
-from serve_app.runtimes.torchscript import TorchScriptModel
+from serve_app.runtimes.torchscript import TorchScriptModel, concatenate, split_batch
 from serve_app.triton_cpu import (
     TORCH_THREADS_PARAMETER,
     TORCHSCRIPT_DIR_PARAMETER,
@@ -75,11 +75,9 @@ class TritonPythonModel:
     def _respond(self, group: Group, responses: list[Any]) -> None:
         """Run the group as one forward; if that fails, rerun its requests alone so only bad ones fail."""
         try:
-            inputs = group[0][1]
-            if len(group) > 1:
-                inputs = {name: np.concatenate([arrays[name] for _, arrays in group]) for name in inputs}
-            outputs, _ = self._model(inputs)
-            pieces = self._split(outputs, [len(next(iter(arrays.values()))) for _, arrays in group])
+            outputs, _ = self._model(concatenate([arrays for _, arrays in group]))
+            sizes = [len(next(iter(arrays.values()))) for _, arrays in group]
+            pieces = split_batch(outputs, sizes, self._batching)
         except Exception as exception:  # noqa: BLE001 - becomes the requests' errors, as in the torch runtime
             if len(group) > 1:
                 for member in group:
@@ -91,21 +89,6 @@ class TritonPythonModel:
         for (position, _), piece in zip(group, pieces, strict=True):
             tensors = [pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in piece.items()]
             responses[position] = pb_utils.InferenceResponse(output_tensors=tensors)
-
-    def _split(self, outputs: Arrays, sizes: list[int]) -> list[Arrays]:
-        """Each request's rows; a batched model's outputs must carry the batch as dim 0 (as in Triton)."""
-        if not self._batching:
-            return [outputs]
-        total = sum(sizes)
-        for name, array in outputs.items():
-            if array.ndim == 0 or array.shape[0] != total:
-                raise ValueError(
-                    f"model returned output '{name}' of shape {list(array.shape)} for a batch of {total}; "
-                    "with max_batch_size > 0 every output needs the batch as its first dimension"
-                )
-        bounds = np.cumsum(sizes)[:-1]
-        pieces = {name: np.split(array, bounds) for name, array in outputs.items()}
-        return [{name: pieces[name][i] for name in outputs} for i in range(len(sizes))]
 
     def finalize(self) -> None:
         on_gpu = self._model.device.type == "cuda"
