@@ -36,12 +36,7 @@ def main() -> None:
     parser.add_argument("repository", type=Path)
     parser.add_argument("port", type=int)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--patched", action="store_true", help="apply benchmarks.patched first")
     args = parser.parse_args()
-    if args.patched:
-        from benchmarks import patched
-
-        patched.apply()
     asyncio.run(serve(args.repository, args.port, args.threads))
 
 

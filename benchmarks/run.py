@@ -1,7 +1,6 @@
 """serve_app benchmark: one command, every contender, one table.
 
     python -m benchmarks.run              # full: 3 request-path modes, c = 1/8/64 (~40 min on 2 cores)
-    python -m benchmarks.run --patched    # + benchmarks.patched (proposed serve_app patches) (~55 min)
     python -m benchmarks.run --quick      # stock + haproxy modes, c = 1/64, 5 s points (~15 min)
     python -m benchmarks.run --smoke      # 1 s points, tiny model, one shared cluster (~50 s; CI)
     python -m benchmarks.run --help       # pick modes, models, contenders, concurrency, seconds ...
@@ -85,17 +84,15 @@ from benchmarks.workloads import (
 RESULTS = ROOT / "benchmarks" / "results"
 APP_CONFIG = ROOT / "configs" / "app.yaml"
 SERVE_APP = "serve_app"
-SERVE_APP_PATCHED = "serve_app+patches"
 TRITON = "serve_app triton"
 PLAIN = "plain Ray Serve"
 NOOP = "no-op Ray Serve"
 NORAY = "serve_app no Ray"
-NORAY_PATCHED = "serve_app no Ray+patches"
 LIMIT = "in-process limit"
 CEILING = "wrk ceiling"
 DEPLOYMENT_OVERRIDES = ""  # --deployment (JSON), set by main()
-RAY_CONTENDERS = (SERVE_APP, SERVE_APP_PATCHED, TRITON, PLAIN, NOOP)
-ALL_CONTENDERS = (*RAY_CONTENDERS, NORAY, NORAY_PATCHED)
+RAY_CONTENDERS = (SERVE_APP, TRITON, PLAIN, NOOP)
+ALL_CONTENDERS = (*RAY_CONTENDERS, NORAY)
 
 
 def log(message: str) -> None:
@@ -125,7 +122,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--codecs", help="comma list of binary, json (serve_app)")
     parser.add_argument("--seconds", type=float, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each point")
-    parser.add_argument("--patched", action="store_true", help="also measure benchmarks.patched proposals")
     parser.add_argument("--shared", action="store_true", help="all Ray contenders in one serve run per mode")
     parser.add_argument("--no-transport", action="store_true", help="skip the 4 MiB round trip")
     parser.add_argument("--no-startup", action="store_true", help="skip `serve run configs/app.yaml` timing")
@@ -192,8 +188,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.codecs = args.codecs.split(",")
     args.contenders = args.contenders.split(",")
-    if args.patched:
-        args.contenders += [c for c in (SERVE_APP_PATCHED, NORAY_PATCHED) if c not in args.contenders]
     unknown = set(args.contenders) - set(ALL_CONTENDERS)
     if unknown:
         parser.error(f"unknown contenders {sorted(unknown)}")
@@ -364,16 +358,15 @@ def triton_available() -> str | None:
 
 PROBES = {
     SERVE_APP: "/v2/health/ready",
-    SERVE_APP_PATCHED: "/v2/health/ready",
     TRITON: "/v2/health/ready",
     PLAIN: "/plain/ready",
     NOOP: "/noop/",
 }
 
 
-SERVE_APPS = (SERVE_APP, SERVE_APP_PATCHED, TRITON)
+SERVE_APPS = (SERVE_APP, TRITON)
 # Route prefixes when several serve_app variants share one cluster (--shared); alone, each takes "/".
-SHARED_PREFIX = {SERVE_APP: "", SERVE_APP_PATCHED: "/patched", TRITON: "/triton"}
+SHARED_PREFIX = {SERVE_APP: "", TRITON: "/triton"}
 
 
 def ray_groups(run: Run) -> list[list[str]]:
@@ -400,8 +393,6 @@ def build_config(group: list[str], repository: Path, port: int, shared: bool) ->
         if contender in SERVE_APPS:
             app = json.loads(json.dumps(template))
             app["args"]["runtime"] = "triton" if contender == TRITON else "torch"
-            if contender == SERVE_APP_PATCHED:
-                app["import_path"] = "benchmarks.patched:build_app"
             if prefix(contender, group):
                 app["name"] = f"{template['name']}-{prefix(contender, group).strip('/')}-variant"
                 app["route_prefix"] = prefix(contender, group)
@@ -493,7 +484,7 @@ def measure_contender(
                 continue
             for concurrency in run.args.concurrency:
                 run.add(contender, mode.name, name, codec, run.point(url, request, concurrency), replicas)
-    if not run.args.no_transport and (repository / "blob4m").is_dir() and contender != NORAY_PATCHED:
+    if not run.args.no_transport and (repository / "blob4m").is_dir():
         measure_transport(run, contender, mode.name, url, prefix)
 
 
@@ -543,8 +534,6 @@ def measure_noray(run: Run, contender: str, repository: Path) -> None:
         "--threads",
         str(run.args.noray_threads),
     ]
-    if contender == NORAY_PATCHED:
-        command.append("--patched")
     workdir = make_workdir("bnr")
     with (workdir / "noray.log").open("wb") as log_file:
         process = subprocess.Popen(
@@ -765,7 +754,7 @@ def targets(run: Run) -> list[str]:
     def rows(**match: Any) -> list[dict]:
         return [r for r in run.rows if all(r.get(k) == v for k, v in match.items())]
 
-    for contender in (SERVE_APP, SERVE_APP_PATCHED, TRITON):
+    for contender in SERVE_APPS:
         for mode in run.args.modes:
             best = rows(contender=contender, mode=mode.name, model="mlp4096", codec="binary", concurrency=64)
             if best and best[0].get("x_limit") is not None:
@@ -778,9 +767,11 @@ def targets(run: Run) -> list[str]:
                     contender=contender, mode=mode.name, model=model, codec="binary", concurrency=64
                 ):
                     if r.get("x_plain"):
+                        stock = r.get("x_plain_stock")
+                        versus_stock = f", {stock:.2f}x plain in stock mode" if stock else ""
                         out.append(
                             f"T2 {contender} [{mode.name}] {model} c=64: {r['x_plain']:.2f}x plain Ray Serve "
-                            f"same mode, {r['x_plain_stock'] or 0:.2f}x plain in stock mode (target >= 3)"
+                            f"same mode{versus_stock} (target >= 3)"
                         )
             ours = rows(contender=contender, mode=mode.name, model="tiny", codec="binary", concurrency=1)
             noop = rows(contender=NOOP, mode=mode.name, concurrency=1)
@@ -856,7 +847,7 @@ def plot(run: Run, path: Path) -> bool:
     fig.suptitle(f"serve_app benchmark: {os.cpu_count()} cores, {load}", fontsize=9)
     rows = (len(handles) + 3) // 4
     fig.tight_layout(rect=(0, 0.04 + 0.025 * rows, 1, 1))
-    fig.savefig(path, dpi=72)
+    fig.savefig(path, dpi=64, pil_kwargs={"optimize": True})
     plt.close(fig)
     return True
 
@@ -902,7 +893,7 @@ def write(run: Run) -> None:
         "targets": targets(run),
         "notes": run.notes,
     }
-    (out / f"results{suffix}.json").write_text(json.dumps(data, indent=1, default=str))
+    (out / f"results{suffix}.json").write_text(json.dumps(data, separators=(",", ":"), default=str) + "\n")
     text = "\n\n".join(
         [
             f"load average before {run.load_before}, after {data['machine']['load_avg_after']} "
@@ -938,9 +929,8 @@ def main(argv: list[str] | None = None) -> None:
         repository = build_repository(scratch / "repository", names)
         measure_generator_ceiling(run)
         measure_inprocess(run, repository, "start")
-        for contender in (NORAY, NORAY_PATCHED):
-            if contender in args.contenders:
-                measure_noray(run, contender, repository)
+        if NORAY in args.contenders:
+            measure_noray(run, NORAY, repository)
         for mode in args.modes:
             for group in ray_groups(run):
                 measure_ray_group(run, group, mode, repository)

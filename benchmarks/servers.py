@@ -7,8 +7,10 @@ until a probe answers 200, and on stop sends SIGINT like Ctrl-C, then SIGKILL to
 the group, and reports any process of its tree that outlived `serve run` (Ray
 workers have their own process groups; HAProxy is a child of the proxy actor).
 
-Every port Ray Serve would otherwise take from a fixed default (direct-ingress
-ranges, fallback proxy, HAProxy metrics/stats) and HAProxy's /tmp paths are
+The config's `controller_options` (configs/app.yaml's request path) is dropped: the
+mode's environment alone decides. Every port Ray Serve would otherwise take from a
+fixed default (direct-ingress ranges, fallback proxy, HAProxy metrics/stats) and
+HAProxy's /tmp paths are
 moved to free, per-run values so several runs (and other users of the machine)
 never collide.
 """
@@ -26,6 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +49,11 @@ class Mode:
     description: str
 
 
-# As benchmarks/launch.py sets it: a stopping direct-ingress replica is held 10 s, not Ray's 30 s.
-DRAINING = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10"}
+# The request path configs/app.yaml ships (its controller_options env_vars): the "haproxy" mode.
+_SHIPPED = yaml.safe_load((ROOT / "configs" / "app.yaml").read_text())
+SHIPPED_ENV: dict[str, str] = _SHIPPED["controller_options"]["runtime_env"]["env_vars"]
+# How long a stopping direct-ingress replica keeps serving, as shipped (Ray's default is 30 s).
+DRAINING = {k: v for k, v in SHIPPED_ENV.items() if k == "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"}
 
 MODES: dict[str, Mode] = {
     m.name: m
@@ -73,16 +79,18 @@ MODES: dict[str, Mode] = {
         ),
         Mode(
             "haproxy",
-            {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1", **DRAINING},
+            SHIPPED_ENV,
             "proxy",
-            "RAY_SERVE_ENABLE_HA_PROXY=1 + THROUGHPUT_OPTIMIZED=1: haproxy on the Serve port",
+            "configs/app.yaml's: HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1 + THROUGHPUT_OPTIMIZED=1)",
         ),
     )
 }
 
 
 def port_free(port: int) -> bool:
+    """Bindable the way servers bind (SO_REUSEADDR): wrk's TIME_WAIT sockets don't count."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("0.0.0.0", port))
         except OSError:
@@ -108,8 +116,9 @@ def free_block(low: int, high: int, size: int) -> int:
 
 def isolation_env(tmp: Path, block: int = 16) -> dict[str, str]:
     """Per-run ports and paths for every fixed default a Serve mode would take."""
-    http = free_block(30000, 31000, block)
-    grpc = free_block(40000, 41000, block)
+    # The upper half: other Serve instances on the machine allocate upward from 30000 and 40000.
+    http = free_block(30500, 31000, block)
+    grpc = free_block(40500, 41000, block)
     hap = tmp / "haproxy"
     hap.mkdir(parents=True, exist_ok=True)
     return {
@@ -183,6 +192,26 @@ def descendants(root: int) -> dict[int, str]:
     return found
 
 
+def listening_ports(pids: Iterable[int]) -> set[int]:
+    """TCP ports in LISTEN state whose socket is open in one of `pids` (from /proc)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def mentioning(text: str) -> dict[int, str]:
     """Processes whose command line contains `text` (e.g. this run's workdir: HAProxy's -f path)."""
     return {pid: cmd for pid, (_, cmd) in _proc_table().items() if text in cmd and pid != os.getpid()}
@@ -232,7 +261,9 @@ class ServeProcess:
 
     def start(self, timeout_s: float = 180.0) -> ServeProcess:
         path = self.workdir / f"app-{self.mode.name}-{self.port}.yaml"
-        path.write_text(yaml.safe_dump(self.config))
+        # The mode's environment alone picks the request path, not the config's controller_options.
+        config = {k: v for k, v in self.config.items() if k != "controller_options"}
+        path.write_text(yaml.safe_dump(config))
         started = time.monotonic()
         self.process = subprocess.Popen(
             [SERVE, "run", str(path)],
@@ -275,10 +306,19 @@ class ServeProcess:
         return self.proxy_url
 
     def replica_ports(self, probe_path: str | None = None) -> list[int]:
-        """Direct-ingress HTTP ports (in this run's range) whose replica answers the probe."""
+        """Direct-ingress HTTP ports of this run's replicas that answer the probe.
+
+        Only ports a process of this `serve run`'s tree listens on: another Serve instance on
+        the machine (default range 30000-31000) may answer the same probe on a port nearby.
+        """
+        if self.process is None:
+            return []
         low = int(self.env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"])
         high = int(self.env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
-        return [p for p in range(low, high) if self._answers(f"http://127.0.0.1:{p}", probe_path)]
+        ours = listening_ports(descendants(self.process.pid))
+        return [
+            p for p in sorted(ours) if low <= p < high and self._answers(f"http://127.0.0.1:{p}", probe_path)
+        ]
 
     def gcs_address(self) -> str | None:
         """The GCS address of the Ray node `serve run` started (from its raylet's command line)."""

@@ -6,6 +6,14 @@ shapes and dtypes match are concatenated along dim 0 (up to `max_batch_size`,
 cut at a preferred size when one fits, waiting at most `max_queue_delay`), run in
 one forward and split back. Without it, each request runs alone. A batch that
 fails is retried request by request so one bad request cannot fail its batch-mates.
+
+One addition to Triton's rules, for closed-loop clients: right after an execution,
+the clients it answered are about to send again. Starting at once with the few
+requests that arrived during it splits one full batch into a small and a large one
+(measured alternating 8/56 at 64 clients on a 4096-wide MLP), and the model pays a
+whole execution for the small one. So while fewer samples are queued than the last
+batch held, the scheduler also waits for those, at most a quarter of the last
+execution (`FOLLOW_UP_WAIT_FRACTION`); a lone client never waits.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ from serve_app.runtimes.torchscript import Timings, concatenate, split_batch
 
 Tensors = dict[str, np.ndarray]
 Execute = Callable[[Tensors], Awaitable[tuple[Tensors, Timings]]]
+
+# The longest wait for the last batch's clients to send again, as a fraction of its execution.
+FOLLOW_UP_WAIT_FRACTION = 0.25
 
 
 @dataclass
@@ -60,6 +71,9 @@ class Scheduler:
         self._closed = False
         self._worker: asyncio.Task | None = None
         self._in_flight = 0
+        # Samples in, and duration of, the last execution: see the module docstring.
+        self._last_batch_size = 0
+        self._last_execution_ns = 0
 
     async def submit(self, inputs: Tensors) -> Tensors:
         if self._closed:
@@ -95,14 +109,27 @@ class Scheduler:
             await self._wait_for_batch()
             batch = [q for q in self._take() if not q.future.done()]
             if batch:
+                started = time.perf_counter_ns()
                 await self._run(batch)
+                self._last_batch_size = sum(q.batch_size for q in batch)
+                self._last_execution_ns = time.perf_counter_ns() - started
 
     async def _wait_for_batch(self) -> None:
-        if self._batching is None or not self._batching.max_queue_delay_us:
+        """Hold the queue's head until its batch is worth running.
+
+        As Triton: up to max_queue_delay_microseconds from the head's arrival for the
+        largest preferred batch size (else max_batch_size). Also, while fewer samples are
+        ready than the last batch held, up to a quarter of the last execution for them.
+        """
+        if self._batching is None:
             return
         head = self._queue[0]
         target = max(self._batching.preferred_batch_sizes, default=self._max_batch_size)
         deadline = head.enqueued_ns + self._batching.max_queue_delay_us * 1000
+        if self._ready_samples(head.key) < self._last_batch_size:
+            target = min(target, self._last_batch_size)
+            follow_up_ns = int(self._last_execution_ns * FOLLOW_UP_WAIT_FRACTION)
+            deadline = max(deadline, time.perf_counter_ns() + follow_up_ns)
         while self._ready_samples(head.key) < target:
             remaining = (deadline - time.perf_counter_ns()) / 1e9
             if remaining <= 0:

@@ -109,6 +109,8 @@ class TritonRuntime:
         except tritonserver.TritonError as exc:
             raise RuntimeError(f"runtime triton: Triton did not start ({exc}); {INSTALL_HINT}") from exc
         try:
+            # One at a time: concurrent loads fork Python-backend stubs concurrently, which
+            # aborts the replica inside gRPC's fork handlers (seen with Ray's gRPC path on).
             for entry in discover(self._args.model_repository):
                 if entry.spec is None:
                     self._entry_errors[entry.name] = entry.error or "invalid entry"

@@ -45,10 +45,22 @@ def app_config(
     """configs/app.yaml with its HTTP port, app args and deployment options overridden."""
     config = copy.deepcopy(yaml.safe_load(APP_CONFIG.read_text()))
     config["http_options"]["port"] = port
+    free_request_path_ports(config)
     app = config["applications"][0]
     app["args"].update(args or {})
     app["deployments"][0].update(deployment or {})
     return config
+
+
+def free_request_path_ports(config: dict[str, Any]) -> None:
+    """Move HAProxy's stats and metrics listeners and the fallback proxy to free ports.
+
+    The shipped configs leave them at Ray's fixed defaults (8404, 9101, 8500); a test run
+    must not depend on those being free.
+    """
+    env_vars = config["controller_options"]["runtime_env"]["env_vars"]
+    for name in ("HAPROXY_STATS_PORT", "HAPROXY_METRICS_PORT", "FALLBACK_PROXY_HTTP_PORT"):
+        env_vars[f"RAY_SERVE_{name}"] = str(free_port())
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:

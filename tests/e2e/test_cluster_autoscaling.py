@@ -177,6 +177,9 @@ def test_shipped_cluster_configs_match_the_tested_setup() -> None:
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(serve_config)
     assert serve_config["applications"] == gpu_app["applications"]
+    # One request path (HAProxy) wherever the app runs.
+    shipped_path = yaml.safe_load(APP_CONFIG.read_text())["controller_options"]
+    assert serve_config["controller_options"] == gpu_app["controller_options"] == shipped_path
     ray_cluster = service["spec"]["rayClusterConfig"]
     assert ray_cluster["enableInTreeAutoscaling"] is True
     (group,) = ray_cluster["workerGroupSpecs"]

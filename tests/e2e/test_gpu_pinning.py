@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,19 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from tests.e2e.conftest import FAKE_GPUS
-from tests.e2e.harness import ROOT, ServeRun, free_port, http_get, infer_json, run_torchscript
+from tests.e2e.harness import (
+    ROOT,
+    ServeRun,
+    free_port,
+    free_request_path_ports,
+    http_get,
+    infer_json,
+    run_torchscript,
+)
 
 pytestmark = pytest.mark.e2e
+
+CLIENTS = 4
 
 GPU_CONFIG = ROOT / "configs" / "app.gpu.yaml"
 
@@ -33,6 +44,7 @@ def gpu_config(port: int, repository: Path, num_gpus: float) -> dict[str, Any]:
     config = yaml.safe_load(GPU_CONFIG.read_text())
     ServeDeploySchema.model_validate(config)  # the shipped file is a valid Serve config
     config["http_options"].update(host="127.0.0.1", port=port)
+    free_request_path_ports(config)
     app = config["applications"][0]
     app["args"].update(model_repository=str(repository), runtime="torch")
     deployment = app["deployments"][0]
@@ -95,15 +107,19 @@ def test_inference_is_correct_on_every_replica(gpu_served: ServeRun, example_rep
     rows = np.random.default_rng(1).random((1, 16), dtype=np.float32)
     (expected,) = run_torchscript(example_repository_path, "linear", rows)
     # An odd number of requests: the two replicas' counts differ, so GET stats tells them apart.
+    # Concurrent clients: HAProxy balances by least connections, so one client at a time
+    # would always find the same (idle) replica first.
     requests = 21
-    for _ in range(requests):
-        np.testing.assert_allclose(infer_json(gpu_served.url, "linear", rows), expected, rtol=1e-5, atol=1e-5)
-    # Each GET .../stats lands on one replica; collect the distinct per-replica counts.
-    counts: set[int] = set()
-    deadline = time.monotonic() + 60
-    while len(counts) < FAKE_GPUS and time.monotonic() < deadline:
-        status, body = http_get(gpu_served.url + "/v2/models/linear/stats", timeout=10)
-        assert status == 200, body
-        counts.add(json.loads(body)["model_stats"][0]["inference_count"])
+    with ThreadPoolExecutor(CLIENTS) as clients:
+        for outputs in clients.map(lambda _: infer_json(gpu_served.url, "linear", rows), range(requests)):
+            np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
+        # Each GET .../stats lands on one replica; collect the distinct per-replica counts.
+        stats_url = gpu_served.url + "/v2/models/linear/stats"
+        counts: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(counts) < FAKE_GPUS and time.monotonic() < deadline:
+            for status, body in clients.map(lambda _: http_get(stats_url, timeout=10), range(CLIENTS)):
+                assert status == 200, body
+                counts.add(json.loads(body)["model_stats"][0]["inference_count"])
     print(f"\nlinear inferences per replica: {sorted(counts)}")
     assert len(counts) == FAKE_GPUS and sum(counts) == requests and min(counts) > 0, counts

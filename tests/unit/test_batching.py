@@ -159,6 +159,49 @@ async def test_max_queue_delay_ends_early_at_the_largest_preferred_size() -> Non
     assert model.batch_sizes == [2]
 
 
+async def closed_loop_clients(scheduler: Scheduler, clients: int, rounds: int, stagger_s: float) -> None:
+    """Each client sends, waits for its answer, pauses `index * stagger_s` (its HTTP round trip), repeats."""
+
+    async def client(index: int) -> None:
+        for _ in range(rounds):
+            request = sample(index)
+            np.testing.assert_array_equal((await scheduler.submit(request))["y"], request["x"] * 2)
+            await asyncio.sleep(index * stagger_s)
+
+    with anyio.fail_after(5):
+        await asyncio.gather(*(client(i) for i in range(clients)))
+
+
+async def test_clients_just_answered_are_waited_for_so_batches_stay_full() -> None:
+    # Without the follow-up wait the first client back runs alone and the rest form a
+    # second batch during its execution: sizes alternate 1/7 instead of staying 8.
+    model = FakeModel(delay=0.04)
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=NO_DELAY)
+    await closed_loop_clients(scheduler, clients=8, rounds=5, stagger_s=0.0005)
+    assert model.batch_sizes == [8] * 5
+
+
+async def test_the_follow_up_wait_is_bounded_by_a_quarter_of_the_last_execution() -> None:
+    model = FakeModel(delay=0.08)
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=NO_DELAY)
+    requests = [sample(i) for i in range(4)]
+    assert_doubled(await submit_all(scheduler, requests), requests)
+    start = time.perf_counter()
+    assert_doubled(await submit_all(scheduler, [sample(9)]), [sample(9)])  # three clients never return
+    waited = time.perf_counter() - start - model.delay
+    assert model.batch_sizes == [4, 1]
+    assert 0.015 <= waited < 0.06  # ~0.02 s: a quarter of the 0.08 s execution, not the whole
+
+
+async def test_a_lone_sequential_client_never_waits() -> None:
+    model = FakeModel(delay=0.02)
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=NO_DELAY)
+    start = time.perf_counter()
+    await closed_loop_clients(scheduler, clients=1, rounds=10, stagger_s=0)
+    assert model.batch_sizes == [1] * 10
+    assert time.perf_counter() - start < 10 * model.delay + 0.05  # the 1/4-execution wait never applied
+
+
 async def test_a_failing_request_fails_alone_and_its_batch_mates_succeed() -> None:
     model, stats = FakeModel(), ModelStatistics()
     scheduler = Scheduler(model, stats, max_batch_size=8, batching=NO_DELAY)

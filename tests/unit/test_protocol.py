@@ -319,6 +319,7 @@ def test_binary_response_round_trips_through_tritonclient() -> None:
         "i8": np.array([-1, 5], np.int8),
         "mask": np.array([True, False, True]),
         "transposed": rng.random((3, 2)).astype(np.float64).T,  # not C-contiguous
+        "empty": np.zeros((0, 4), np.float32),
     }
     body, header_length = encode_response(
         response(*((name, name != "i8", array) for name, array in outputs.items()), id="bin")
@@ -327,7 +328,7 @@ def test_binary_response_round_trips_through_tritonclient() -> None:
     header = orjson.loads(body[:header_length])
     assert header["id"] == "bin"
     sizes = {o["name"]: o.get("parameters", {}).get("binary_data_size") for o in header["outputs"]}
-    assert sizes == {"f16": 12, "u64": 16, "i8": None, "mask": 3, "transposed": 48}
+    assert sizes == {"f16": 12, "u64": 16, "i8": None, "mask": 3, "transposed": 48, "empty": 0}
     assert len(body) == header_length + sum(s for s in sizes.values() if s)
     result = httpclient.InferenceServerClient.parse_response_body(body, header_length=header_length)
     assert result.get_response()["id"] == "bin"
