@@ -10,9 +10,8 @@ workers have their own process groups; HAProxy is a child of the proxy actor).
 The config's `controller_options` (configs/app.yaml's request path) is dropped: the
 mode's environment alone decides. Every port Ray Serve would otherwise take from a
 fixed default (direct-ingress ranges, fallback proxy, HAProxy metrics/stats) and
-HAProxy's /tmp paths are
-moved to free, per-run values so several runs (and other users of the machine)
-never collide.
+HAProxy's /tmp paths are moved to free, per-run values so several runs (and other
+users of the machine) never collide.
 """
 
 from __future__ import annotations
