@@ -14,7 +14,17 @@ import numpy as np
 from serve_app.errors import InvalidInputError, ModelControlDisabledError
 from serve_app.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
-from serve_app.runtimes.base import Runtime
+from serve_app.runtimes.base import InferOptions, Runtime
+
+# Request parameters Triton schedules by (KServe v2 names), and the types each takes.
+_SCHEDULING_PARAMETERS: dict[str, tuple[type, ...]] = {
+    "priority": (int,),
+    "timeout": (int,),
+    "sequence_id": (int, str),
+    "sequence_start": (bool,),
+    "sequence_end": (bool,),
+}
+_TYPE_NAMES = {bool: "boolean", int: "integer", str: "string"}
 
 
 class DataPlane:
@@ -78,16 +88,50 @@ class DataPlane:
         signature = self._runtime.signature(request.model_name, version)
         inputs = validate_inputs(signature, request.inputs)
         outputs = requested_outputs(signature, request)
+        options = infer_options(request.parameters)
         results = await self._runtime.infer(
-            request.model_name, version, inputs, [o.name for o in outputs]
+            request.model_name, version, inputs, [o.name for o in outputs], options
         )
         return InferResponse(
             model_name=request.model_name,
             model_version=version,
             outputs=[(o, results[o.name]) for o in outputs],
             id=request.id,
-            parameters=request.parameters or None,
+            parameters=dict(options.parameters) or None,
         )
+
+
+def infer_options(parameters: dict[str, Any]) -> InferOptions:
+    """Request parameters → scheduling options; a value of the wrong type is refused."""
+    if not parameters:
+        return InferOptions()
+    scheduling: dict[str, Any] = {}
+    others: list[tuple[str, str | int | bool]] = []
+    for key, value in parameters.items():
+        types = _SCHEDULING_PARAMETERS.get(key)
+        if types is None:
+            if not isinstance(value, (str, int, bool)):
+                raise InvalidInputError(
+                    f"request parameter '{key}' must be a string, integer or boolean, "
+                    f"not {type(value).__name__}"
+                )
+            others.append((key, value))
+            continue
+        # bool is an int in Python; Triton's JSON types keep them apart.
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            names = " or ".join(_TYPE_NAMES[t] for t in types)
+            raise InvalidInputError(f"request parameter '{key}' must be {names}, not {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value < 2**64:
+            raise InvalidInputError(f"request parameter '{key}' must be between 0 and 2**64 - 1")
+        scheduling[key] = value
+    return InferOptions(
+        priority=scheduling.get("priority", 0),
+        timeout_us=scheduling.get("timeout", 0),
+        sequence_id=scheduling.get("sequence_id", 0),
+        sequence_start=scheduling.get("sequence_start", False),
+        sequence_end=scheduling.get("sequence_end", False),
+        parameters=tuple(others),
+    )
 
 
 def validate_inputs(signature: ModelSignature, inputs: list[InputTensor]) -> dict[str, np.ndarray]:

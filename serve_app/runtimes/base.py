@@ -14,6 +14,22 @@ import numpy as np
 from serve_app.repository import ModelSignature
 
 
+@dataclass(frozen=True, slots=True)
+class InferOptions:
+    """How a request is scheduled, as Triton's request fields say it (all optional)."""
+
+    priority: int = 0  # 0: the model's default priority level
+    timeout_us: int = 0  # 0: no timeout
+    sequence_id: int | str = 0  # 0 / "": not part of a sequence
+    sequence_start: bool = False
+    sequence_end: bool = False
+    # Other request parameters, handed to the model's backend as they are.
+    parameters: tuple[tuple[str, str | int | bool], ...] = ()
+
+
+NO_OPTIONS = InferOptions()
+
+
 @dataclass(frozen=True)
 class ModelState:
     """One row of `/v2/repository/index`."""
@@ -69,7 +85,12 @@ class Runtime(Protocol):
         """`GET /v2/models[/{model}]/stats` body, in Triton's format."""
 
     async def infer(
-        self, model: str, version: str, inputs: dict[str, np.ndarray], output_names: list[str]
+        self,
+        model: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str],
+        options: InferOptions = NO_OPTIONS,
     ) -> dict[str, np.ndarray]:
         """Run validated inputs; return the named outputs."""
 

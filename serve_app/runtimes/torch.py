@@ -20,7 +20,7 @@ import torch
 
 from serve_app import __version__
 from serve_app.datatypes import NUMPY_BY_DATATYPE
-from serve_app.errors import ModelNotFoundError, ModelNotReadyError, summarize
+from serve_app.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, summarize
 from serve_app.repository import (
     ModelEntryError,
     ModelSignature,
@@ -29,7 +29,7 @@ from serve_app.repository import (
     discover,
     load_model_spec,
 )
-from serve_app.runtimes.base import ModelState
+from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
 from serve_app.runtimes.batching import Scheduler, Tensors
 from serve_app.runtimes.statistics import ModelStatistics
 from serve_app.runtimes.torchscript import Timings, TorchScriptModel
@@ -185,8 +185,19 @@ class TorchRuntime:
         return {"model_stats": stats}
 
     async def infer(
-        self, model: str, version: str, inputs: dict[str, np.ndarray], output_names: list[str]
+        self,
+        model: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str],
+        options: InferOptions = NO_OPTIONS,
     ) -> dict[str, np.ndarray]:
+        """Priority and timeout do not apply (one FIFO queue per model); sequences are refused."""
+        if options.sequence_id or options.sequence_start or options.sequence_end:
+            raise InvalidInputError(
+                f"model '{model}' is not a sequence model (no sequence_batching): "
+                "sequence_id, sequence_start and sequence_end do not apply"
+            )
         loaded = self._models[model].versions.get(int(version))
         if loaded is None:
             raise ModelNotReadyError(f"model '{model}' version {version} was unloaded")
