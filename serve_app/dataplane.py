@@ -106,13 +106,13 @@ def infer_options(parameters: dict[str, Any]) -> InferOptions:
     if not parameters:
         return InferOptions()
     scheduling: dict[str, Any] = {}
-    others: list[tuple[str, str | int | bool]] = []
+    others: list[tuple[str, str | int | float | bool]] = []
     for key, value in parameters.items():
         types = _SCHEDULING_PARAMETERS.get(key)
         if types is None:
-            if not isinstance(value, (str, int, bool)):
+            if not isinstance(value, (str, int, float, bool)):
                 raise InvalidInputError(
-                    f"request parameter '{key}' must be a string, integer or boolean, "
+                    f"request parameter '{key}' must be a string, number or boolean, "
                     f"not {type(value).__name__}"
                 )
             others.append((key, value))

@@ -24,7 +24,7 @@ class InferOptions:
     sequence_start: bool = False
     sequence_end: bool = False
     # Other request parameters, handed to the model's backend as they are.
-    parameters: tuple[tuple[str, str | int | bool], ...] = ()
+    parameters: tuple[tuple[str, str | int | float | bool], ...] = ()
 
 
 NO_OPTIONS = InferOptions()

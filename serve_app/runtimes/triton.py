@@ -1,26 +1,28 @@
 """The Triton runtime: each replica embeds Triton in-process (`import tritonserver`).
 
-Requests go to Triton's own scheduler concurrently (`async_infer`), so its dynamic batcher
-and instance groups work; metadata, config, readiness and statistics are Triton's. Where
-Triton has no PyTorch backend (the CPU build of `serve_app.triton_cpu`), TorchScript models
-load through the Python-backend shim with load overrides, and what Triton reports about them
-is turned back into the user's config so clients see the repository as written.
+Every model directory goes to Triton as it is, whatever its backend or platform: Triton loads
+it (TorchScript through its own PyTorch backend, natively, on the CPU build as on the NGC
+image) or says why not. Requests go to Triton's scheduler concurrently (`async_infer`), so its
+dynamic batcher, sequence batcher and instance groups work; metadata, config, readiness and
+statistics are Triton's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from serve_app import triton_cpu
+from serve_app import triton_layout
 from serve_app.config import AppArgs
 from serve_app.errors import ModelNotFoundError, ModelNotReadyError, from_triton
 from serve_app.placement import Placement
@@ -29,11 +31,10 @@ from serve_app.repository import (
     TORCHSCRIPT_PLATFORM,
     ModelEntryError,
     ModelSignature,
-    ModelSpec,
-    discover,
-    load_model_spec,
+    message_to_dict,
+    parse_config,
 )
-from serve_app.runtimes.base import ModelState
+from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
 
 if TYPE_CHECKING:
     import tritonserver
@@ -42,15 +43,12 @@ logger = logging.getLogger(__name__)
 
 NGC_BACKENDS = Path("/opt/tritonserver/backends")
 INSTALL_HINT = (
-    "install Triton's in-process Python API into this environment with "
-    "`python -m serve_app.triton_cpu install` (CPU build), or run the NGC tritonserver image "
-    "(configs/Dockerfile); or set args.runtime: torch"
+    f"install Triton's in-process Python API into this environment with `{triton_layout.INSTALL_COMMAND}` "
+    "(CPU build), or run the NGC tritonserver image (configs/Dockerfile); or set args.runtime: torch"
 )
-_INJECTED = (
-    triton_cpu.TORCHSCRIPT_DIR_PARAMETER,
-    triton_cpu.TORCHSCRIPT_FILENAME_PARAMETER,
-    triton_cpu.TORCH_THREADS_PARAMETER,
-)
+# The PyTorch backend's thread setting (at::set_num_threads, process-wide). Its inter-op
+# counterpart is left alone: libtorch refuses to set it twice, and every model would.
+INTRA_OP_THREADS = "INTRA_OP_THREAD_COUNT"
 
 
 def _import_tritonserver() -> Any:
@@ -62,19 +60,23 @@ def _import_tritonserver() -> Any:
 
 
 def _reason(text: str | None) -> str:
-    """Triton's reason without the Python traceback the backend stub appends ("At: ...")."""
+    """Triton's reason without the Python traceback a python-backend stub appends ("At: ...")."""
     return (text or "").split("\n\nAt:\n")[0].strip()
 
 
-def _user_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Triton's config of a shim-loaded model as the repository wrote it (inverse of the overrides)."""
-    parameters = config.get("parameters", {})
-    return config | {
-        "platform": TORCHSCRIPT_PLATFORM,
-        "backend": TORCHSCRIPT_BACKEND,
-        "default_model_filename": parameters[triton_cpu.TORCHSCRIPT_FILENAME_PARAMETER]["string_value"],
-        "parameters": {key: value for key, value in parameters.items() if key not in _INJECTED},
-    }
+def _one_line(message: str) -> str:
+    """A multi-line error (TorchScript's interpreter traceback) as its first and last lines."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return message if len(lines) < 2 else f"{lines[0]} {lines[-1]}"
+
+
+@dataclass
+class _LoadPlan:
+    """What `_load` hands Triton: load parameters, and what it should know about the model."""
+
+    parameters: dict[str, str] | None = None
+    forks: bool = False  # a python-backend model: its load forks a stub process
+    config_problem: str = ""  # why config.pbtxt did not parse here
 
 
 def _settle(future: asyncio.Future[BaseException | None], outcome: BaseException | None) -> None:
@@ -90,51 +92,54 @@ class TritonRuntime:
         self._placement = placement
         self._server: tritonserver.Server | None = None
         self._errors: tuple[type[Exception], ...] = ()
-        self._native = False  # Triton has the PyTorch backend: no shim
+        self._request_flags: Any = None  # tritonserver's TRITONSERVER_RequestFlag
         self._stopped = False
         self._versions: dict[str, tuple[int, ...]] = {}  # versions Triton knows, by model
         self._signatures: dict[str, ModelSignature] = {}  # loaded models
-        self._entry_errors: dict[str, str] = {}  # entries never handed to Triton, and why
+        self._load_errors: dict[str, str] = {}  # why each model's last load failed
+        # Python-backend loads fork a stub each; concurrent forks have aborted replicas inside
+        # gRPC's fork handlers, so those load one at a time (everything else loads in parallel).
+        self._fork_lock = asyncio.Lock()
 
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         tritonserver = _import_tritonserver()
         self._errors = (tritonserver.TritonError,)
+        self._request_flags = tritonserver._c.TRITONSERVER_RequestFlag
         options = self._options(tritonserver)
-        self._native = Path(options.backend_directory, "pytorch").is_dir()
-        os.environ.update(triton_cpu.environment_for_stub())
+        os.environ.update(triton_layout.environment_for_stub())
         try:
             self._server = tritonserver.Server(options).start(wait_until_ready=True, timeout=60)
         except tritonserver.TritonError as exc:
             raise RuntimeError(f"runtime triton: Triton did not start ({exc}); {INSTALL_HINT}") from exc
         try:
-            # One at a time: concurrent loads fork Python-backend stubs concurrently, which
-            # aborts the replica inside gRPC's fork handlers (seen with Ray's gRPC path on).
-            for entry in discover(self._args.model_repository):
-                if entry.spec is None:
-                    self._entry_errors[entry.name] = entry.error or "invalid entry"
-                else:
-                    await self._load(entry.spec)
+            names = sorted(
+                entry.name
+                for entry in self._args.model_repository.iterdir()
+                if entry.is_dir() and not entry.name.startswith(".")
+            )
+            await asyncio.gather(*(self._load(name) for name in names))
             self._refresh_versions()
         except BaseException:  # e.g. cancelled: `auto` must not fall back beside a running Triton
             await self.stop()
             raise
-        backend = "PyTorch backend" if self._native else "Python-backend TorchScript shim"
         logger.info(
-            "triton runtime (%s in %s) serving %s",
-            backend,
-            options.backend_directory,
-            sorted(self._signatures),
+            "triton runtime (backends in %s) serving %s", options.backend_directory, sorted(self._signatures)
         )
 
     def _options(self, tritonserver: Any) -> tritonserver.Options:
         triton = self._args.triton
         backends = triton.backend_directory
-        if backends is None:
-            backends = str(NGC_BACKENDS) if NGC_BACKENDS.is_dir() else triton_cpu.backend_directory()
-        if backends is None:
-            raise RuntimeError(f"runtime triton: no Triton backend directory found; {INSTALL_HINT}")
+        if backends is None and NGC_BACKENDS.is_dir():
+            backends = str(NGC_BACKENDS)
+        elif backends is None:
+            backends = triton_layout.backend_directory()
+            if backends is None:
+                raise RuntimeError(f"runtime triton: no Triton backend directory found; {INSTALL_HINT}")
+            problem = triton_layout.pytorch_backend_problem()
+            if problem:
+                raise RuntimeError(f"runtime triton: {problem}")
         gpu = bool(self._placement.gpu_ids) and torch.cuda.is_available()
         return tritonserver.Options(
             model_repository=str(self._args.model_repository),
@@ -156,25 +161,49 @@ class TritonRuntime:
             backend_directory=backends,
         )
 
-    async def _load(self, spec: ModelSpec) -> str | None:
-        """Load one model; return why it failed (a thread: Triton's load blocks until done)."""
-        if self._native:
-            parameters = None
-        else:
+    def _load_plan(self, name: str) -> _LoadPlan:
+        """How to hand a model directory to Triton.
+
+        A TorchScript model whose config sets no thread count gets the replica's CPU allotment
+        as INTRA_OP_THREAD_COUNT through a config override, so replicas sharing a node do not
+        each use every core. A config that does not parse still goes to Triton as it is (it may
+        auto-complete a missing one); the parser's message explains Triton's "failed to poll".
+        """
+        try:
+            config = parse_config(self._args.model_repository / name)
+        except ModelEntryError as exc:
+            return _LoadPlan(config_problem=str(exc))
+        plan = _LoadPlan(forks=config.backend == "python")
+        torchscript = config.platform == TORCHSCRIPT_PLATFORM or config.backend == TORCHSCRIPT_BACKEND
+        if torchscript and INTRA_OP_THREADS not in config.parameters:
             threads = self._args.torch_threads or self._placement.threads()
-            parameters = triton_cpu.torchscript_load_parameters(spec.path, spec.config_dict(), threads)
+            config.parameters[INTRA_OP_THREADS].string_value = str(threads)
+            plan.parameters = {"config": json.dumps(message_to_dict(config))}
+        return plan
+
+    async def _load(self, name: str) -> str | None:
+        """Load one model; return why it failed (a thread: Triton's load blocks until done)."""
+        plan = self._load_plan(name)
         server = self._triton()
         failure = None
         try:
-            await asyncio.to_thread(server.load, spec.name, parameters)
+            if plan.forks:
+                async with self._fork_lock:
+                    await asyncio.to_thread(server.load, name, plan.parameters)
+            else:
+                await asyncio.to_thread(server.load, name, plan.parameters)
+            self._load_errors.pop(name, None)
         except self._errors as exc:
             failure = _reason(from_triton(exc).args[0])
-            logger.warning("model '%s' failed to load: %s", spec.name, failure)
+            if plan.config_problem:
+                failure = f"{failure}: {plan.config_problem}"
+            self._load_errors[name] = failure
+            logger.warning("model '%s' failed to load: %s", name, failure)
         # A failed reload can leave the previous versions serving.
-        if server.model(spec.name).ready():
-            self._signatures[spec.name] = ModelSignature.from_config(self._config(spec.name, -1))
+        if server.model(name).ready():
+            self._signatures[name] = ModelSignature.from_config(self._config(name, -1))
         else:
-            self._signatures.pop(spec.name, None)
+            self._signatures.pop(name, None)
         return failure
 
     async def stop(self) -> None:
@@ -251,13 +280,11 @@ class TritonRuntime:
         self._versions = {name: tuple(sorted(v)) for name, v in versions.items()}
 
     def index(self) -> list[ModelState]:
-        """Triton's index; entries Triton never loaded are one UNAVAILABLE row with our reason."""
+        """Triton's index; an entry Triton could not even read is one UNAVAILABLE row with its load error."""
         rows: dict[ModelState, None] = {}
         for (name, version), model in sorted(self._triton().models().items()):
-            if name in self._entry_errors:
-                row = ModelState(name, None, "UNAVAILABLE", self._entry_errors[name])
-            elif model.state is None:
-                row = ModelState(name, None, "UNAVAILABLE", "not loaded")
+            if model.state is None:
+                row = ModelState(name, None, "UNAVAILABLE", self._load_errors.get(name, "not loaded"))
             else:
                 reason = "" if model.state == "READY" else _reason(model.reason)
                 row = ModelState(name, str(version), model.state, reason)
@@ -289,13 +316,11 @@ class TritonRuntime:
             raise ModelNotReadyError(f"model '{model}' is not ready: {self._why_not_ready(model)}") from None
 
     def _config(self, model: str, version: int) -> dict[str, Any]:
-        config = self._triton().model(model, version).config()
-        return config if self._native else _user_config(config)
+        return self._triton().model(model, version).config()
 
     def metadata(self, model: str, version: str | None) -> dict[str, Any]:
         resolved = self.resolve(model, version)
-        metadata = self._triton().model(model, -1 if version is None else int(resolved)).metadata()
-        return metadata if self._native else metadata | {"platform": TORCHSCRIPT_PLATFORM}
+        return self._triton().model(model, -1 if version is None else int(resolved)).metadata()
 
     def config(self, model: str, version: str | None) -> dict[str, Any]:
         return self._config(model, int(self.resolve(model, version)))
@@ -309,7 +334,12 @@ class TritonRuntime:
     # --- inference and model control --------------------------------------------------------
 
     async def infer(
-        self, model: str, version: str, inputs: dict[str, np.ndarray], output_names: list[str]
+        self,
+        model: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str],
+        options: InferOptions = NO_OPTIONS,
     ) -> dict[str, np.ndarray]:
         """One Triton request; concurrent calls meet in Triton's scheduler, which batches them."""
         # Triton reads an input's bytes from its data pointer, ignoring strides.
@@ -317,7 +347,9 @@ class TritonRuntime:
         outputs: dict[str, Any] = {}
         try:
             responses = (
-                self._triton().model(model, int(version)).async_infer(inputs=arrays, output_memory_type="cpu")
+                self._triton()
+                .model(model, int(version))
+                .async_infer(inputs=arrays, output_memory_type="cpu", **self._request_fields(options))
             )
             try:
                 async for response in responses:
@@ -327,25 +359,34 @@ class TritonRuntime:
                 raise
         except self._errors as exc:
             error = from_triton(exc)
+            error.args = (_one_line(error.args[0]),)
             if isinstance(error, ModelNotFoundError):  # resolved a moment ago: unloaded since
                 raise ModelNotReadyError(f"model '{model}' version {version} is not ready: {error}") from None
             raise error from None
         return {name: np.from_dlpack(outputs[name]) for name in output_names}
 
+    def _request_fields(self, options: InferOptions) -> dict[str, Any]:
+        """InferOptions as `tritonserver.InferenceRequest` fields (none for the default)."""
+        if options is NO_OPTIONS:
+            return {}
+        flags = 0
+        if options.sequence_start:
+            flags |= int(self._request_flags.SEQUENCE_START)
+        if options.sequence_end:
+            flags |= int(self._request_flags.SEQUENCE_END)
+        return {
+            "priority": options.priority,
+            "timeout": options.timeout_us,
+            "correlation_id": options.sequence_id or None,
+            "flags": flags,
+            "parameters": dict(options.parameters),
+        }
+
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
-        model_dir = self._args.model_repository / model
-        if not model_dir.is_dir():
+        """Triton (re)loads the directory; a failed reload leaves the loaded versions serving."""
+        if not (self._args.model_repository / model).is_dir():
             raise ModelNotFoundError(f"no directory '{model}' in the model repository")
-        try:
-            spec = load_model_spec(model_dir)
-        except ModelEntryError as exc:
-            # Like Triton in EXPLICIT mode: a failed reload leaves the loaded versions serving.
-            if model not in self._signatures:
-                self._entry_errors[model] = str(exc)
-                self._refresh_versions()
-            raise ModelNotReadyError(f"failed to load '{model}': {exc}") from None
-        self._entry_errors.pop(model, None)
-        failure = await self._load(spec)
+        failure = await self._load(model)
         self._refresh_versions()
         if failure is not None:
             raise ModelNotReadyError(f"failed to load '{model}': {failure}")

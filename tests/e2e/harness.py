@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 APP_CONFIG = ROOT / "configs" / "app.yaml"
 SERVE = str(Path(sys.executable).with_name("serve"))
 # The runtimes `served` and the other per-module apps are parametrised by: triton where the
-# in-process build is installed (`python -m serve_app.triton_cpu install`; CI installs it).
+# in-process build is installed (`python -m serve_app.triton_install install`; CI installs it).
 RUNTIMES = ["torch", *(["triton"] if importlib.util.find_spec("tritonserver") else [])]
 # Max abs difference between served outputs and the TorchScript file run directly.
 TOLERANCE = 1e-5

@@ -2,7 +2,7 @@
 
 One Triton server serves this module (examples + broken entries + a model that fails on some
 inputs); the stop tests start small servers of their own. Skipped only where `tritonserver`
-does not import (`python -m serve_app.triton_cpu install`); CI installs it.
+does not import (`python -m serve_app.triton_install install`); CI installs it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from serve_app.runtimes.base import Runtime
 from serve_app.runtimes.torch import TorchRuntime
 from serve_app.runtimes.triton import TritonRuntime
 
-pytest.importorskip("tritonserver", reason="needs `python -m serve_app.triton_cpu install`")
+pytest.importorskip("tritonserver", reason="needs `python -m serve_app.triton_install install`")
 
 pytestmark = [pytest.mark.triton, pytest.mark.anyio]
 
@@ -58,6 +58,8 @@ CASES: dict[str, tuple[dict[str, np.ndarray], list[str]]] = {
     "int_ops": ({"INPUT__0": RNG.integers(-9, 9, (2, 3), dtype=np.int32)}, ["OUTPUT__0", "OUTPUT__1"]),
 }
 
+# Models beside the examples in this module's repository, which only Triton serves as they are.
+TRITON_ONLY = ("double", "echo", "linear_twice", "picky")
 PICKY_CONFIG = """
 platform: "pytorch_libtorch"
 max_batch_size: 8
@@ -65,6 +67,58 @@ input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
 output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
 dynamic_batching { max_queue_delay_microseconds: 50000 }
 """
+
+
+# A python-backend model that reports what Triton handed it: the request's correlation id, flags,
+# timeout and its custom parameter `tag`, so the test sees the request fields arrive.
+ECHO_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "fields" data_type: TYPE_INT64 dims: [ 4 ] } ]
+sequence_batching { max_sequence_idle_microseconds: 60000000 }
+"""
+ECHO_MODEL = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            tag = json.loads(request.parameters() or "{}").get("tag", -1)
+            fields = np.array(
+                [request.correlation_id(), request.flags(), request.timeout(), tag], dtype=np.int64
+            )
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("fields", fields)]))
+        return responses
+"""
+DOUBLE_CONFIG = """
+platform: "pytorch_libtorch"
+max_batch_size: 64
+input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+"""
+# linear (16 → 4) then double: an ensemble of two TorchScript models, run by Triton's scheduler.
+ENSEMBLE_CONFIG = """
+platform: "ensemble"
+max_batch_size: 64
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 16 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } ]
+ensemble_scheduling { step [
+  { model_name: "linear" model_version: -1
+    input_map { key: "input__0" value: "x" } output_map { key: "output__0" value: "hidden" } },
+  { model_name: "double" model_version: -1
+    input_map { key: "input__0" value: "hidden" } output_map { key: "output__0" value: "y" } }
+] }
+"""
+
+
+class Double(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
 
 
 class Picky(nn.Module):
@@ -90,6 +144,14 @@ def repository(mixed_repository: Path, tmp_path_factory: pytest.TempPathFactory)
     (path / "picky" / "1").mkdir(parents=True)
     torch.jit.script(Picky()).save(str(path / "picky" / "1" / "model.pt"))
     (path / "picky" / "config.pbtxt").write_text(PICKY_CONFIG)
+    (path / "double" / "1").mkdir(parents=True)
+    torch.jit.script(Double()).save(str(path / "double" / "1" / "model.pt"))
+    (path / "double" / "config.pbtxt").write_text(DOUBLE_CONFIG)
+    (path / "echo" / "1").mkdir(parents=True)
+    (path / "echo" / "1" / "model.py").write_text(ECHO_MODEL)
+    (path / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
+    (path / "linear_twice" / "1").mkdir(parents=True)  # an ensemble's version directory is empty
+    (path / "linear_twice" / "config.pbtxt").write_text(ENSEMBLE_CONFIG)
     return path
 
 
@@ -130,13 +192,14 @@ async def test_outputs_equal_the_torch_runtime(
 async def test_metadata_and_config_are_the_users_model(
     triton: TritonRuntime, torch_runtime: TorchRuntime, model: str
 ) -> None:
-    """The shim's backend python / model.py and injected parameters never show."""
+    """Triton's config is the repository's, plus the thread count from the replica's CPUs."""
     assert triton.metadata(model, None) == torch_runtime.metadata(model, None)
     assert triton.metadata(model, "1") == torch_runtime.metadata(model, "1")
     assert triton.signature(model, "1") == torch_runtime.signature(model, "1")
     config, expected = triton.config(model, "1"), torch_runtime.config(model, "1")
     assert config["platform"] == "pytorch_libtorch" and config["backend"] == "pytorch"
-    assert config["default_model_filename"] == "model.pt" and config["parameters"] == {}
+    assert config["default_model_filename"] == "model.pt"
+    assert config["parameters"] == {"INTRA_OP_THREAD_COUNT": {"string_value": "1"}}
     assert config["name"] == expected["name"] and config["version_policy"] == expected["version_policy"]
     assert config["max_batch_size"] == expected.get("max_batch_size", 0)  # ours omits proto defaults
     for key in ("input", "output"):
@@ -153,7 +216,7 @@ async def test_server_index_versions_and_health(triton: TritonRuntime) -> None:
         triton.server_metadata()["extensions"]
     )
     ready = [(s.name, s.version) for s in triton.index() if s.state == "READY"]
-    assert ready == [(name, "1") for name in sorted([*CASES, "picky"])]
+    assert ready == [(name, "1") for name in sorted([*CASES, *TRITON_ONLY])]
     assert triton.resolve("linear", None) == "1"
     assert triton.resolve("linear", "01") == "1"
     for version in ("latest", "2", "²", "-1", ""):
@@ -163,14 +226,17 @@ async def test_server_index_versions_and_health(triton: TritonRuntime) -> None:
         triton.metadata("nope", None)
     assert triton.statistics("linear", "01")["model_stats"][0]["version"] == "1"
     everything = triton.statistics(None, None)["model_stats"]
-    assert sorted(s["name"] for s in everything) == sorted([*CASES, "picky"])
+    assert sorted(s["name"] for s in everything) == sorted([*CASES, *TRITON_ONLY])
 
 
 async def test_broken_entries_are_unavailable_with_a_reason_while_the_others_serve(
     triton: TritonRuntime, broken_reasons: dict[str, str]
 ) -> None:
-    # Ours where the entry never reaches Triton; Triton's (traceback cut) where its load failed.
-    reasons = broken_reasons | {"corrupt_torchscript": "PytorchStreamReader failed reading zip archive"}
+    # Triton's reasons (the parser's detail where Triton only says it failed to poll).
+    reasons = broken_reasons | {
+        "corrupt_torchscript": "PytorchStreamReader failed reading zip archive",
+        "onnx_model": "onnxruntime",
+    }
     states = {s.name: s for s in triton.index()}
     for name, reason in reasons.items():
         assert states[name].state == "UNAVAILABLE" and reason in states[name].reason, states[name]
@@ -235,29 +301,60 @@ async def test_triton_itself_refuses_bad_inputs_as_invalid(
     assert triton.healthy()
 
 
-async def test_a_request_that_breaks_the_model_fails_alone(
-    triton: TritonRuntime, torch_runtime: TorchRuntime
-) -> None:
-    """The shim batches the requests of one execution, and retries them alone when the batch fails."""
+async def test_a_request_that_breaks_the_model_fails_its_execution_only(triton: TritonRuntime) -> None:
+    """As in standalone Triton, a forward that raises fails the requests batched into it, with a
+    one-line reason; requests after it serve. (The torch runtime retries batch-mates alone.)"""
     values = [1.0, -1.0, 2.0, 3.0]
-    for runtime in (triton, torch_runtime):
-        with anyio.fail_after(60):
-            results = await asyncio.gather(
-                *(
-                    runtime.infer("picky", "1", {"input__0": np.full((1, 2), v, np.float32)}, ["output__0"])
-                    for v in values
-                ),
-                return_exceptions=True,
-            )
-        assert isinstance(results[1], InternalError), results[1]
-        assert "negative input" in str(results[1]) and "Traceback" not in str(results[1])
-        for value, result in zip(values, results, strict=True):
-            if value > 0:
-                np.testing.assert_array_equal(result["output__0"], np.full((1, 2), 2 * value))  # type: ignore[index]
-    # Triton's statistics: one execution served the four; its Python backend counts a request as
-    # failed only when execute() raises, not when it answers with an error response.
+    with anyio.fail_after(60):
+        results = await asyncio.gather(
+            *(
+                triton.infer("picky", "1", {"input__0": np.full((1, 2), v, np.float32)}, ["output__0"])
+                for v in values
+            ),
+            return_exceptions=True,
+        )
+    assert isinstance(results[1], InternalError), results[1]
+    assert "negative input" in str(results[1]) and "Traceback" not in str(results[1])
+    assert "\n" not in str(results[1])
+    for value, result in zip(values, results, strict=True):
+        if isinstance(result, dict):
+            np.testing.assert_array_equal(result["output__0"], np.full((1, 2), 2 * value))
+        else:
+            assert isinstance(result, InternalError) and "negative input" in str(result)
+    alone = await triton.infer("picky", "1", {"input__0": np.full((1, 2), 4.0, np.float32)}, ["output__0"])
+    np.testing.assert_array_equal(alone["output__0"], np.full((1, 2), 8.0))
     [stats] = triton.statistics("picky", "1")["model_stats"]
-    assert stats["inference_count"] == len(values) and stats["execution_count"] < len(values)
+    assert (
+        stats["inference_stats"]["fail"]["count"] >= 1 and stats["inference_stats"]["success"]["count"] >= 1
+    )
+
+
+async def test_an_ensemble_of_two_torchscript_models(triton: TritonRuntime) -> None:
+    inputs = {"x": RNG.standard_normal((3, 16), dtype=np.float32)}
+    linear = await triton.infer("linear", "1", {"input__0": inputs["x"]}, ["output__0"])
+    result = await DataPlane(triton, model_control=False, placement={}).infer(
+        _request("linear_twice", **inputs)
+    )
+    [(output, array)] = result.outputs
+    assert output.name == "y"
+    np.testing.assert_allclose(array, 2 * linear["output__0"], rtol=0, atol=TOLERANCE)
+    assert triton.metadata("linear_twice", None)["platform"] == "ensemble"
+
+
+async def test_request_fields_reach_the_model(triton: TritonRuntime) -> None:
+    """Sequence id and flags, timeout and custom parameters arrive at a python-backend model."""
+    dataplane = DataPlane(triton, model_control=False, placement={})
+    x = np.ones(1, np.float32)
+    request = _request("echo", x=x)
+    request.parameters = {"sequence_id": 42, "sequence_start": True, "timeout": 5_000_000, "tag": 7}
+    [(_, fields)] = (await dataplane.infer(request)).outputs
+    assert fields.tolist() == [42, 1, 5_000_000, 7]  # flags: SEQUENCE_START
+    request.parameters = {"sequence_id": 42, "sequence_end": True}
+    [(_, fields)] = (await dataplane.infer(request)).outputs
+    assert fields.tolist()[:2] == [42, 2]  # flags: SEQUENCE_END
+    request.parameters = {}
+    with pytest.raises(InvalidInputError, match="correlation ID"):  # a sequence model needs an id
+        await dataplane.infer(request)
 
 
 async def test_concurrent_requests_are_batched_by_triton(
@@ -347,5 +444,7 @@ async def test_without_tritonserver_the_error_says_how_to_install(
 ) -> None:
     monkeypatch.setitem(sys.modules, "tritonserver", None)  # makes `import tritonserver` fail
     runtime = TritonRuntime(triton_args(tmp_path), CPU_PLACEMENT)
-    with pytest.raises(RuntimeError, match=r"python -m serve_app\.triton_cpu install.*configs/Dockerfile"):
+    with pytest.raises(
+        RuntimeError, match=r"python -m serve_app\.triton_install install.*configs/Dockerfile"
+    ):
         await runtime.start()

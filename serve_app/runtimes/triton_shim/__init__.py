@@ -1,1 +1,0 @@
-"""Triton python-backend shim serving TorchScript models (``model.py``, loaded by Triton, not imported)."""
