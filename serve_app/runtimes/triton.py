@@ -35,6 +35,7 @@ from serve_app.repository import (
     parse_config,
 )
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
+from serve_app.runtimes.triton_infer import ModelCall, TritonCaller
 
 if TYPE_CHECKING:
     import tritonserver
@@ -92,7 +93,8 @@ class TritonRuntime:
         self._placement = placement
         self._server: tritonserver.Server | None = None
         self._errors: tuple[type[Exception], ...] = ()
-        self._request_flags: Any = None  # tritonserver's TRITONSERVER_RequestFlag
+        self._requests: TritonCaller | None = None
+        self._calls: dict[tuple[str, int], ModelCall] = {}  # by model and version, built at first use
         self._stopped = False
         self._versions: dict[str, tuple[int, ...]] = {}  # versions Triton knows, by model
         self._signatures: dict[str, ModelSignature] = {}  # loaded models
@@ -106,13 +108,13 @@ class TritonRuntime:
     async def start(self) -> None:
         tritonserver = _import_tritonserver()
         self._errors = (tritonserver.TritonError,)
-        self._request_flags = tritonserver._c.TRITONSERVER_RequestFlag
         options = self._options(tritonserver)
         os.environ.update(triton_layout.environment_for_stub())
         try:
             self._server = tritonserver.Server(options).start(wait_until_ready=True, timeout=60)
         except tritonserver.TritonError as exc:
             raise RuntimeError(f"runtime triton: Triton did not start ({exc}); {INSTALL_HINT}") from exc
+        self._requests = TritonCaller(self._server)
         try:
             names = sorted(
                 entry.name
@@ -199,6 +201,7 @@ class TritonRuntime:
                 failure = f"{failure}: {plan.config_problem}"
             self._load_errors[name] = failure
             logger.warning("model '%s' failed to load: %s", name, failure)
+        self._forget_calls(name)
         # A failed reload can leave the previous versions serving.
         if server.model(name).ready():
             self._signatures[name] = ModelSignature.from_config(self._config(name, -1))
@@ -342,45 +345,26 @@ class TritonRuntime:
         options: InferOptions = NO_OPTIONS,
     ) -> dict[str, np.ndarray]:
         """One Triton request; concurrent calls meet in Triton's scheduler, which batches them."""
+        key = (model, int(version))
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = self._caller().model_call(model, key[1], self.signature(model, version))
         # Triton reads an input's bytes from its data pointer, ignoring strides.
         arrays = {name: np.ascontiguousarray(array) for name, array in inputs.items()}
-        outputs: dict[str, Any] = {}
         try:
-            responses = (
-                self._triton()
-                .model(model, int(version))
-                .async_infer(inputs=arrays, output_memory_type="cpu", **self._request_fields(options))
-            )
-            try:
-                async for response in responses:
-                    outputs.update(response.outputs)
-            except asyncio.CancelledError:
-                responses.cancel()
-                raise
+            outputs = await self._caller().infer(call, arrays, options)
         except self._errors as exc:
             error = from_triton(exc)
             error.args = (_one_line(error.args[0]),)
             if isinstance(error, ModelNotFoundError):  # resolved a moment ago: unloaded since
                 raise ModelNotReadyError(f"model '{model}' version {version} is not ready: {error}") from None
             raise error from None
-        return {name: np.from_dlpack(outputs[name]) for name in output_names}
+        return {name: outputs[name] for name in output_names}
 
-    def _request_fields(self, options: InferOptions) -> dict[str, Any]:
-        """InferOptions as `tritonserver.InferenceRequest` fields (none for the default)."""
-        if options is NO_OPTIONS:
-            return {}
-        flags = 0
-        if options.sequence_start:
-            flags |= int(self._request_flags.SEQUENCE_START)
-        if options.sequence_end:
-            flags |= int(self._request_flags.SEQUENCE_END)
-        return {
-            "priority": options.priority,
-            "timeout": options.timeout_us,
-            "correlation_id": options.sequence_id or None,
-            "flags": flags,
-            "parameters": dict(options.parameters),
-        }
+    def _caller(self) -> TritonCaller:
+        self._triton()  # not stopped
+        assert self._requests is not None
+        return self._requests
 
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
         """Triton (re)loads the directory; a failed reload leaves the loaded versions serving."""
@@ -401,3 +385,8 @@ class TritonRuntime:
         except self._errors as exc:
             raise from_triton(exc) from None
         self._signatures.pop(model, None)
+        self._forget_calls(model)
+
+    def _forget_calls(self, model: str) -> None:
+        for key in [key for key in self._calls if key[0] == model]:
+            del self._calls[key]
