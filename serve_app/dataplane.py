@@ -16,6 +16,18 @@ from serve_app.protocol import InferRequest, InferResponse, InputTensor, Request
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import InferOptions, Runtime
 
+# Protocol extensions the codecs, routes and dataplane serve whatever the runtime, and those that
+# are the runtime's to honour (advertised only where the runtime's own metadata lists them).
+# Triton core lists more (shared memory, classification, trace, logging): this app serves none.
+SERVED_EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "parameters",
+    "statistics",
+)
+RUNTIME_EXTENSIONS = ("schedule_policy", "sequence")
+
 # Request parameters Triton schedules by (KServe v2 names), and the types each takes.
 _SCHEDULING_PARAMETERS: dict[str, tuple[type, ...]] = {
     "priority": (int,),
@@ -40,9 +52,12 @@ class DataPlane:
         return self._runtime.healthy()
 
     def server_metadata(self) -> dict[str, Any]:
-        """Triton's `/v2` body plus where this replica runs (runtime, device, GPU ids)."""
+        """The runtime's server metadata with the extensions served here, plus where this replica
+        runs (runtime, device, GPU ids)."""
+        metadata = self._runtime.server_metadata()
+        honoured = [name for name in RUNTIME_EXTENSIONS if name in metadata.get("extensions", ())]
         placement = {"runtime": self._runtime.name, "device": self._runtime.device(), **self._placement}
-        return {**self._runtime.server_metadata(), "serve_app": placement}
+        return {**metadata, "extensions": [*SERVED_EXTENSIONS, *honoured], "serve_app": placement}
 
     def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
         return self._runtime.metadata(model, version)
@@ -192,7 +207,5 @@ def requested_outputs(signature: ModelSignature, request: InferRequest) -> list[
         return [RequestedOutput(name, request.binary_output) for name in known]
     unknown = sorted({o.name for o in request.outputs} - set(known))
     if unknown:
-        raise InvalidInputError(
-            f"model '{signature.name}' has no outputs {unknown}; its outputs are {known}"
-        )
+        raise InvalidInputError(f"model '{signature.name}' has no outputs {unknown}; its outputs are {known}")
     return request.outputs

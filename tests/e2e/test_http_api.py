@@ -18,6 +18,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from serve_app.dataplane import RUNTIME_EXTENSIONS, SERVED_EXTENSIONS
 from tests.e2e.harness import (
     ServeRun,
     assert_error,
@@ -93,9 +94,8 @@ def test_server_metadata(client: httpclient.InferenceServerClient, served: Serve
     metadata = client.get_server_metadata()
     assert metadata["name"]
     assert metadata["version"]
-    assert {"binary_tensor_data", "model_repository", "statistics", "model_configuration"} <= set(
-        metadata["extensions"]
-    )
+    honoured = list(RUNTIME_EXTENSIONS) if runtime_of(served) == "triton" else []
+    assert metadata["extensions"] == [*SERVED_EXTENSIONS, *honoured]
     assert metadata["serve_app"]["runtime"] == runtime_of(served)
 
 

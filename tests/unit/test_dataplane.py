@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app.dataplane import DataPlane, requested_outputs, validate_inputs
+from serve_app.dataplane import (
+    SERVED_EXTENSIONS,
+    DataPlane,
+    infer_options,
+    requested_outputs,
+    validate_inputs,
+)
 from serve_app.errors import (
     InternalError,
     InvalidInputError,
@@ -22,6 +28,7 @@ from serve_app.errors import (
 )
 from serve_app.protocol import InferRequest, InputTensor, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
+from serve_app.runtimes.base import InferOptions
 from serve_app.runtimes.torch import TorchRuntime
 
 BATCHED = ModelSignature(
@@ -230,7 +237,8 @@ async def test_dataplane_metadata_and_model_control(runtime: TorchRuntime) -> No
     assert dataplane.live() and dataplane.ready()
     metadata = dataplane.server_metadata()
     assert metadata["serve_app"] == {"runtime": "torch", "device": "cpu", "gpu_ids": [3]}
-    assert "binary_tensor_data" in metadata["extensions"]
+    # Exactly what is served: the torch runtime honours neither priorities nor sequences.
+    assert metadata["extensions"] == list(SERVED_EXTENSIONS)
     assert dataplane.model_ready("linear", "1") == {"name": "linear", "ready": True}
     assert [r["name"] for r in dataplane.repository_index(ready_only=True)] == [
         "image_classifier",
@@ -250,3 +258,37 @@ async def test_dataplane_metadata_and_model_control(runtime: TorchRuntime) -> No
         dataplane.model_ready("linear", None)
     assert {"name": "linear", "state": "UNAVAILABLE", "reason": "unloaded"} in controlled.repository_index()
     assert "linear" not in [r["name"] for r in controlled.repository_index(ready_only=True)]
+
+
+def test_scheduling_parameters_become_infer_options() -> None:
+    options = infer_options(
+        {
+            "priority": 2,
+            "timeout": 500,
+            "sequence_id": "s-1",
+            "sequence_start": True,
+            "tag": 1.5,
+            "flag": False,
+        }
+    )
+    assert (options.priority, options.timeout_us, options.sequence_id) == (2, 500, "s-1")
+    assert options.sequence_start and not options.sequence_end
+    assert options.parameters == (("tag", 1.5), ("flag", False))
+    assert infer_options({}) == InferOptions()
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"priority": "high"}, "'priority' must be integer"),
+        ({"priority": True}, "'priority' must be integer"),
+        ({"timeout": -1}, "between 0 and 2\\*\\*64 - 1"),
+        ({"sequence_id": 1.5}, "'sequence_id' must be integer or string"),
+        ({"sequence_start": 1}, "'sequence_start' must be boolean"),
+        ({"custom": {"nested": 1}}, "'custom' must be a string, number or boolean"),
+        ({"custom": [1]}, "'custom' must be a string, number or boolean"),
+    ],
+)
+def test_parameters_of_the_wrong_type_are_invalid(parameters: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        infer_options(parameters)

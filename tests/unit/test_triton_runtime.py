@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from serve_app.config import AppArgs
-from serve_app.dataplane import DataPlane
+from serve_app.dataplane import RUNTIME_EXTENSIONS, SERVED_EXTENSIONS, DataPlane
 from serve_app.datatypes import DATATYPE_BY_NUMPY
 from serve_app.errors import (
     InternalError,
@@ -212,9 +212,8 @@ async def test_metadata_and_config_are_the_users_model(
 async def test_server_index_versions_and_health(triton: TritonRuntime) -> None:
     assert triton.healthy() and triton.device() == "cpu"
     assert triton.server_metadata()["name"] == "triton"
-    assert {"binary_tensor_data", "model_repository", "statistics", "model_configuration"} <= set(
-        triton.server_metadata()["extensions"]
-    )
+    advertised = DataPlane(triton, model_control=False, placement={}).server_metadata()["extensions"]
+    assert advertised == [*SERVED_EXTENSIONS, *RUNTIME_EXTENSIONS]  # not Triton core's whole list
     ready = [(s.name, s.version) for s in triton.index() if s.state == "READY"]
     assert ready == [(name, "1") for name in sorted([*CASES, *TRITON_ONLY])]
     assert triton.resolve("linear", None) == "1"
