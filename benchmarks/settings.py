@@ -1,0 +1,114 @@
+"""The benchmark's command line: presets (full, --quick, --smoke) and every knob they set."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.contenders import ALL_CONTENDERS, NOOP, NORAY, PLAIN, SERVE_APP, STANDALONE, TRITON
+from benchmarks.servers import MODES, ROOT
+
+RESULTS = ROOT / "benchmarks" / "results"
+LOADGENS = ("wrk", "perf_analyzer")
+
+PRESETS = {
+    "smoke": dict(
+        modes="stock",
+        models="tiny",
+        concurrency="4",
+        seconds=1,
+        warmup=0,
+        codecs="binary,json",
+        contenders=",".join((SERVE_APP, TRITON, PLAIN, NOOP, STANDALONE)),
+    ),
+    "quick": dict(
+        modes="stock,haproxy",
+        models="mlp4096,mlp1024,tiny",
+        concurrency="1,64",
+        seconds=5,
+        warmup=2,
+        codecs="binary,json",
+        contenders=",".join((SERVE_APP, TRITON, PLAIN, NOOP, STANDALONE)),
+    ),
+    "full": dict(
+        modes="stock,throughput,haproxy",
+        models="mlp4096,mlp1024,tiny",
+        concurrency="1,8,64",
+        seconds=8,
+        warmup=2,
+        codecs="binary,json",
+        contenders=",".join((SERVE_APP, TRITON, PLAIN, NOOP, NORAY, STANDALONE)),
+    ),
+}
+
+
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
+    """The run's settings: a preset's values, overridden by any option given."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="stock + haproxy, concurrency 1/64, 5 s points")
+    preset.add_argument("--smoke", action="store_true", help="seconds-long points, shared cluster, no plot")
+    parser.add_argument("--modes", help=f"comma list of {', '.join(MODES)}")
+    parser.add_argument("--models", help="comma list of mlp4096, mlp1024, tiny")
+    parser.add_argument("--concurrency", help="comma list, e.g. 1,8,64")
+    parser.add_argument("--contenders", help=f"comma list of {', '.join(ALL_CONTENDERS)}")
+    parser.add_argument("--codecs", help="comma list of binary, json (KServe contenders)")
+    parser.add_argument(
+        "--loadgen",
+        choices=LOADGENS,
+        default="wrk",
+        help="load generator of the KServe rows (serve_app, standalone Triton); the others always use wrk",
+    )
+    parser.add_argument("--seconds", type=float, help="measured seconds per point")
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds before each point")
+    parser.add_argument("--shared", action="store_true", help="all Ray contenders in one serve run per mode")
+    parser.add_argument("--no-transport", action="store_true", help="skip the 4 MiB round trip")
+    parser.add_argument("--no-startup", action="store_true", help="skip `serve run configs/app.yaml` timing")
+    parser.add_argument(
+        "--kill-test", action="store_true", help="SIGKILL a haproxy-mode serve run, check orphans"
+    )
+    parser.add_argument("--noray-threads", type=int, default=1, help="torch threads of the no-Ray server")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for every serve run",
+    )
+    parser.add_argument(
+        "--deployment",
+        default="{}",
+        metavar="JSON",
+        help="overrides for serve_app's deployment in configs/app.yaml, e.g. '{\"num_replicas\": 2}' "
+        "(standalone Triton's CPU allotment follows them)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--tag", default="", help="suffix for result file names")
+    args = parser.parse_args(argv)
+
+    if args.smoke:
+        args.shared = True
+        args.no_transport = True
+        args.no_startup = True
+    elif not args.quick:
+        args.kill_test = True
+    defaults = PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    unknown_modes = set(args.modes.split(",")) - set(MODES)
+    if unknown_modes:
+        parser.error(f"unknown modes {sorted(unknown_modes)}")
+    args.modes = [MODES[m] for m in args.modes.split(",")]
+    args.models = args.models.split(",")
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.codecs = args.codecs.split(",")
+    args.contenders = args.contenders.split(",")
+    unknown = set(args.contenders) - set(ALL_CONTENDERS)
+    if unknown:
+        parser.error(f"unknown contenders {sorted(unknown)}")
+    return args
