@@ -53,6 +53,11 @@ class AppArgs(BaseModel):
     stop_timeout_s: float = Field(
         25.0, gt=0, description="Bound on the runtime's stop at replica shutdown."
     )
+    execution_timeout_s: float = Field(
+        300.0, gt=0, description="torch runtime: a model execution running longer is wedged; the "
+        "health check (every 10 s) then fails and Serve replaces the replica. Raise it above your "
+        "slowest legitimate batch."
+    )
     triton: TritonOptions = Field(
         default_factory=TritonOptions, description="Options of the in-process Triton (runtime: triton)."
     )

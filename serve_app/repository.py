@@ -1,14 +1,18 @@
 """The Triton model repository: discovery, config.pbtxt parsing, version policy.
 
 `<repo>/<model>/config.pbtxt` is parsed with Triton's own protobuf
-(`tritonclient.grpc.model_config_pb2` + `text_format`). A broken entry becomes a
-`RepositoryEntry` with an error, never an exception, so the other models serve.
+(`tritonclient.grpc.model_config_pb2` + `text_format`). `load_model_spec` accepts only
+what the embedded torch runtime executes as Triton would: an entry it cannot serve
+faithfully (another backend, an ensemble, sequence batching, ...) gets a reason saying
+so, and that `runtime: triton` serves it. A broken entry becomes a `RepositoryEntry` with
+an error, never an exception, so the other models serve.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,14 @@ logger = logging.getLogger(__name__)
 TORCHSCRIPT_PLATFORM = "pytorch_libtorch"
 TORCHSCRIPT_BACKEND = "pytorch"
 DEFAULT_MODEL_FILENAME = "model.pt"
+TRITON_SERVES_IT = "runtime: triton serves it"
+# Triton ignores version directories that are not numbers or that begin with 0.
+_VERSION_DIR = re.compile(r"[1-9][0-9]*")
+_INSTANCE_KINDS = (
+    model_config_pb2.ModelInstanceGroup.KIND_AUTO,
+    model_config_pb2.ModelInstanceGroup.KIND_CPU,
+    model_config_pb2.ModelInstanceGroup.KIND_GPU,
+)
 
 
 class ModelEntryError(Exception):
@@ -104,6 +116,12 @@ class ModelSpec:
             max_queue_delay_us=batching.max_queue_delay_microseconds,
             preferred_batch_sizes=tuple(sorted(batching.preferred_batch_size)),
         )
+
+    @property
+    def instances(self) -> int:
+        """Model instances, as Triton counts the instance groups (a group's count defaults to 1)."""
+        counts = [max(g.count, 1) for g in self.config.instance_group if g.kind in _INSTANCE_KINDS]
+        return sum(counts) or 1
 
     def model_file(self, version: int) -> Path:
         filename = self.config.default_model_filename or DEFAULT_MODEL_FILENAME
@@ -197,6 +215,7 @@ def parse_config(model_dir: Path) -> model_config_pb2.ModelConfig:
 def load_model_spec(model_dir: Path) -> ModelSpec:
     config = parse_config(model_dir)
     _check_torchscript(config)
+    _check_features(config)
     _check_tensors(config)
     if not config.default_model_filename:
         config.default_model_filename = DEFAULT_MODEL_FILENAME
@@ -215,11 +234,27 @@ def _check_torchscript(config: model_config_pb2.ModelConfig) -> None:
         if not config.platform:
             config.platform = TORCHSCRIPT_PLATFORM
         return
-    found = config.platform or config.backend or "none"
+    found = config.platform or config.backend
+    fix = TRITON_SERVES_IT if found else f'set platform: "{TORCHSCRIPT_PLATFORM}" or backend: "pytorch"'
     raise ModelEntryError(
-        f"platform/backend '{found}' is not TorchScript: set platform: \"{TORCHSCRIPT_PLATFORM}\""
-        f" or backend: \"{TORCHSCRIPT_BACKEND}\""
+        f"platform/backend '{found or 'none'}' is not TorchScript, "
+        f"the only kind the torch runtime executes; {fix}"
     )
+
+
+def _check_features(config: model_config_pb2.ModelConfig) -> None:
+    """Refuse what the torch runtime would otherwise ignore, and so answer differently from Triton."""
+    batching = config.dynamic_batching
+    unsupported = {
+        "sequence_batching": config.HasField("sequence_batching"),
+        "batch_input": bool(config.batch_input),
+        "batch_output": bool(config.batch_output),
+        "dynamic_batching.priority_levels": bool(batching.priority_levels or batching.priority_queue_policy),
+        "dynamic_batching.default_queue_policy": bool(batching.default_queue_policy.ListFields()),
+    }
+    found = [name for name, present in unsupported.items() if present]
+    if found:
+        raise ModelEntryError(f"{', '.join(found)}: not supported by the torch runtime; {TRITON_SERVES_IT}")
 
 
 def _check_tensors(config: model_config_pb2.ModelConfig) -> None:
@@ -240,11 +275,31 @@ def _check_tensors(config: model_config_pb2.ModelConfig) -> None:
                 raise ModelEntryError(f"{kind} '{tensor.name}' has unsupported datatype {datatype}")
             if any(d < -1 or d == 0 for d in tensor.dims) or (not tensor.dims and not config.max_batch_size):
                 raise ModelEntryError(f"{kind} '{tensor.name}' has invalid dims {list(tensor.dims)}")
+            if tensor.HasField("reshape"):
+                _check_reshape(kind, tensor.name, tuple(tensor.dims), tuple(tensor.reshape.shape))
+
+
+def _check_reshape(kind: str, name: str, dims: tuple[int, ...], shape: tuple[int, ...]) -> None:
+    """As Triton: the element counts between variable dims must match pairwise (they carry over in order)."""
+    if any(d < -1 or d == 0 for d in shape) or _trunks(dims) != _trunks(shape):
+        raise ModelEntryError(
+            f"{kind} '{name}' has different size for dims {list(dims)} and reshape {list(shape)}"
+        )
+
+
+def _trunks(dims: tuple[int, ...]) -> list[int]:
+    """Element counts of the runs of fixed dims around each variable one: [2, 4, -1, 6] → [8, 6]."""
+    counts = [1]
+    for dim in dims:
+        if dim == -1:
+            counts.append(1)
+        else:
+            counts[-1] *= dim
+    return counts
 
 
 def _version_dirs(model_dir: Path) -> list[int]:
-    # isdecimal, not isdigit: a directory named like "²" would make int() fail the whole discovery.
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdecimal())
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION_DIR.fullmatch(p.name))
 
 
 def select_versions(config: model_config_pb2.ModelConfig, available: list[int]) -> tuple[int, ...]:

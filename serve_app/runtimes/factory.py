@@ -25,6 +25,7 @@ async def start_runtime(args: AppArgs, placement: Placement) -> Runtime:
         args.model_repository,
         placement.torch_device(args.device),
         args.torch_threads or placement.threads(),
+        args.execution_timeout_s,
     )
     await runtime.start()
     return runtime

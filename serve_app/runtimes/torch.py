@@ -1,15 +1,22 @@
 """The embedded runtime: executes the Triton repository with plain PyTorch.
 
 Same semantics as Triton with its PyTorch backend (config.pbtxt, version policy,
-implicit batch dim, dynamic batching), so the app runs and is tested where no
-Triton build or GPU exists. Model execution runs on one executor thread, off the
-replica's event loop; torch's intra-op threads use the replica's CPU allotment.
+implicit batch dim, reshape, dynamic batching, instance counts), so the app runs and is
+tested where no Triton build or GPU exists; what it cannot execute as Triton would is
+UNAVAILABLE (see repository.py). Each model version executes off the replica's event
+loop on its own threads, one per model instance (`instance_group` counts), so a slow
+model never stalls another; loads run on a thread of their own. torch's intra-op threads
+use the replica's CPU allotment. The runtime reports itself unhealthy (Serve then
+replaces the replica) when a scheduler has failed or an execution runs past
+`execution_timeout_s`: a wedged model never answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +26,7 @@ import numpy as np
 import torch
 
 from serve_app import __version__
+from serve_app.config import AppArgs
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, summarize
 from serve_app.repository import (
@@ -37,13 +45,61 @@ from serve_app.runtimes.torchscript import Timings, TorchScriptModel
 logger = logging.getLogger(__name__)
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration"]
+DEFAULT_EXECUTION_TIMEOUT_S: float = AppArgs.model_fields["execution_timeout_s"].default
+
+Call = Callable[[Tensors], tuple[Tensors, Timings]]
 
 
 @dataclass
 class _Version:
-    model: TorchScriptModel
     scheduler: Scheduler
     statistics: ModelStatistics
+    executor: ThreadPoolExecutor  # one thread per model instance
+
+
+# Tensor name → (shape it arrives with, shape it leaves with), both without the batch dim.
+Reshapes = dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+def _with_reshape(tensors: Iterable[Any]) -> list[Any]:
+    """The config's ModelInput/ModelOutput messages that have a `reshape`."""
+    return [t for t in tensors if t.HasField("reshape")]
+
+
+class _Reshaped:
+    """A model call with config.pbtxt's `reshape`s applied as Triton applies them: inputs from
+    `dims` to `reshape.shape` before the model, outputs from `reshape.shape` back to `dims` after;
+    the batch dim is kept and variable dims carry over in order."""
+
+    def __init__(self, call: Call, spec: ModelSpec) -> None:
+        self._call = call
+        self._batched = spec.max_batch_size > 0
+        inputs, outputs = _with_reshape(spec.config.input), _with_reshape(spec.config.output)
+        self._inputs = {t.name: (tuple(t.dims), tuple(t.reshape.shape)) for t in inputs}
+        self._outputs = {t.name: (tuple(t.reshape.shape), tuple(t.dims)) for t in outputs}
+
+    @classmethod
+    def wrap(cls, call: Call, spec: ModelSpec) -> Call:
+        """`call` itself when nothing is reshaped, so those models pay nothing."""
+        reshaped = cls(call, spec)
+        return reshaped if reshaped._inputs or reshaped._outputs else call
+
+    def __call__(self, inputs: Tensors) -> tuple[Tensors, Timings]:
+        outputs, timings = self._call(self._convert("input", inputs, self._inputs))
+        return self._convert("output", outputs, self._outputs), timings
+
+    def _convert(self, kind: str, arrays: Tensors, reshapes: Reshapes) -> Tensors:
+        converted = dict(arrays)  # never the request's own dict: a failed batch reruns it
+        for name, (source, target) in reshapes.items():
+            array = converted[name]
+            lead = array.shape[:1] if self._batched else ()
+            shape = array.shape[len(lead) :]
+            if len(shape) != len(source) or any(d not in (-1, n) for d, n in zip(source, shape, strict=True)):
+                expected = [-1, *source] if self._batched else list(source)
+                raise ValueError(f"{kind} '{name}' has shape {list(array.shape)}, config.pbtxt: {expected}")
+            variable = iter([n for d, n in zip(source, shape, strict=True) if d == -1])
+            converted[name] = array.reshape((*lead, *(next(variable) if d == -1 else d for d in target)))
+        return converted
 
 
 @dataclass
@@ -59,12 +115,20 @@ class _Model:
 class TorchRuntime:
     name = "torch"
 
-    def __init__(self, repository: Path, device: torch.device, threads: int) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        device: torch.device,
+        threads: int,
+        execution_timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S,
+    ) -> None:
         self._repository = repository
         self._device = device
         torch.set_num_threads(threads)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-runtime")
+        self._execution_timeout_ns = int(execution_timeout_s * 1e9)
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-load")
         self._models: dict[str, _Model] = {}
+        self._draining: list[tuple[str, _Version]] = []  # replaced or unloaded, still answering
         self._stopped = False
 
     async def start(self) -> None:
@@ -80,9 +144,10 @@ class TorchRuntime:
         loop = asyncio.get_running_loop()
         try:
             for version in entry.spec.versions:
-                loaded = await loop.run_in_executor(self._executor, self._load_version, entry.spec, version)
+                loaded = await loop.run_in_executor(self._loader, self._load_version, entry.spec, version)
                 model.versions[version] = loaded
         except Exception as exc:  # noqa: BLE001 - a model that fails to load is UNAVAILABLE
+            await self._drain(model)
             model.versions.clear()
             model.error = f"failed to load TorchScript: {summarize(exc)}"
             logger.warning("model '%s' is unavailable: %s", entry.name, model.error)
@@ -90,31 +155,64 @@ class TorchRuntime:
 
     def _load_version(self, spec: ModelSpec, version: int) -> _Version:
         signature = spec.signature()
-        model = TorchScriptModel(
-            spec.model_file(version),
-            [t.name for t in signature.inputs],
-            [t.name for t in signature.outputs],
-            [NUMPY_BY_DATATYPE[t.datatype] for t in signature.outputs],
-            self._device,
+        call = _Reshaped.wrap(
+            TorchScriptModel(
+                spec.model_file(version),
+                [t.name for t in signature.inputs],
+                [t.name for t in signature.outputs],
+                [NUMPY_BY_DATATYPE[t.datatype] for t in signature.outputs],
+                self._device,
+            ),
+            spec,
         )
+        executor = ThreadPoolExecutor(spec.instances, thread_name_prefix=f"torch-{spec.name}-{version}")
         statistics = ModelStatistics()
 
         async def execute(inputs: Tensors) -> tuple[Tensors, Timings]:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, model, inputs)
+            return await asyncio.get_running_loop().run_in_executor(executor, call, inputs)
 
-        scheduler = Scheduler(execute, statistics, spec.max_batch_size, spec.dynamic_batching)
-        return _Version(model, scheduler, statistics)
+        scheduler = Scheduler(execute, statistics, spec.max_batch_size, spec.dynamic_batching, spec.instances)
+        return _Version(scheduler, statistics, executor)
 
     async def stop(self) -> None:
         self._stopped = True
+        executors = [self._loader]
         for model in self._models.values():
-            for version in model.versions.values():
-                await version.scheduler.drain()
-        # Off the loop: an execution whose requests were all cancelled may still be running.
-        await asyncio.to_thread(self._executor.shutdown)
+            executors += [version.executor for version in model.versions.values()]
+            await self._drain(model)
+
+        def join() -> None:  # off the loop: an execution whose requests were all cancelled may still run
+            for executor in executors:
+                executor.shutdown()
+
+        await asyncio.to_thread(join)
 
     def healthy(self) -> bool:
-        return not self._stopped
+        """False once stopped, when a scheduler failed, or when an execution is wedged."""
+        if self._stopped:
+            return False
+        problem = self._problem()
+        if problem:
+            logger.error("torch runtime is not healthy: %s", problem)
+        return not problem
+
+    def _problem(self) -> str:
+        now = time.perf_counter_ns()
+        serving = [
+            (f"model '{model.name}' version {number}", version)
+            for model in self._models.values()
+            for number, version in model.versions.items()
+        ]
+        for name, version in serving + self._draining:
+            if version.scheduler.failure:
+                return f"{name}: {version.scheduler.failure}"
+            started = version.scheduler.oldest_execution_ns()
+            if started is not None and now - started > self._execution_timeout_ns:
+                return (
+                    f"{name}: an execution has run for {(now - started) / 1e9:.0f} s, past "
+                    f"execution_timeout_s {self._execution_timeout_ns / 1e9:g}"
+                )
+        return ""
 
     def device(self) -> str:
         return str(self._device)
@@ -227,8 +325,18 @@ class TorchRuntime:
         self._models[model] = _Model(model, entry.spec, "unloaded")
         await self._drain(entry)
 
-    @staticmethod
-    async def _drain(model: _Model) -> None:
-        for version in model.versions.values():
-            await version.scheduler.drain()
+    async def _drain(self, model: _Model) -> None:
+        """Answer the model's queued requests, then let its threads end once idle (never waits on them).
+
+        Until then its versions stay in the health check: a wedged one must still fail it.
+        """
+        draining = [(f"model '{model.name}' version {n} (unloading)", v) for n, v in model.versions.items()]
+        self._draining += draining
+        try:
+            for _, version in draining:
+                await version.scheduler.drain()
+                version.executor.shutdown(wait=False)
+        finally:
+            for entry in draining:
+                self._draining.remove(entry)
 

@@ -3,7 +3,8 @@
 Inputs named `<prefix>__<index>` (`input__0`, `INPUT__1`) are passed positionally
 by index; otherwise names must match `forward()`'s arguments; otherwise config
 order. Outputs named `<prefix>__<index>` pick that element of the returned tuple;
-otherwise outputs map to tuple elements in config order. Shared by the embedded
+otherwise outputs map to tuple elements in config order. An output's dtype must be the
+config's exactly, as the backend checks (a cast could wrap or round). Shared by the embedded
 runtime and the Triton Python-backend shim so both compute the same thing.
 """
 
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from serve_app.datatypes import DATATYPE_BY_NUMPY
 
 Arrays = dict[str, np.ndarray]
 
@@ -94,12 +97,21 @@ class TorchScriptModel:
             raise RuntimeError(
                 f"model returned {len(result)} outputs, config.pbtxt declares {len(self._outputs)}"
             )
-        outputs = {
-            name: result[index].detach().cpu().numpy().astype(dtype, copy=False)
-            for (name, dtype), index in zip(self._outputs, self._output_index, strict=True)
-        }
+        outputs = {}
+        for (name, dtype), index in zip(self._outputs, self._output_index, strict=True):
+            array = result[index].detach().cpu().numpy()
+            if array.dtype != dtype:  # as the backend: never a cast (INT64 to INT8 would wrap)
+                raise TypeError(
+                    f"model returned output '{name}' as {_datatype(array.dtype)}, "
+                    f"config.pbtxt declares {_datatype(dtype)}"
+                )
+            outputs[name] = array
         done = time.perf_counter_ns()
         return outputs, Timings(ready - start, computed - ready, done - computed)
+
+
+def _datatype(dtype: np.dtype) -> str:
+    return DATATYPE_BY_NUMPY.get(dtype, str(dtype))
 
 
 def concatenate(requests: list[Arrays]) -> Arrays:

@@ -1,9 +1,15 @@
-"""The dynamic batcher (Scheduler) over a fake model: batching, delays, failures, drain."""
+"""The dynamic batcher (Scheduler) over a fake model: batching, delays, failures, cancellation, drain.
+
+Deterministic: the fake model runs when its gate is open, and tests wait for queue states
+by stepping the event loop (`until`), never by sleeping. The few tests that need a real
+delay to pass only bound it from below, or against a much longer alternative.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import anyio
 import numpy as np
@@ -11,6 +17,7 @@ import pytest
 
 from serve_app.errors import InternalError, ModelNotReadyError
 from serve_app.repository import DynamicBatching
+from serve_app.runtimes import batching
 from serve_app.runtimes.batching import Scheduler, Tensors
 from serve_app.runtimes.statistics import ModelStatistics
 from serve_app.runtimes.torchscript import Timings
@@ -18,18 +25,21 @@ from serve_app.runtimes.torchscript import Timings
 pytestmark = pytest.mark.anyio
 
 NO_DELAY = DynamicBatching(max_queue_delay_us=0, preferred_batch_sizes=())
+A_MINUTE_US = 60_000_000  # a queue delay no test may wait out: waiting it fails the test's time limit
 
 
 class FakeModel:
-    """Doubles `x` after `delay` s; records each execution's input shape; fails on negatives."""
+    """Doubles `x` once its gate is open; records each execution's input shape; fails on negatives."""
 
-    def __init__(self, delay: float = 0.01) -> None:
-        self.delay = delay
+    def __init__(self, gated: bool = False) -> None:
+        self.gate = asyncio.Event()
+        if not gated:
+            self.gate.set()
         self.executions: list[tuple[int, ...]] = []
 
     async def __call__(self, inputs: Tensors) -> tuple[Tensors, Timings]:
         self.executions.append(inputs["x"].shape)
-        await asyncio.sleep(self.delay)
+        await self.gate.wait()
         if (inputs["x"] < 0).any():
             raise RuntimeError("Traceback (most recent call last):\n  ...\nValueError: negative input")
         return {"y": inputs["x"] * 2}, Timings(10, 20, 30)
@@ -43,8 +53,27 @@ def sample(value: float, batch: int = 1, width: int = 3) -> Tensors:
     return {"x": np.full((batch, width), value, np.float32)}
 
 
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Step the event loop until `condition` holds; no timers, so no timing."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def settle() -> None:
+    """Let every task that can make progress without a timer do so."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+def start(scheduler: Scheduler, requests: list[Tensors]) -> list[asyncio.Task]:
+    return [asyncio.ensure_future(scheduler.submit(r)) for r in requests]
+
+
 async def submit_all(scheduler: Scheduler, requests: list[Tensors]) -> list[Tensors | BaseException]:
-    with anyio.fail_after(5):
+    with anyio.fail_after(10):
         return await asyncio.gather(*(scheduler.submit(r) for r in requests), return_exceptions=True)
 
 
@@ -54,34 +83,31 @@ def assert_doubled(results: list, requests: list[Tensors]) -> None:
         np.testing.assert_array_equal(result["y"], request["x"] * 2)
 
 
-async def test_concurrent_requests_are_concatenated_into_fewer_executions() -> None:
+async def test_queued_requests_are_concatenated_fifo_up_to_max_batch_size() -> None:
     model, stats = FakeModel(), ModelStatistics()
     scheduler = Scheduler(model, stats, max_batch_size=8, batching=NO_DELAY)
-    requests = [sample(i, batch=1 + i % 2) for i in range(6)]  # 9 samples
+    requests = [sample(i, batch=1 + i % 2) for i in range(6)]  # sizes 1 2 1 2 1 2: 9 samples
     results = await submit_all(scheduler, requests)
     assert_doubled(results, requests)
-    assert sum(model.batch_sizes) == 9
-    assert len(model.executions) < len(requests)
-    assert max(model.batch_sizes) <= 8
-    assert stats.execution_count == len(model.executions)
-    assert stats.inference_count == 9
+    assert model.batch_sizes == [7, 2]  # the sixth would make 9 > 8: it heads the next batch
+    assert stats.execution_count == 2 and stats.inference_count == 9
     assert stats.request["success"].count == 6
 
 
-async def test_batches_never_exceed_max_batch_size() -> None:
+async def test_a_request_that_does_not_fit_ends_the_batch_and_nothing_overtakes_it() -> None:
     model = FakeModel()
     scheduler = Scheduler(model, ModelStatistics(), max_batch_size=4, batching=NO_DELAY)
-    requests = [sample(i, batch=3) for i in range(2)] + [sample(i) for i in range(5)]
+    requests = [sample(1, batch=3), sample(2, batch=3), sample(3), sample(4), sample(5), sample(6)]
     assert_doubled(await submit_all(scheduler, requests), requests)
-    assert max(model.batch_sizes) <= 4 and sum(model.batch_sizes) == 11
+    assert model.batch_sizes == [3, 4, 3]  # not [4 (3+1), 4 (3+1), 2]: FIFO, as Triton
 
 
-async def test_differing_variable_dims_are_never_mixed() -> None:
+async def test_differing_variable_dims_are_never_mixed_or_reordered() -> None:
     model = FakeModel()
     scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=NO_DELAY)
-    requests = [sample(i, width=3 + i % 2) for i in range(6)]
+    requests = [sample(i, width=w) for i, w in enumerate((3, 3, 4, 3))]
     assert_doubled(await submit_all(scheduler, requests), requests)
-    assert sorted(model.executions) == [(3, 3), (3, 4)]  # one batch per width, nothing retried
+    assert model.executions == [(2, 3), (1, 4), (1, 3)]
 
 
 async def test_differing_dtypes_are_never_mixed() -> None:
@@ -95,11 +121,20 @@ async def test_differing_dtypes_are_never_mixed() -> None:
 
 async def test_preferred_batch_size_cuts_batches() -> None:
     model = FakeModel()
-    batching = DynamicBatching(max_queue_delay_us=0, preferred_batch_sizes=(2,))
-    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=batching)
+    preferred = DynamicBatching(max_queue_delay_us=0, preferred_batch_sizes=(2,))
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=preferred)
     requests = [sample(i) for i in range(5)]
     assert_doubled(await submit_all(scheduler, requests), requests)
     assert model.batch_sizes == [2, 2, 1]
+
+
+async def test_the_largest_preferred_size_formed_runs_without_waiting_for_a_larger_one() -> None:
+    model = FakeModel()
+    preferred = DynamicBatching(max_queue_delay_us=A_MINUTE_US, preferred_batch_sizes=(2, 3, 8))
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=preferred)
+    requests = [sample(1), sample(2), sample(3, batch=2)]  # forms 2, then 4 (not preferred)
+    assert_doubled(await submit_all(scheduler, requests), requests)  # no minute-long wait for 8
+    assert model.batch_sizes == [2, 2]
 
 
 async def test_without_dynamic_batching_each_request_runs_alone() -> None:
@@ -118,88 +153,101 @@ async def test_unbatched_model_ignores_dynamic_batching_and_passes_shapes_throug
     assert model.executions == [(2, 3), (2, 3)]
 
 
-async def test_max_queue_delay_waits_for_batch_mates() -> None:
-    model = FakeModel(delay=0)
-    batching = DynamicBatching(max_queue_delay_us=300_000, preferred_batch_sizes=())
-    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=4, batching=batching)
-    start = time.perf_counter()
-
-    async def late() -> Tensors:
-        await asyncio.sleep(0.01)
-        return await scheduler.submit(sample(2))
-
-    with anyio.fail_after(5):
-        first, second = await asyncio.gather(scheduler.submit(sample(1)), late())
-    np.testing.assert_array_equal(first["y"], sample(1)["x"] * 2)
-    elapsed = time.perf_counter() - start
-    assert model.batch_sizes == [2]  # the late request joined the waiting one
-    assert elapsed >= 0.29  # nothing filled the batch, so the full delay passed
-    np.testing.assert_array_equal(second["y"], sample(2)["x"] * 2)
-
-
-async def test_max_queue_delay_ends_early_when_the_batch_fills() -> None:
-    model = FakeModel(delay=0)
-    batching = DynamicBatching(max_queue_delay_us=5_000_000, preferred_batch_sizes=())
-    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=4, batching=batching)
-    start = time.perf_counter()
-    requests = [sample(i) for i in range(4)]
-    assert_doubled(await submit_all(scheduler, requests), requests)
-    assert time.perf_counter() - start < 2.5
-    assert model.batch_sizes == [4]
-
-
-async def test_max_queue_delay_ends_early_at_the_largest_preferred_size() -> None:
-    model = FakeModel(delay=0)
-    batching = DynamicBatching(max_queue_delay_us=5_000_000, preferred_batch_sizes=(2,))
-    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=batching)
-    start = time.perf_counter()
-    requests = [sample(1), sample(2)]
-    assert_doubled(await submit_all(scheduler, requests), requests)
-    assert time.perf_counter() - start < 2.5
+async def test_max_queue_delay_holds_the_head_for_batch_mates_until_the_batch_fills() -> None:
+    model = FakeModel()
+    delayed = DynamicBatching(max_queue_delay_us=A_MINUTE_US, preferred_batch_sizes=())
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=2, batching=delayed)
+    with anyio.fail_after(10):
+        [first] = start(scheduler, [sample(1)])
+        await settle()
+        assert model.executions == [] and scheduler.queued == 1  # held, not run alone
+        [second] = start(scheduler, [sample(2)])
+        assert_doubled([await first, await second], [sample(1), sample(2)])
     assert model.batch_sizes == [2]
 
 
-async def closed_loop_clients(scheduler: Scheduler, clients: int, rounds: int, stagger_s: float) -> None:
-    """Each client sends, waits for its answer, pauses `index * stagger_s` (its HTTP round trip), repeats."""
-
-    async def client(index: int) -> None:
-        for _ in range(rounds):
-            request = sample(index)
-            np.testing.assert_array_equal((await scheduler.submit(request))["y"], request["x"] * 2)
-            await asyncio.sleep(index * stagger_s)
-
-    with anyio.fail_after(5):
-        await asyncio.gather(*(client(i) for i in range(clients)))
+async def test_max_queue_delay_runs_what_is_queued_once_the_head_has_waited_it() -> None:
+    model = FakeModel()
+    delayed = DynamicBatching(max_queue_delay_us=50_000, preferred_batch_sizes=())
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=4, batching=delayed)
+    started = time.perf_counter()
+    assert_doubled(await submit_all(scheduler, [sample(1)]), [sample(1)])
+    assert time.perf_counter() - started >= 0.05  # nothing filled the batch: the whole delay passed
+    assert model.batch_sizes == [1]
 
 
-async def test_clients_just_answered_are_waited_for_so_batches_stay_full() -> None:
-    # Without the follow-up wait the first client back runs alone and the rest form a
-    # second batch during its execution: sizes alternate 1/7 instead of staying 8.
-    model = FakeModel(delay=0.04)
-    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=NO_DELAY)
-    await closed_loop_clients(scheduler, clients=8, rounds=5, stagger_s=0.0005)
-    assert model.batch_sizes == [8] * 5
+async def test_clients_just_answered_are_waited_for_so_batches_stay_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without the follow-up wait the two clients back first run as a preferred batch of 2
+    # and the other two follow as another: sizes 4, 2, 2 instead of 4, 4.
+    monkeypatch.setattr(batching, "FOLLOW_UP_WAIT_FRACTION", 1e9)  # bounded by the delay alone
+    model = FakeModel()
+    delayed = DynamicBatching(max_queue_delay_us=A_MINUTE_US, preferred_batch_sizes=(2, 4))
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=4, batching=delayed)
+    requests = [sample(i) for i in range(4)]
+    assert_doubled(await submit_all(scheduler, requests), requests)
+    with anyio.fail_after(10):
+        early = start(scheduler, requests[:2])
+        await settle()
+        assert model.batch_sizes == [4] and scheduler.queued == 2  # held for the other two
+        late = start(scheduler, requests[2:])
+        assert_doubled(await asyncio.gather(*early, *late), requests)
+    assert model.batch_sizes == [4, 4]
+
+
+async def test_the_follow_up_wait_is_bounded_by_max_queue_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batching, "FOLLOW_UP_WAIT_FRACTION", 1e9)  # a quarter-execution bound never ends
+    model = FakeModel()
+    short = DynamicBatching(max_queue_delay_us=50_000, preferred_batch_sizes=(2, 4))
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=4, batching=short)
+    requests = [sample(i) for i in range(4)]
+    assert_doubled(await submit_all(scheduler, requests), requests)
+    assert_doubled(await submit_all(scheduler, requests[:2]), requests[:2])  # ends after 50 ms
+    assert model.batch_sizes == [4, 2]
+
+
+async def test_without_max_queue_delay_nothing_is_held_not_even_for_follow_ups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "FOLLOW_UP_WAIT_FRACTION", 1e9)
+    model = FakeModel()
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=4, batching=NO_DELAY)
+    requests = [sample(i) for i in range(4)]
+    assert_doubled(await submit_all(scheduler, requests), requests)
+    with anyio.fail_after(10):
+        early = start(scheduler, requests[:2])
+        await until(lambda: len(model.executions) == 2, "the two ran at once")
+        assert_doubled(await asyncio.gather(*early), requests[:2])
+    assert model.batch_sizes == [4, 2]
 
 
 async def test_the_follow_up_wait_is_bounded_by_a_quarter_of_the_last_execution() -> None:
-    model = FakeModel(delay=0.08)
-    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=NO_DELAY)
+    model = FakeModel(gated=True)
+    delayed = DynamicBatching(max_queue_delay_us=A_MINUTE_US, preferred_batch_sizes=(1, 4))
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=4, batching=delayed)
     requests = [sample(i) for i in range(4)]
-    assert_doubled(await submit_all(scheduler, requests), requests)
-    start = time.perf_counter()
-    assert_doubled(await submit_all(scheduler, [sample(9)]), [sample(9)])  # three clients never return
-    waited = time.perf_counter() - start - model.delay
+    with anyio.fail_after(10):
+        first = start(scheduler, requests)
+        await until(lambda: model.executions == [(4, 3)], "the batch of four runs")
+        await asyncio.sleep(0.2)  # the execution lasts at least 0.2 s
+        model.gate.set()
+        assert_doubled(await asyncio.gather(*first), requests)
+        started = time.perf_counter()
+        assert_doubled(await submit_all(scheduler, [sample(9)]), [sample(9)])  # three never return
+    assert time.perf_counter() - started >= 0.05  # held a quarter of it, not the minute of the delay
     assert model.batch_sizes == [4, 1]
-    assert 0.015 <= waited < 0.06  # ~0.02 s: a quarter of the 0.08 s execution, not the whole
 
 
-async def test_a_lone_sequential_client_never_waits() -> None:
-    model = FakeModel(delay=0.02)
-    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=NO_DELAY)
-    start = time.perf_counter()
-    await closed_loop_clients(scheduler, clients=1, rounds=10, stagger_s=0)
-    assert model.batch_sizes == [1] * 10
-    assert time.perf_counter() - start < 10 * model.delay + 0.05  # the 1/4-execution wait never applied
+async def test_a_lone_sequential_client_is_never_held_for_follow_ups(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batching, "FOLLOW_UP_WAIT_FRACTION", 1e9)
+    model = FakeModel()
+    delayed = DynamicBatching(max_queue_delay_us=A_MINUTE_US, preferred_batch_sizes=(1, 4))
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=4, batching=delayed)
+    with anyio.fail_after(10):
+        for i in range(5):
+            assert_doubled([await scheduler.submit(sample(i))], [sample(i)])
+    assert model.batch_sizes == [1] * 5
 
 
 async def test_a_failing_request_fails_alone_and_its_batch_mates_succeed() -> None:
@@ -210,7 +258,7 @@ async def test_a_failing_request_fails_alone_and_its_batch_mates_succeed() -> No
     assert isinstance(results[1], InternalError)
     assert str(results[1]) == "model execution failed: ValueError: negative input"
     assert_doubled([results[0], results[2]], [requests[0], requests[2]])
-    assert model.batch_sizes[0] == 3  # they were batched, then retried one by one
+    assert model.batch_sizes == [3, 1, 1, 1]  # batched, then retried one by one
     assert stats.request["fail"].count == 1 and stats.request["success"].count == 2
     # The scheduler keeps serving.
     assert_doubled(await submit_all(scheduler, [sample(4)]), [sample(4)])
@@ -227,41 +275,135 @@ async def test_outputs_without_the_batch_dimension_fail_instead_of_hanging() -> 
 
 
 async def test_drain_completes_queued_requests_then_refuses_new_ones() -> None:
-    model = FakeModel(delay=0.02)
+    model = FakeModel(gated=True)
     scheduler = Scheduler(model, ModelStatistics(), max_batch_size=2, batching=NO_DELAY)
     requests = [sample(i) for i in range(6)]
-    with anyio.fail_after(5):
-        pending = asyncio.gather(*(scheduler.submit(r) for r in requests))
-        await asyncio.sleep(0)  # all six are queued
-        await scheduler.drain()
-        assert pending.done()
-        assert_doubled(pending.result(), requests)
-    assert sum(model.batch_sizes) == 6
+    with anyio.fail_after(10):
+        pending = start(scheduler, requests)
+        await until(lambda: scheduler.queued == 4, "the first batch runs, four wait")
+        draining = asyncio.ensure_future(scheduler.drain())
+        await settle()
+        assert not draining.done()  # requests are still waiting for their answers
+        model.gate.set()
+        await draining
+        assert all(p.done() for p in pending)
+        assert_doubled([p.result() for p in pending], requests)
+    assert model.batch_sizes == [2, 2, 2]
     with pytest.raises(ModelNotReadyError, match="unloading"):
         await scheduler.submit(sample(1))
 
 
 async def test_request_statistics_split_queue_and_compute_time() -> None:
-    model, stats = FakeModel(delay=0.02), ModelStatistics()
+    model, stats = FakeModel(gated=True), ModelStatistics()
     scheduler = Scheduler(model, stats, max_batch_size=1, batching=NO_DELAY)
-    await submit_all(scheduler, [sample(1), sample(2)])  # the second queues behind the first
+    with anyio.fail_after(10):
+        pending = start(scheduler, [sample(1), sample(2)])
+        await until(lambda: scheduler.queued == 1, "the second queues behind the first")
+        model.gate.set()
+        await asyncio.gather(*pending)
     assert stats.request["success"].count == 2 and stats.request["queue"].count == 2
-    assert stats.request["queue"].ns >= 15_000_000
-    assert stats.request["success"].ns >= stats.request["queue"].ns + 2 * 15_000_000
+    assert stats.request["queue"].ns > 0  # the second waited for the first
+    assert stats.request["success"].ns >= stats.request["queue"].ns
     assert stats.request["compute_infer"].as_dict() == {"count": 2, "ns": 40}
 
 
-async def test_a_cancelled_request_never_runs() -> None:
-    model = FakeModel(delay=0.05)
-    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=None)
-    first = asyncio.create_task(scheduler.submit(sample(1.0)))
-    abandoned = asyncio.create_task(scheduler.submit(sample(2.0)))
-    await asyncio.sleep(0.01)  # the first is executing, the second queued behind it
-    abandoned.cancel()
-    with anyio.fail_after(5):
-        result = await first
-    await asyncio.sleep(0.1)
-    np.testing.assert_array_equal(result["y"], sample(1.0)["x"] * 2)
+async def test_a_request_cancelled_while_queued_never_runs_and_counts_as_failed() -> None:
+    model, stats = FakeModel(gated=True), ModelStatistics()
+    scheduler = Scheduler(model, stats, max_batch_size=8, batching=None)
+    with anyio.fail_after(10):
+        first, abandoned = start(scheduler, [sample(1.0), sample(2.0)])
+        await until(lambda: scheduler.queued == 1, "the first executes, the second waits")
+        abandoned.cancel()
+        await until(lambda: scheduler.queued == 0, "the cancelled request leaves the queue")
+        model.gate.set()
+        assert_doubled([await first], [sample(1.0)])
+        await settle()
     assert abandoned.cancelled()
-    assert len(model.executions) == 1
-    await scheduler.drain()
+    assert model.executions == [(1, 3)]
+    assert stats.request["success"].count == 1 and stats.request["fail"].count == 1
+
+
+async def test_a_request_cancelled_during_its_execution_is_not_a_success() -> None:
+    model, stats = FakeModel(gated=True), ModelStatistics()
+    scheduler = Scheduler(model, stats, max_batch_size=8, batching=NO_DELAY)
+    with anyio.fail_after(10):
+        kept, abandoned = start(scheduler, [sample(1.0), sample(2.0)])
+        await until(lambda: model.executions == [(2, 3)], "both execute together")
+        abandoned.cancel()
+        await settle()
+        model.gate.set()
+        assert_doubled([await kept], [sample(1.0)])
+    assert abandoned.cancelled()
+    assert stats.request["success"].count == 1 and stats.request["fail"].count == 1
+    assert stats.inference_count == 2  # it did execute
+
+
+async def test_a_request_cancelled_during_a_failing_batch_is_not_rerun() -> None:
+    model, stats = FakeModel(gated=True), ModelStatistics()
+    scheduler = Scheduler(model, stats, max_batch_size=8, batching=NO_DELAY)
+    with anyio.fail_after(10):
+        good, abandoned, bad = start(scheduler, [sample(1.0), sample(2.0), sample(-1.0)])
+        await until(lambda: model.executions == [(3, 3)], "the three execute together")
+        abandoned.cancel()
+        await settle()
+        model.gate.set()
+        assert_doubled([await good], [sample(1.0)])
+        with pytest.raises(InternalError, match="negative input"):
+            await bad
+    assert model.batch_sizes == [3, 1, 1]  # the retry ran the good and the bad one, not the abandoned
+    assert stats.request["success"].count == 1 and stats.request["fail"].count == 2
+
+
+class BrokenStatistics(ModelStatistics):
+    """A fault in the scheduler's own bookkeeping, outside any model execution."""
+
+    def record_execution(self, batch_size: int, requests: int, timings: Timings) -> None:
+        raise KeyError("bookkeeping bug")
+
+
+async def test_a_fault_in_the_scheduler_fails_its_requests_instead_of_hanging_them() -> None:
+    model = FakeModel(gated=True)
+    scheduler = Scheduler(model, BrokenStatistics(), max_batch_size=2, batching=NO_DELAY)
+    with anyio.fail_after(10):
+        pending = start(scheduler, [sample(i) for i in range(4)])  # two execute, two wait
+        await until(lambda: scheduler.queued == 2, "the first batch runs")
+        model.gate.set()
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        assert all(isinstance(r, InternalError) for r in results), results
+        assert "the scheduler failed: 'bookkeeping bug'" in str(results[0])
+        assert scheduler.failure == "the scheduler failed: 'bookkeeping bug'"
+        with pytest.raises(InternalError, match="the scheduler failed"):
+            await scheduler.submit(sample(1))
+        await scheduler.drain()  # returns: nothing is left waiting
+
+
+async def test_instances_run_batches_concurrently_and_report_the_oldest_execution() -> None:
+    model = FakeModel(gated=True)
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=NO_DELAY, instances=2)
+    assert scheduler.oldest_execution_ns() is None
+    with anyio.fail_after(10):
+        first = start(scheduler, [sample(1)])
+        await until(lambda: len(model.executions) == 1, "the first executes")
+        before = time.perf_counter_ns()
+        second = start(scheduler, [sample(2), sample(3)])
+        await until(lambda: len(model.executions) == 2, "the second instance takes the next batch")
+        oldest = scheduler.oldest_execution_ns()
+        assert oldest is not None and oldest < before
+        model.gate.set()
+        assert_doubled(await asyncio.gather(*first, *second), [sample(1), sample(2), sample(3)])
+    assert model.batch_sizes == [1, 2]
+    assert scheduler.oldest_execution_ns() is None
+
+
+async def test_one_instance_runs_one_batch_at_a_time() -> None:
+    model = FakeModel(gated=True)
+    scheduler = Scheduler(model, ModelStatistics(), max_batch_size=8, batching=NO_DELAY)
+    with anyio.fail_after(10):
+        pending = start(scheduler, [sample(1)])
+        await until(lambda: len(model.executions) == 1, "the first executes")
+        pending += start(scheduler, [sample(2)])
+        await settle()
+        assert len(model.executions) == 1 and scheduler.queued == 1
+        model.gate.set()
+        await asyncio.gather(*pending)
+    assert model.batch_sizes == [1, 1]

@@ -108,10 +108,38 @@ def test_name_in_config_equal_to_the_directory_is_accepted(tmp_path: Path) -> No
         ('name: "other"\n' + VALID, "names the model 'other' but its directory is 'm'"),
         (
             'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n' + TENSORS,
-            "'onnxruntime_onnx' is not TorchScript",
+            "'onnxruntime_onnx' is not TorchScript, the only kind the torch runtime executes; "
+            "runtime: triton serves it",
         ),
         ('backend: "python"\nmax_batch_size: 8\n' + TENSORS, "'python' is not TorchScript"),
+        ('platform: "ensemble"\nmax_batch_size: 8\n' + TENSORS, "'ensemble' is not TorchScript"),
         ("max_batch_size: 8\n" + TENSORS, "'none' is not TorchScript"),
+        (
+            VALID + "sequence_batching { }",
+            "sequence_batching: not supported by the torch runtime; runtime: triton serves it",
+        ),
+        (
+            VALID + 'batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_FP32 } ]',
+            "batch_input: not supported by the torch runtime",
+        ),
+        (VALID + "dynamic_batching { priority_levels: 2 }", "dynamic_batching.priority_levels: not"),
+        (
+            VALID + "dynamic_batching { default_queue_policy { max_queue_size: 4 } }",
+            "dynamic_batching.default_queue_policy: not supported",
+        ),
+        (
+            VALID.replace("dims: [ 4 ]", "dims: [ 4 ] reshape { shape: [ 3 ] }"),
+            "input 'input__0' has different size for dims [4] and reshape [3]",
+        ),
+        (
+            VALID.replace("dims: [ 2 ]", "dims: [ 2, -1 ] reshape { shape: [ -1, 2 ] }"),
+            "output 'output__0' has different size for dims [2, -1] and reshape [-1, 2]",
+        ),
+        (
+            VALID.replace("dims: [ 4 ]", "dims: [ -1 ] reshape { shape: [ 2, 2 ] }"),
+            "has different size for dims [-1] and reshape [2, 2]",
+        ),
+        (VALID.replace("dims: [ 4 ]", "dims: [ 4 ] reshape { shape: [ 4, 0 ] }"), "reshape [4, 0]"),
         ('platform: "pytorch_libtorch"\nmax_batch_size: -1\n' + TENSORS, "max_batch_size must be >= 0"),
         (VALID.replace("dims: [ 4 ]", "dims: [ 0 ]"), "input 'input__0' has invalid dims [0]"),
         (VALID.replace("dims: [ 4 ]", "dims: [ -2 ]"), "input 'input__0' has invalid dims [-2]"),
@@ -198,6 +226,47 @@ def test_version_policy_selects_versions(tmp_path: Path, policy: str, versions: 
     (model_dir / "notes").mkdir()  # not version directories
     (model_dir / "²").mkdir()
     assert load_model_spec(model_dir).versions == versions
+
+
+def test_version_directories_triton_ignores_are_ignored(tmp_path: Path) -> None:
+    ignored = ("0", "01", "007", "+4", " 5", "٣")  # begin with 0, or not plain ASCII numbers
+    served = write_entry(tmp_path, "served", VALID + "version_policy: { all: { } }", versions=(3,))
+    only_ignored = write_entry(tmp_path, "only_ignored", VALID, versions=())
+    for model_dir in (served, only_ignored):
+        for name in ignored:
+            (model_dir / name).mkdir()
+            (model_dir / name / "model.pt").write_bytes(b"placeholder")
+    assert load_model_spec(served).versions == (3,)
+    with pytest.raises(ModelEntryError, match="no version directory"):
+        load_model_spec(only_ignored)
+
+
+@pytest.mark.parametrize(
+    ("dims", "reshape"),
+    [
+        ("[ 1 ]", "[ ]"),
+        ("[ 2, 3 ]", "[ 6 ]"),
+        ("[ 2, 4, -1, 6 ]", "[ 8, -1, 1, 6 ]"),
+        ("[ -1 ]", "[ -1, 1 ]"),
+    ],
+)
+def test_reshapes_triton_accepts_are_accepted(tmp_path: Path, dims: str, reshape: str) -> None:
+    config = VALID.replace("dims: [ 4 ]", f"dims: {dims} reshape {{ shape: {reshape} }}")
+    spec = load_model_spec(write_entry(tmp_path, "m", config))
+    assert spec.config.input[0].HasField("reshape")
+
+
+@pytest.mark.parametrize(
+    ("groups", "instances"),
+    [
+        ("", 1),
+        ("instance_group [ { count: 3 kind: KIND_CPU } ]", 3),
+        ("instance_group [ { count: 2 kind: KIND_CPU }, { kind: KIND_GPU }, { count: 2 } ]", 5),
+        ("instance_group [ { count: 4 kind: KIND_MODEL } ]", 1),
+    ],
+)
+def test_instances_count_the_instance_groups(tmp_path: Path, groups: str, instances: int) -> None:
+    assert load_model_spec(write_entry(tmp_path, "m", VALID + groups)).instances == instances
 
 
 def test_version_dirs_sort_numerically(tmp_path: Path) -> None:

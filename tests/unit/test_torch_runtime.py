@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -15,8 +17,11 @@ from torch import nn
 
 from serve_app.errors import InternalError, ModelNotFoundError, ModelNotReadyError
 from serve_app.examples import write_model
+from serve_app.runtimes import torch as torch_runtime
 from serve_app.runtimes.base import ModelState
+from serve_app.runtimes.statistics import ModelStatistics
 from serve_app.runtimes.torch import TorchRuntime
+from serve_app.runtimes.torchscript import Timings, TorchScriptModel
 
 pytestmark = pytest.mark.anyio
 
@@ -284,3 +289,205 @@ dynamic_batching { max_queue_delay_microseconds: 20000 }
         assert stats["inference_stats"]["success"]["count"] == 3
     finally:
         await runtime.stop()
+
+
+class Reshaping(nn.Module):
+    """Sees the reshaped inputs: its results differ if handed config.pbtxt's `dims` instead."""
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.cumsum(x, dim=1), y * 2, z[..., 0]
+
+
+RESHAPING_CONFIG = """
+platform: "pytorch_libtorch"
+max_batch_size: 4
+input [
+  { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 2, 3 ] reshape { shape: [ 6 ] } },
+  { name: "INPUT__1" data_type: TYPE_FP32 dims: [ 1 ] reshape { shape: [ ] } },
+  { name: "INPUT__2" data_type: TYPE_FP32 dims: [ -1, 4 ] reshape { shape: [ -1, 2, 2 ] } }
+]
+output [
+  { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 2, 3 ] reshape { shape: [ 6 ] } },
+  { name: "OUTPUT__1" data_type: TYPE_FP32 dims: [ 1 ] reshape { shape: [ ] } },
+  { name: "OUTPUT__2" data_type: TYPE_FP32 dims: [ -1, 2 ] }
+]
+dynamic_batching { }
+"""
+
+
+async def test_reshape_applies_to_inputs_before_and_outputs_after_the_model(tmp_path: Path) -> None:
+    examples = (torch.rand(1, 6), torch.rand(1), torch.rand(1, 3, 2, 2))
+    write_model(tmp_path, "reshaping", Reshaping(), examples, RESHAPING_CONFIG)
+    runtime = TorchRuntime(tmp_path, CPU, 1)
+    await runtime.start()
+    try:
+        requests = [
+            {
+                "INPUT__0": RNG.random((batch, 2, 3), dtype=np.float32),
+                "INPUT__1": RNG.random((batch, 1), dtype=np.float32),
+                "INPUT__2": RNG.random((batch, 5, 4), dtype=np.float32),
+            }
+            for batch in (1, 2)
+        ]
+        names = ["OUTPUT__0", "OUTPUT__1", "OUTPUT__2"]
+        with anyio.fail_after(10):
+            results = await asyncio.gather(*(runtime.infer("reshaping", "1", r, names) for r in requests))
+        for request, result in zip(requests, results, strict=True):
+            batch = len(request["INPUT__0"])
+            x, y, z = request["INPUT__0"], request["INPUT__1"], request["INPUT__2"]
+            cumulative = np.cumsum(x.reshape(batch, 6), axis=1).reshape(batch, 2, 3)
+            np.testing.assert_allclose(result["OUTPUT__0"], cumulative, rtol=1e-6)
+            np.testing.assert_array_equal(result["OUTPUT__1"], y * 2)
+            np.testing.assert_array_equal(result["OUTPUT__2"], z.reshape(batch, 5, 2, 2)[..., 0])
+    finally:
+        await runtime.stop()
+
+
+async def test_an_output_of_another_dtype_than_the_config_fails_the_request(repository: Path) -> None:
+    config = repository / "int_ops" / "config.pbtxt"
+    config.write_text(config.read_text().replace("TYPE_INT64", "TYPE_INT8"))
+    runtime = TorchRuntime(repository, CPU, 1)
+    await runtime.start()
+    try:
+        inputs, names = CASES["int_ops"]
+        with pytest.raises(InternalError, match=r"output 'OUTPUT__1' as INT64, config\.pbtxt declares INT8"):
+            await runtime.infer("int_ops", "1", inputs, names)
+    finally:
+        await runtime.stop()
+
+
+async def test_models_the_torch_runtime_cannot_execute_faithfully_are_unavailable(repository: Path) -> None:
+    linear = (repository / "linear" / "config.pbtxt").read_text()
+    for name, config in {
+        "sequence": linear.replace("dynamic_batching { }", "sequence_batching { }"),
+        "pipeline": linear.replace('platform: "pytorch_libtorch"', 'platform: "ensemble"'),
+    }.items():
+        shutil.copytree(repository / "linear", repository / name)
+        (repository / name / "config.pbtxt").write_text(config)
+    runtime = TorchRuntime(repository, CPU, 1)
+    await runtime.start()
+    try:
+        states = {s.name: s for s in runtime.index()}
+        for name in ("sequence", "pipeline"):
+            assert states[name].state == "UNAVAILABLE"
+            assert states[name].reason.endswith("; runtime: triton serves it")
+        assert "sequence_batching" in states["sequence"].reason
+        assert "'ensemble' is not TorchScript" in states["pipeline"].reason
+        assert states["linear"].state == "READY"
+    finally:
+        await runtime.stop()
+
+
+SLOW_CONFIG = """
+platform: "pytorch_libtorch"
+max_batch_size: 0
+input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
+instance_group [ { count: 2 kind: KIND_CPU } ]
+"""
+SLOW_INPUT = {"input__0": np.ones(2, np.float32)}
+
+
+class Wedge:
+    """Holds every execution of the model named 'slow' in its thread until `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.entered = 0
+
+    def hold(self) -> None:
+        with self._lock:
+            self.entered += 1
+        self.release.wait(timeout=30)
+
+    async def entered_at_least(self, count: int) -> None:
+        while self.entered < count:
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def wedge(monkeypatch: pytest.MonkeyPatch, repository: Path) -> Iterator[Wedge]:
+    """Adds 'slow' (2 instances, no batching) to `repository`; its executions hold until released."""
+    write_model(repository, "slow", Scale(2.0), (torch.ones(2),), SLOW_CONFIG)
+    wedge = Wedge()
+
+    class Held(TorchScriptModel):
+        def __init__(self, path: Path, *args: Any) -> None:
+            super().__init__(path, *args)
+            self.held = Path(path).parts[-3] == "slow"
+
+        def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Timings]:
+            if self.held:
+                wedge.hold()
+            return super().__call__(inputs)
+
+    monkeypatch.setattr(torch_runtime, "TorchScriptModel", Held)
+    yield wedge
+    wedge.release.set()
+
+
+async def test_each_model_executes_on_its_own_instances_and_loads_do_not_wait(
+    repository: Path, wedge: Wedge
+) -> None:
+    runtime = TorchRuntime(repository, CPU, 1)
+    await runtime.start()
+    try:
+        with anyio.fail_after(20):
+            slow = [
+                asyncio.ensure_future(runtime.infer("slow", "1", SLOW_INPUT, ["output__0"])) for _ in range(3)
+            ]
+            await wedge.entered_at_least(2)  # instance_group count 2: two execute at once
+            # While both of its instances are stuck, other models answer and load.
+            inputs, names = CASES["linear"]
+            assert (await runtime.infer("linear", "1", inputs, names))["output__0"].shape == (5, 4)
+            await runtime.load("int_ops", {})
+            assert runtime.healthy()  # well within execution_timeout_s
+            assert wedge.entered == 2  # the third waits for an instance
+            wedge.release.set()
+            results = await asyncio.gather(*slow)
+        assert all((r["output__0"] == 2).all() for r in results)
+        assert wedge.entered == 3
+    finally:
+        await runtime.stop()
+
+
+async def test_a_wedged_execution_makes_the_runtime_unhealthy_while_serving_or_unloading(
+    repository: Path, wedge: Wedge, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = TorchRuntime(repository, CPU, 1, execution_timeout_s=0.05)
+    await runtime.start()
+    try:
+        assert runtime.healthy()
+        with anyio.fail_after(20):
+            pending = asyncio.ensure_future(runtime.infer("slow", "1", SLOW_INPUT, ["output__0"]))
+            while runtime.healthy():
+                await asyncio.sleep(0.01)
+            assert "model 'slow' version 1: an execution has run for" in caplog.text
+            assert "past execution_timeout_s 0.05" in caplog.text
+            caplog.clear()
+            unloading = asyncio.ensure_future(runtime.unload("slow"))
+            await asyncio.sleep(0)
+            assert not runtime.healthy()  # unloading waits on the wedged execution: still reported
+            assert "model 'slow' version 1 (unloading): an execution has run for" in caplog.text
+            wedge.release.set()
+            await pending
+            await unloading
+        assert runtime.healthy()
+    finally:
+        await runtime.stop()
+
+
+async def test_a_failed_scheduler_makes_the_runtime_unhealthy(
+    runtime: TorchRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> None:
+        raise KeyError("bookkeeping bug")
+
+    monkeypatch.setattr(ModelStatistics, "record_execution", broken)
+    inputs, names = CASES["linear"]
+    with anyio.fail_after(10), pytest.raises(InternalError, match="the scheduler failed"):
+        await runtime.infer("linear", "1", inputs, names)
+    assert not runtime.healthy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,14 +84,37 @@ def test_other_output_names_map_in_config_order(tmp_path: Path) -> None:
     np.testing.assert_array_equal(outputs["times_ten"], A * 10)
 
 
-def test_single_tensor_output_and_config_dtype(tmp_path: Path) -> None:
+def test_single_tensor_output(tmp_path: Path) -> None:
     path = save(tmp_path, nn.ReLU(), torch.from_numpy(A))
-    model = TorchScriptModel(path, ["input__0"], ["output__0"], [np.dtype(np.float64)], CPU)
+    model = TorchScriptModel(path, ["input__0"], ["output__0"], [F32], CPU)
     outputs, timings = model({"input__0": -A})
-    assert outputs["output__0"].dtype == np.float64
+    assert outputs["output__0"].dtype == np.float32
     np.testing.assert_array_equal(outputs["output__0"], np.zeros_like(A))
     assert min(timings.compute_input, timings.compute_infer, timings.compute_output) >= 0
     assert timings.compute_infer > 0
+
+
+class Int64Output(nn.Module):
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return (a * 100).to(torch.int64)
+
+
+@pytest.mark.parametrize(
+    ("module", "declared", "message"),
+    [
+        (Int64Output(), np.int8, "as INT64, config.pbtxt declares INT8"),
+        (nn.ReLU(), np.float64, "as FP32, config.pbtxt declares FP64"),
+        (nn.ReLU(), np.float16, "as FP32, config.pbtxt declares FP16"),
+    ],
+)
+def test_an_output_dtype_other_than_the_config_is_an_error_not_a_cast(
+    tmp_path: Path, module: nn.Module, declared: type, message: str
+) -> None:
+    # A cast would wrap INT64 500 to INT8 -12, or round FP32 to FP16: Triton's backend refuses both.
+    path = save(tmp_path, module, torch.from_numpy(A))
+    model = TorchScriptModel(path, ["input__0"], ["output__0"], [np.dtype(declared)], CPU)
+    with pytest.raises(TypeError, match=re.escape(f"output 'output__0' {message}")):
+        model({"input__0": A})
 
 
 def test_read_only_unaligned_inputs_from_a_binary_body(tmp_path: Path) -> None:
