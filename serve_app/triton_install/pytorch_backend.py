@@ -33,6 +33,8 @@ _SOURCES = (
     ),
     *(f"common/src/{name}.cc" for name in ("error", "logging", "async_work_queue", "thread_pool")),
 )
+# As Triton's CMake builds it: statistics on (queue and compute times in /stats and metrics).
+DEFINES = ("TRITON_ENABLE_STATS=1",)
 _LDSCRIPT = Path("pytorch_backend", "src", "libtriton_pytorch.ldscript")
 
 
@@ -45,7 +47,11 @@ def torch_build_facts() -> dict[str, object]:
     """What the backend is compiled against; a change means it must be rebuilt."""
     import torch
 
-    return {"torch": torch.__version__, "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI)}
+    return {
+        "torch": torch.__version__,
+        "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+        "defines": list(DEFINES),
+    }
 
 
 def _cuda(gpu: bool) -> tuple[list[str], list[str], Path | None]:
@@ -81,6 +87,7 @@ def build(source: Path, core_source: Path, gpu: bool, work: Path) -> Path:
     compile_flags = [
         "-O2", "-fPIC", "-std=c++17", "-w",
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        *(f"-D{define}" for define in DEFINES),
         *(f"-I{source / part / 'include'}" for part in ("backend", "common")),
         f"-I{core_source / 'include'}",
         f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",

@@ -375,6 +375,10 @@ async def test_concurrent_requests_are_batched_by_triton(
     assert after["inference_count"] - before["inference_count"] == sum(len(r) for r in rows)
     assert executions < len(rows), f"{executions} executions for {len(rows)} requests"
     assert max(b["batch_size"] for b in after["batch_stats"]) > 2
+    # The backend is built with statistics: compute and queue times are real parts of the total.
+    stats = after["inference_stats"]
+    assert 0 < stats["compute_infer"]["ns"] < stats["success"]["ns"]
+    assert 0 < stats["queue"]["ns"] < stats["success"]["ns"]
 
 
 async def test_unload_load_and_a_broken_reload(triton: TritonRuntime, repository: Path) -> None:
