@@ -4,8 +4,8 @@ Inputs named `<prefix>__<index>` (`input__0`, `INPUT__1`) are passed positionall
 by index; otherwise names must match `forward()`'s arguments; otherwise config
 order. Outputs named `<prefix>__<index>` pick that element of the returned tuple;
 otherwise outputs map to tuple elements in config order. An output's dtype must be the
-config's exactly, as the backend checks (a cast could wrap or round). Shared by the embedded
-runtime and the Triton Python-backend shim so both compute the same thing.
+config's exactly, as the backend checks (a cast could wrap or round). The torch runtime calls
+models through this, so it computes what Triton's PyTorch backend computes.
 """
 
 from __future__ import annotations
