@@ -4,23 +4,43 @@ Binary tensor extension (Triton's): the body is a JSON header followed by raw
 tensor bytes; `Inference-Header-Content-Length` gives the header's length and each
 binary tensor carries `parameters.binary_data_size`. Binary inputs are decoded
 without copying (`np.frombuffer`); output bytes are copied once, into the response body.
+A header length of 0 is Triton's raw binary request: the body is the bytes of the model's
+one input, which `resolve_raw_input` shapes once the model's signature is known.
+
+Everything a body makes the server hold is bounded by `Limits` before it is allocated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError
 
 from serve_app.datatypes import DATATYPE_BY_NUMPY, numpy_dtype
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
 
+if TYPE_CHECKING:
+    from serve_app.repository import ModelSignature
+
 HEADER_LENGTH = "inference-header-content-length"
+
+# A request body as the HTTP layer holds it: one buffer, never chunks.
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may make a replica hold, each refused before anything is allocated."""
+
+    max_bytes: int  # the body, the body decompressed, and all input tensors together (413)
+    max_tensors: int = 1024  # inputs in a request, and outputs it names (400)
+    max_dims: int = 32  # dimensions of a shape: numpy's limit; Triton's is larger, numpy cannot hold it
 
 
 class _Body(BaseModel):
@@ -30,7 +50,7 @@ class _Body(BaseModel):
 class InputTensorBody(_Body):
     name: str
     datatype: str
-    shape: list[int]
+    shape: list[StrictInt]  # 1.0, "1" and true are not dimensions
     parameters: dict[str, Any] | None = None
     data: Any = None
 
@@ -45,6 +65,16 @@ class InferRequestBody(_Body):
     parameters: dict[str, Any] | None = None
     inputs: list[InputTensorBody]
     outputs: list[RequestedOutputBody] | None = None
+
+
+class RepositoryIndexBody(_Body):
+    ready: StrictBool = False
+
+
+class ModelControlBody(_Body):
+    """Load (config and file overrides) and unload (unload_dependents) parameters."""
+
+    parameters: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +102,7 @@ class InferRequest:
     binary_output: bool = False  # default for outputs not listed explicitly
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    raw_input: memoryview | None = None  # a raw binary request's body, until resolve_raw_input
 
 
 @dataclass
@@ -87,7 +118,7 @@ class InferResponse:
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+def decompress(body: Buffer, content_encoding: str | None, limit: int) -> Buffer:
     """Undo the request compression tritonclient can apply (gzip or deflate).
 
     The decompressed body is held to `limit` as well, so a small compressed body
@@ -109,33 +140,86 @@ def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
     return data
 
 
+_Schema = TypeVar("_Schema", bound=_Body)
+
+
+def _parse_json(raw: Buffer, what: str) -> dict[str, Any]:
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(f"malformed JSON in request body: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInputError(f"invalid {what}: the body must be a JSON object")
+    return document
+
+
+def _validate(schema: type[_Schema], document: dict[str, Any], what: str) -> _Schema:
+    try:
+        return schema.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidInputError(f"invalid {what}: {_describe(exc)}") from None
+
+
+def decode_body(body: Buffer, schema: type[_Schema], what: str) -> _Schema:
+    """A small JSON control body (repository index, load, unload); an empty one takes the defaults."""
+    raw = bytes(body)
+    if not raw.strip():
+        return schema()
+    return _validate(schema, _parse_json(raw, what), what)
+
+
+def json_length(header_length: str | None, body_length: int) -> int:
+    """The JSON part of a body: all of it, or `Inference-Header-Content-Length` (0: raw binary)."""
+    if header_length is None:
+        return body_length
+    # ASCII digits only: int() would also take " 1", "1_0" and other scripts' digits.
+    if not (header_length.isascii() and header_length.isdigit()):
+        raise InvalidInputError(f"Inference-Header-Content-Length '{header_length[:40]}' is not an integer")
+    length = int(header_length)
+    if length > body_length:
+        raise InvalidInputError(
+            f"Inference-Header-Content-Length {length} is outside the body of {body_length} bytes"
+        )
+    return length
+
+
 def decode_request(
     model_name: str,
     model_version: str | None,
-    body: bytes,
+    body: Buffer,
     header_length: str | None,
+    *,
+    limits: Limits,
 ) -> InferRequest:
-    """Parse a JSON or binary-extension request body into an `InferRequest`."""
-    json_end = _header_length(header_length, len(body))
-    try:
-        header = InferRequestBody.model_validate(orjson.loads(body[:json_end]))
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"malformed JSON in request body: {exc}") from None
-    except ValidationError as exc:
-        raise InvalidInputError(f"invalid inference request: {_describe(exc)}") from None
-
+    """Parse a JSON, binary-extension or raw binary request body into an `InferRequest`."""
+    json_end = json_length(header_length, len(body))
     binary = memoryview(body)
+    if json_end == 0 and header_length is not None:  # raw binary: all outputs binary, as in Triton
+        return InferRequest(model_name, model_version, [], binary_output=True, raw_input=binary)
+    document = _parse_json(binary[:json_end], "inference request")
+    for key in ("inputs", "outputs"):
+        tensors = document.get(key)
+        if isinstance(tensors, list) and len(tensors) > limits.max_tensors:
+            raise InvalidInputError(
+                f"request has {len(tensors)} {key}; at most {limits.max_tensors} are accepted"
+            )
+    header = _validate(InferRequestBody, document, "inference request")
+
     offset = json_end
+    budget = limits.max_bytes
     inputs = []
     for tensor in header.inputs:
-        array, offset = _decode_input(tensor, binary, offset)
+        array, offset = _decode_input(tensor, binary, offset, budget, limits)
+        budget -= array.nbytes
         inputs.append(InputTensor(tensor.name, tensor.datatype, tuple(tensor.shape), array))
     if offset != len(body):
         raise InvalidInputError(
             f"request body has {len(body) - offset} bytes not claimed by any binary_data_size"
         )
     parameters = dict(header.parameters or {})
-    binary_output = bool(parameters.pop("binary_data_output", False))
+    binary_output = _flag(
+        parameters.pop("binary_data_output", False), "request parameter 'binary_data_output'"
+    )
     outputs = None
     if header.outputs:  # absent or empty: every output, as in Triton
         outputs = [_requested_output(o, binary_output) for o in header.outputs]
@@ -153,37 +237,114 @@ def decode_request(
     )
 
 
+def resolve_raw_input(request: InferRequest, signature: ModelSignature) -> InferRequest:
+    """A raw binary request's body as the model's one input (Triton's rules); others pass through.
+
+    The model must have exactly one input with at most one variable dimension, which the
+    byte count decides; a batching model gets a batch of 1. (Triton also takes a BYTES input
+    of shape [1]; BYTES is refused here as everywhere.)
+    """
+    raw = request.raw_input
+    if raw is None:
+        return request
+    if len(signature.inputs) != 1:
+        raise InvalidInputError(
+            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; "
+            f"model '{signature.name}' has {len(signature.inputs)}"
+        )
+    [spec] = signature.inputs
+    dtype = numpy_dtype(spec.datatype)
+    dims = list(spec.dims)
+    variable = [i for i, dim in enumerate(dims) if dim == -1]
+    element_bytes = math.prod(dim for dim in dims if dim != -1) * dtype.itemsize
+    if len(variable) > 1:
+        raise InvalidInputError(
+            f"a raw binary request needs an input with at most one variable dimension; "
+            f"input '{spec.name}' of model '{signature.name}' has dims {dims}"
+        )
+    if variable and element_bytes and len(raw) % element_bytes == 0:
+        dims[variable[0]] = len(raw) // element_bytes
+    elif variable or len(raw) != element_bytes:
+        raise InvalidInputError(
+            f"a raw binary request of {len(raw)} bytes does not fill input '{spec.name}' of model "
+            f"'{signature.name}' (dims {list(spec.dims)} of {spec.datatype})"
+        )
+    shape = (1, *dims) if signature.max_batch_size > 0 else tuple(dims)
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return dataclasses.replace(
+        request, inputs=[InputTensor(spec.name, spec.datatype, shape, array)], raw_input=None
+    )
+
+
+# Tensor parameters of Triton extensions this server does not implement, and the extension.
+_UNSUPPORTED_EXTENSIONS = {
+    "shared_memory_region": "shared-memory",
+    "shared_memory_offset": "shared-memory",
+    "shared_memory_byte_size": "shared-memory",
+    "classification": "classification",
+}
+
+
+def _tensor_parameters(kind: str, name: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """A tensor's parameters, refusing any that would have it answered from elsewhere."""
+    if not parameters:
+        return {}
+    for key in parameters:
+        extension = _UNSUPPORTED_EXTENSIONS.get(key)
+        if extension is not None:
+            raise InvalidInputError(
+                f"{kind} '{name}': parameter '{key}' is Triton's {extension} extension, "
+                "which this server does not support"
+            )
+    return parameters
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{what} must be a boolean, not {type(value).__name__}")
+    return value
+
+
 def _requested_output(output: RequestedOutputBody, binary_default: bool) -> RequestedOutput:
-    parameters = output.parameters or {}
+    parameters = _tensor_parameters("output", output.name, output.parameters)
     unsupported = sorted(set(parameters) - {"binary_data"})
     if unsupported:
-        # e.g. tritonclient's class_count (classification) or shared-memory outputs.
         raise InvalidInputError(f"output '{output.name}': unsupported parameters {unsupported}")
-    return RequestedOutput(output.name, bool(parameters.get("binary_data", binary_default)))
+    binary = parameters.get("binary_data", binary_default)
+    return RequestedOutput(output.name, _flag(binary, f"output '{output.name}' parameter 'binary_data'"))
 
 
-def _header_length(value: str | None, body_length: int) -> int:
-    if value is None:
-        return body_length
-    try:
-        length = int(value)
-    except ValueError:
-        raise InvalidInputError(f"Inference-Header-Content-Length '{value}' is not an integer") from None
-    if not 0 < length <= body_length:
+def _element_count(tensor: InputTensorBody, itemsize: int, budget: int, limits: Limits) -> int:
+    """The elements a tensor of this shape holds, refused before they are allocated if out of bounds."""
+    shape = tensor.shape
+    if len(shape) > limits.max_dims:
         raise InvalidInputError(
-            f"Inference-Header-Content-Length {length} is outside the body of {body_length} bytes"
+            f"input '{tensor.name}' has {len(shape)} dimensions; at most {limits.max_dims} are supported"
         )
-    return length
+    if shape and min(shape) < 0:
+        raise InvalidInputError(f"input '{tensor.name}' has a negative dimension in {shape}")
+    count = math.prod(shape)
+    # An empty tensor's other dims count too: numpy cannot shape [0, 2**63] either.
+    if count * itemsize > budget or (not count and math.prod(d or 1 for d in shape) * itemsize > budget):
+        raise PayloadTooLargeError(
+            f"input '{tensor.name}' of shape {shape} ({tensor.datatype}) would exceed the request's "
+            f"{limits.max_bytes}-byte limit on tensor data"
+        )
+    return count
 
 
-def _decode_input(tensor: InputTensorBody, body: memoryview, offset: int) -> tuple[np.ndarray, int]:
+def _decode_input(
+    tensor: InputTensorBody, body: memoryview, offset: int, budget: int, limits: Limits
+) -> tuple[np.ndarray, int]:
     dtype = numpy_dtype(tensor.datatype)
-    if any(dim < 0 for dim in tensor.shape):
-        raise InvalidInputError(f"input '{tensor.name}' has a negative dimension in {tensor.shape}")
-    count = math.prod(tensor.shape)
-    size = (tensor.parameters or {}).get("binary_data_size")
+    count = _element_count(tensor, dtype.itemsize, budget, limits)
+    size = _tensor_parameters("input", tensor.name, tensor.parameters).get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size != count * dtype.itemsize:
+        if type(size) is not int:  # bool is an int to Python, not to Triton
+            raise InvalidInputError(
+                f"input '{tensor.name}': binary_data_size must be an integer, not {type(size).__name__}"
+            )
+        if size != count * dtype.itemsize:
             raise InvalidInputError(
                 f"input '{tensor.name}': binary_data_size {size} does not match shape "
                 f"{tensor.shape} of {tensor.datatype} ({count * dtype.itemsize} bytes)"
@@ -212,7 +373,7 @@ def _json_array(tensor: InputTensorBody, dtype: np.dtype) -> np.ndarray:
     """JSON `data` (flat or nested) as `dtype`; values of another kind or out of range are a 400."""
     try:
         values = np.asarray(tensor.data)
-    except ValueError as exc:  # ragged nesting
+    except ValueError as exc:  # ragged nesting, or deeper than numpy's 32 dimensions
         raise InvalidInputError(f"input '{tensor.name}': data is not {tensor.datatype}: {exc}") from None
     if values.size and values.dtype.kind not in _JSON_KINDS[dtype.kind]:
         # numpy infers float or object for integers beyond int64: judge the values themselves.
@@ -227,13 +388,21 @@ def _json_array(tensor: InputTensorBody, dtype: np.dtype) -> np.ndarray:
             raise InvalidInputError(
                 f"input '{tensor.name}': data holds values outside the range of {tensor.datatype}"
             )
+    # Floats past FP16/FP32's range become +-inf, as Triton's C++ casts make them (numpy warns).
     return values.astype(dtype)
 
 
+_DESCRIBED_ERRORS = 5  # a body of 1024 bad inputs gets a message, not a 1024-line one
+
+
 def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+    errors = exc.errors()
+    described = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+        for err in errors[:_DESCRIBED_ERRORS]
     )
+    more = len(errors) - _DESCRIBED_ERRORS
+    return f"{described}; and {more} more" if more > 0 else described
 
 
 def encode_response(response: InferResponse) -> tuple[bytes, int | None]:

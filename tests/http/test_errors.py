@@ -287,3 +287,42 @@ dynamic_batching { }
     assert (
         client.get("/v2/models/total/stats").json()["model_stats"][0]["inference_stats"]["fail"]["count"] == 1
     )
+
+
+@pytest.mark.parametrize("content_length", [b"1000", None])
+@pytest.mark.parametrize("path", ["/v2/models/linear/infer", "/v2/repository/index"])
+def test_client_leaving_mid_body_is_quiet(
+    client: TestClient, caplog: pytest.LogCaptureFixture, content_length: bytes | None, path: str
+) -> None:
+    """A client that disconnects mid-body (ASGI `http.disconnect`) logs no traceback."""
+    messages = [
+        {"type": "http.request", "body": b'{"inputs": [', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    headers = [] if content_length is None else [(b"content-length", content_length)]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    client.portal.call(client.app, scope, receive, send)
+    assert not messages  # the body was read up to the disconnect
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
+    assert_serves_normally(client)
