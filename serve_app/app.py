@@ -1,8 +1,8 @@
 """The Serve application: one ingress deployment that embeds the runtime.
 
-The deployment *is* the HTTP ingress (proxy → replica in one hop): each replica
-owns a runtime (one GPU when Ray assigns one) and serves the Starlette app built
-from its dataplane.
+The deployment *is* the HTTP and gRPC ingress (proxy → replica in one hop): each
+replica owns a runtime (one GPU when Ray assigns one) and serves the Starlette app
+built from its dataplane and, over the same dataplane, Triton's gRPC service.
 """
 
 
@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 
 from serve_app.config import AppArgs, InvalidArgsError, parse_args
 from serve_app.dataplane import DataPlane
+from serve_app.grpc_api import GRPCIngress
 from serve_app.http import build_http_app
 from serve_app.placement import Placement
 from serve_app.runtimes.factory import start_runtime
@@ -31,8 +32,9 @@ logger = logging.getLogger("ray.serve")
     health_check_period_s=10,
 )
 @serve.ingress()
-class InferenceServer:
-    """A replica: a runtime serving the model repository over Triton's HTTP API."""
+class InferenceServer(GRPCIngress):
+    """A replica: a runtime serving the model repository over Triton's HTTP and gRPC APIs
+    (the gRPC methods, named like the RPCs, come from `GRPCIngress`)."""
 
     async def __init__(self, args: AppArgs) -> None:
         self._args = args

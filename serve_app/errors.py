@@ -1,14 +1,16 @@
-"""Typed errors and the one table that turns them into HTTP statuses.
+"""Typed errors and the one table that gives each its HTTP status and gRPC code.
 
-Everything below the HTTP edge raises these; `http.py` renders them as
-`{"error": message}` with `status_for(exc)`. Errors raised by the in-process
-Triton server are mapped by their class name so this module never imports
-`tritonserver`.
+Everything below the transports raises these; `http.py` renders them as
+`{"error": message}` with `status_for(exc)`, `grpc_api.py` as a gRPC status with
+`grpc_code_for(exc)`. One row per error type holds both, so the transports cannot drift
+apart. gRPC codes are `grpc.StatusCode` names and Triton's errors are mapped by class
+name, so this module imports neither `grpc` nor `tritonserver`.
 """
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 
 class ServeAppError(Exception):
@@ -39,14 +41,22 @@ class InternalError(ServeAppError):
     """A genuine server fault; the message carries no stack trace."""
 
 
-_STATUS_BY_ERROR: dict[type[ServeAppError], int] = {
-    InvalidInputError: 400,
-    ModelControlDisabledError: 403,
-    ModelNotFoundError: 404,
-    PayloadTooLargeError: 413,
-    InternalError: 500,
-    ModelNotReadyError: 503,
+class Status(NamedTuple):
+    """How each transport reports an error type."""
+
+    http: int
+    grpc: str  # a grpc.StatusCode name
+
+
+_STATUS_BY_ERROR: dict[type[ServeAppError], Status] = {
+    InvalidInputError: Status(400, "INVALID_ARGUMENT"),
+    ModelControlDisabledError: Status(403, "PERMISSION_DENIED"),
+    ModelNotFoundError: Status(404, "NOT_FOUND"),
+    PayloadTooLargeError: Status(413, "RESOURCE_EXHAUSTED"),
+    InternalError: Status(500, "INTERNAL"),
+    ModelNotReadyError: Status(503, "UNAVAILABLE"),
 }
+_UNMAPPED = Status(500, "INTERNAL")
 
 # tritonserver's typed errors (tritonserver._api._error) by class name.
 _ERROR_BY_TRITON_NAME: dict[str, type[ServeAppError]] = {
@@ -74,12 +84,22 @@ def from_triton(exc: Exception) -> ServeAppError:
     return error_type(_TRITON_REQUEST_ID.sub("", message, count=1))
 
 
-def status_for(exc: ServeAppError) -> int:
-    """The HTTP status for an error, walking up its class hierarchy."""
+def _status(exc: ServeAppError) -> Status:
+    """The table's row for an error, walking up its class hierarchy."""
     for cls in type(exc).__mro__:
         if cls in _STATUS_BY_ERROR:
             return _STATUS_BY_ERROR[cls]
-    return 500
+    return _UNMAPPED
+
+
+def status_for(exc: ServeAppError) -> int:
+    """The HTTP status for an error."""
+    return _status(exc).http
+
+
+def grpc_code_for(exc: ServeAppError) -> str:
+    """The gRPC status code (a `grpc.StatusCode` name) for an error."""
+    return _status(exc).grpc
 
 
 def summarize(exc: BaseException) -> str:

@@ -53,14 +53,17 @@ def app_config(
 
 
 def free_request_path_ports(config: dict[str, Any]) -> None:
-    """Move HAProxy's stats and metrics listeners and the fallback proxy to free ports.
+    """Move HAProxy's stats and metrics listeners, the fallback proxy and gRPC to free ports.
 
-    The shipped configs leave them at Ray's fixed defaults (8404, 9101, 8500); a test run
-    must not depend on those being free.
+    The shipped configs leave them at fixed defaults (8404, 9101, 8500 and 9500; gRPC 8001);
+    a test run must not depend on those being free.
     """
     env_vars = config["controller_options"]["runtime_env"]["env_vars"]
-    for name in ("HAPROXY_STATS_PORT", "HAPROXY_METRICS_PORT", "FALLBACK_PROXY_HTTP_PORT"):
+    fallback_ports = ("FALLBACK_PROXY_HTTP_PORT", "FALLBACK_PROXY_GRPC_PORT")
+    for name in ("HAPROXY_STATS_PORT", "HAPROXY_METRICS_PORT", *fallback_ports):
         env_vars[f"RAY_SERVE_{name}"] = str(free_port())
+    if "grpc_options" in config:
+        config["grpc_options"]["port"] = free_port()
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:

@@ -1,0 +1,200 @@
+"""Triton's gRPC messages (`tritonclient.grpc.service_pb2`) ⇄ the transport-free types.
+
+Input tensors arrive either as `raw_input_contents` (one little-endian buffer per input, in
+input order: what tritonclient sends; decoded without copying) or as typed `contents`
+(`fp32_contents`, `int_contents`, ...). Outputs always go back as `raw_output_contents`, as
+Triton's own gRPC server returns them. The tensor rules the HTTP codec applies (bounded shapes,
+refused extension parameters) come from `protocol.py`, so both wire formats accept the same
+requests; everything about the model (names, datatypes, shapes) is the dataplane's to check.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from tritonclient.grpc import service_pb2 as pb
+
+from serve_app.datatypes import DATATYPE_BY_NUMPY, numpy_dtype
+from serve_app.errors import InvalidInputError, PayloadTooLargeError
+from serve_app.protocol import (
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    InputTensorBody,
+    Limits,
+    RequestedOutputBody,
+    _element_count,
+    _requested_output,
+    _tensor_parameters,
+)
+
+# tritonclient generated service_pb2 from grpc_service.proto, so its message classes name a
+# module `grpc_service_pb2` that does not exist, and cannot be pickled: Serve's Python gRPC proxy
+# (the stock request path, and HAProxy's fallback while no replica is up) pickles each request
+# to hand it to a replica, and fails with "import of module 'grpc_service_pb2' failed". The alias
+# makes them picklable in every process that imports this module (replicas, and the proxies
+# through `grpc_api.add_servicer_to_server`).
+sys.modules.setdefault("grpc_service_pb2", pb)
+
+# The typed `InferTensorContents` field each datatype travels in (narrow integers share the
+# 32-bit fields); FP16 has none, so it must be raw. BYTES and BF16 are refused by numpy_dtype.
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+_FIELD_DTYPE: dict[str, np.dtype] = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+
+Parameters = Mapping[str, pb.InferParameter] | Mapping[str, pb.ModelRepositoryParameter]
+_Message = TypeVar("_Message", bound=Message)
+
+
+def parameter_values(parameters: Parameters) -> dict[str, Any]:
+    """A protobuf parameter map as plain values (the oneof that is set in each entry)."""
+    values = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is None:
+            raise InvalidInputError(f"parameter '{key}' has no value")
+        values[key] = getattr(parameter, choice)
+    return values
+
+
+def set_parameter(parameter: pb.InferParameter, value: Any) -> None:
+    """A plain value into an `InferParameter` (bool before int: a bool is an int to Python)."""
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        if value < 2**63:
+            parameter.int64_param = value
+        else:
+            parameter.uint64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = value
+
+
+def decode_infer_request(message: pb.ModelInferRequest, limits: Limits) -> InferRequest:
+    """A `ModelInferRequest` as an `InferRequest`; every output comes back raw."""
+    size = message.ByteSize()
+    if size > limits.max_bytes:
+        raise PayloadTooLargeError(f"request of {size} bytes exceeds the {limits.max_bytes}-byte limit")
+    for kind, tensors in (("inputs", message.inputs), ("outputs", message.outputs)):
+        if len(tensors) > limits.max_tensors:
+            raise InvalidInputError(
+                f"request has {len(tensors)} {kind}; at most {limits.max_tensors} are accepted"
+            )
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInputError(
+            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; "
+            "send one per input, or none and typed contents"
+        )
+    budget = limits.max_bytes
+    inputs = []
+    for index, tensor in enumerate(message.inputs):
+        array = _decode_input(tensor, raw[index] if raw else None, budget, limits)
+        budget -= array.nbytes
+        inputs.append(InputTensor(tensor.name, tensor.datatype, array.shape, array))
+    outputs = [
+        _requested_output(
+            RequestedOutputBody(name=output.name, parameters=parameter_values(output.parameters)), True
+        )
+        for output in message.outputs
+    ]
+    names = [output.name for output in outputs]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"an output is requested more than once in {names}")
+    return InferRequest(
+        model_name=message.model_name,
+        model_version=message.model_version or None,
+        inputs=inputs,
+        outputs=outputs or None,  # none named: every output, as in Triton
+        binary_output=True,
+        id=message.id or None,
+        parameters=parameter_values(message.parameters),
+    )
+
+
+def _decode_input(
+    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, budget: int, limits: Limits
+) -> np.ndarray:
+    dtype = numpy_dtype(tensor.datatype)
+    shape = tuple(tensor.shape)
+    _tensor_parameters("input", tensor.name, parameter_values(tensor.parameters))
+    body = InputTensorBody(name=tensor.name, datatype=tensor.datatype, shape=list(shape))
+    count = _element_count(body, dtype.itemsize, budget, limits)
+    if raw is not None:
+        if tensor.HasField("contents"):
+            raise InvalidInputError(
+                f"input '{tensor.name}' has typed contents as well as raw_input_contents; send one"
+            )
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidInputError(
+                f"input '{tensor.name}': raw_input_contents holds {len(raw)} bytes, shape "
+                f"{list(shape)} of {tensor.datatype} needs {count * dtype.itemsize}"
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    field = CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidInputError(
+            f"input '{tensor.name}': {tensor.datatype} has no typed contents field; "
+            "send it in raw_input_contents"
+        )
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"input '{tensor.name}': {len(values)} values in contents.{field} for shape "
+            f"{list(shape)} ({count} values)"
+        )
+    array = np.array(values, dtype=_FIELD_DTYPE[field])
+    if dtype != array.dtype and array.size:
+        info = np.iinfo(dtype)
+        if int(array.min()) < info.min or int(array.max()) > info.max:
+            raise InvalidInputError(
+                f"input '{tensor.name}': contents.{field} holds values outside the range of {tensor.datatype}"
+            )
+    return array.astype(dtype, copy=False).reshape(shape)
+
+
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id or ""
+    )
+    for requested, array in response.outputs:
+        message.outputs.add(name=requested.name, datatype=DATATYPE_BY_NUMPY[array.dtype], shape=array.shape)
+        message.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    for key, value in (response.parameters or {}).items():
+        set_parameter(message.parameters[key], value)
+    return message
+
+
+def to_message(document: Mapping[str, Any], message_type: type[_Message]) -> _Message:
+    """A dataplane document (metadata, config, statistics, index) as its gRPC message.
+
+    The documents are Triton's JSON renderings of these messages, so field names match; keys
+    a message has no field for (the `serve_app` block of the server metadata) are left out.
+    """
+    return json_format.ParseDict(document, message_type(), ignore_unknown_fields=True)
