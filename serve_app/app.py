@@ -19,6 +19,7 @@ from serve_app.config import AppArgs, InvalidArgsError, parse_args
 from serve_app.dataplane import DataPlane
 from serve_app.grpc_api import GRPCIngress
 from serve_app.http import build_http_app
+from serve_app.metrics import ReplicaMetrics
 from serve_app.placement import Placement
 from serve_app.runtimes.factory import start_runtime
 
@@ -50,8 +51,15 @@ class InferenceServer(GRPCIngress):
                 "num_gpus so the GPU stays free"
             )
         self._runtime = await start_runtime(args, placement)
+        self._metrics: ReplicaMetrics | None = None
+        if args.metrics.enabled:
+            self._metrics = ReplicaMetrics(self._runtime, args.metrics.interval_s, placement.gpu_ids)
+            self._metrics.start()
         self._dataplane = DataPlane(
-            self._runtime, model_control=args.model_control, placement=placement.as_dict()
+            self._runtime,
+            model_control=args.model_control,
+            placement=placement.as_dict(),
+            observer=self._metrics,
         )
         logger.info(
             "replica %s ready: runtime=%s device=%s gpu_ids=%s CUDA_VISIBLE_DEVICES=%s",
@@ -71,6 +79,8 @@ class InferenceServer(GRPCIngress):
         """Stop the runtime after Serve drained this replica; a hung stop is cut short."""
         if not hasattr(self, "_runtime"):  # __init__ failed before the runtime started
             return
+        if getattr(self, "_metrics", None) is not None:
+            await self._metrics.stop()
         try:
             await asyncio.wait_for(self._runtime.stop(), self._args.stop_timeout_s)
         except asyncio.TimeoutError:  # not the builtin before Python 3.11

@@ -26,7 +26,22 @@ class TritonOptions(BaseModel):
     backend_directory: str | None = Field(
         None, description="Triton backends; default: the NGC image's, else the CPU build's."
     )
-    metrics: bool = Field(False, description="Triton's Prometheus metrics (port 8002).")
+    metrics: bool = Field(
+        False, description="Triton's own in-process metric collection (CPU/GPU pollers); no port serves "
+        "it (in-process Triton has no port 8002). The exported nv_inference_* metrics come from Triton's "
+        "statistics whatever this says: see args.metrics."
+    )
+
+
+class MetricsOptions(BaseModel):
+    """Triton's `nv_inference_*` metrics from every replica, exported through Ray's metrics agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Export the metrics (README: Metrics).")
+    interval_s: float = Field(
+        2.0, gt=0, le=60, description="How often a replica turns its runtime's statistics into metrics."
+    )
 
 
 class AppArgs(BaseModel):
@@ -60,6 +75,9 @@ class AppArgs(BaseModel):
     )
     triton: TritonOptions = Field(
         default_factory=TritonOptions, description="Options of the in-process Triton (runtime: triton)."
+    )
+    metrics: MetricsOptions = Field(
+        default_factory=MetricsOptions, description="Triton's metrics via Ray's metrics (README: Metrics)."
     )
 
     @field_validator("model_repository")

@@ -7,7 +7,8 @@ reaches a batch.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,11 +40,32 @@ _SCHEDULING_PARAMETERS: dict[str, tuple[type, ...]] = {
 _TYPE_NAMES = {bool: "boolean", int: "integer", str: "string"}
 
 
+Outputs = dict[str, np.ndarray]
+
+
+class InferObserver(Protocol):
+    """Sees every inference the dataplane routes, for metrics (serve_app.metrics.ReplicaMetrics)."""
+
+    def rejected(self, model: str, version: str) -> None:
+        """Refused before the runtime: inputs, outputs or parameters that do not fit the model."""
+
+    async def observe(self, model: str, version: str, call: Awaitable[Outputs]) -> Outputs:
+        """Await the runtime's answer to one validated request."""
+
+
 class DataPlane:
-    def __init__(self, runtime: Runtime, *, model_control: bool, placement: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        model_control: bool,
+        placement: dict[str, Any],
+        observer: InferObserver | None = None,
+    ) -> None:
         self._runtime = runtime
         self._model_control = model_control
         self._placement = placement
+        self._observer = observer
 
     def live(self) -> bool:
         return True
@@ -99,14 +121,19 @@ class DataPlane:
             raise InvalidInputError(f"'{model}' is not a model directory name")
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        version = self._runtime.resolve(request.model_name, request.model_version)
-        signature = self._runtime.signature(request.model_name, version)
-        inputs = validate_inputs(signature, request.inputs)
-        outputs = requested_outputs(signature, request)
-        options = infer_options(request.parameters)
-        results = await self._runtime.infer(
-            request.model_name, version, inputs, [o.name for o in outputs], options
-        )
+        model = request.model_name
+        version = self._runtime.resolve(model, request.model_version)
+        signature = self._runtime.signature(model, version)
+        try:
+            inputs = validate_inputs(signature, request.inputs)
+            outputs = requested_outputs(signature, request)
+            options = infer_options(request.parameters)
+        except InvalidInputError:
+            if self._observer is not None:
+                self._observer.rejected(model, version)
+            raise
+        call = self._runtime.infer(model, version, inputs, [o.name for o in outputs], options)
+        results = await (call if self._observer is None else self._observer.observe(model, version, call))
         return InferResponse(
             model_name=request.model_name,
             model_version=version,

@@ -1,0 +1,250 @@
+"""Triton's metrics from two replicas, through Ray's metrics agent, scraped by a real Prometheus.
+
+Prometheus (`/usr/bin/prometheus`, Debian's package) runs as a child of this module with a
+temporary TSDB, scraping the session cluster's metrics export port every second through a
+service-discovery file in the format Ray writes (`prom_metrics_service_discovery.json`). The
+app runs two replicas with `metrics.interval_s: 1` and Ray's worker metrics report interval at
+1 s (`RAY_metrics_report_interval_ms`, 10 s by default); known traffic goes to two models, and
+the sums over replicas, read back through Prometheus's query API, must equal what was sent.
+Every PromQL expression of the shipped Grafana dashboard must parse and return data there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+import yaml
+
+from tests.e2e.harness import ROOT, RUNTIMES, ServeRun, app_config, free_port, http_get, linear_body
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(not PROMETHEUS.exists(), reason="no Prometheus (apt-get install prometheus)"),
+]
+
+DASHBOARD = ROOT / "configs" / "grafana-dashboard.json"
+MODELS = ("linear_a", "linear_b")
+GOOD = {"linear_a": 30, "linear_b": 20}  # successful requests (batch of 2 each)
+BAD = {"linear_a": 4, "linear_b": 3}  # wrong shape: refused before the runtime (REJECTED)
+WAIT_S = 60.0
+
+
+class Prometheus:
+    """`prometheus` with a generated config and a temporary TSDB; stopped by PID."""
+
+    def __init__(self, workdir: Path, targets: list[str]) -> None:
+        self.workdir = workdir
+        self.targets = targets
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "prometheus.log"
+        # What Ray's dashboard writes to <session>/prom_metrics_service_discovery.json.
+        discovery = workdir / "prom_metrics_service_discovery.json"
+        discovery.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": targets}]))
+        self.config_path = workdir / "prometheus.yml"
+        self.config_path.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "ray", "file_sd_configs": [{"files": [str(discovery)]}]}],
+        }))  # fmt: skip
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60.0) -> Prometheus:
+        self.process = subprocess.Popen(
+            [
+                str(PROMETHEUS),
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited early:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                if http_get(f"{self.url}/-/ready")[0] == 200:
+                    return self
+            time.sleep(0.3)
+        raise TimeoutError(f"prometheus not ready after {timeout_s} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query; raises with Prometheus's error when the expression does not parse."""
+        status, body = http_get(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+        answer = json.loads(body)
+        assert status == 200 and answer["status"] == "success", f"{expr}: {answer}"
+        return answer["data"]["result"]
+
+    def sum_by(self, label: str, metric: str, app: str) -> dict[str, float]:
+        """`metric` of application `app` summed by `label` (over replicas, versions, ...)."""
+        rows = self.query(f'sum by ({label}) ({metric}{{application="{app}"}})')
+        return {row["metric"].get(label, ""): float(row["value"][1]) for row in rows}
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def prometheus(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """Scraping every node's metrics export port (where Ray's metrics agent serves all its workers)."""
+    targets = [f"127.0.0.1:{node['MetricsExportPort']}" for node in ray.nodes() if node["Alive"]]
+    server = Prometheus(tmp_path_factory.mktemp("prometheus"), targets).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def two_model_repository(example_repository_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("metrics-repository")
+    for model in MODELS:
+        shutil.copytree(example_repository_path / "linear", repository / model)
+    return repository
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def traffic(
+    request: pytest.FixtureRequest,
+    ray_address: str,
+    two_model_repository: Path,
+    prometheus: Prometheus,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """Two replicas of an app of its own name, after GOOD and BAD requests; yields the app name."""
+    app = f"metrics_{request.param}"
+    config = app_config(
+        free_port(),
+        args={
+            "model_repository": str(two_model_repository),
+            "runtime": request.param,
+            "metrics": {"interval_s": 1},
+        },
+        deployment={"autoscaling_config": None, "num_replicas": 2},
+    )
+    config["applications"][0]["name"] = app
+    # Read by the controller, passed on to the replicas it starts: report to the agent every second.
+    config["controller_options"]["runtime_env"]["env_vars"]["RAY_metrics_report_interval_ms"] = "1000"
+    run = ServeRun(config, tmp_path_factory.mktemp("serve-metrics"), address=ray_address).start()
+    try:
+        wait_for("both replicas serving", lambda: _replicas_answering(run.url, 2))
+        send_traffic(run.url)
+        yield app
+    finally:
+        run.stop()
+
+
+def _replicas_answering(url: str, count: int) -> None:
+    """`count` distinct replicas answer GET /v2 through HAProxy (ready ≠ already in its backend)."""
+    seen = {json.loads(http_get(f"{url}/v2")[1])["serve_app"]["replica"] for _ in range(4 * count)}
+    assert len(seen) >= count, seen
+
+
+def send_traffic(url: str) -> None:
+    """GOOD and BAD requests per model, 4 at a time so both replicas get some."""
+    good, _ = linear_body(batch=2)
+    bad = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 15], "data": [0.0] * 15}]}
+    calls = [(m, good, 200) for m, n in GOOD.items() for _ in range(n)]
+    calls += [(m, bad, 400) for m, n in BAD.items() for _ in range(n)]
+    with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(4) as pool:
+
+        def call(model: str, body: dict[str, Any], status: int) -> None:
+            response = http.post(f"/v2/models/{model}/infer", json=body)
+            assert response.status_code == status, response.text
+
+        list(pool.map(lambda c: call(*c), calls))
+
+
+def wait_for(what: str, check: Callable[[], Any]) -> None:
+    """Poll `check` (which asserts) until it passes; fail with its last assertion after WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            check()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not seen within {WAIT_S} s") from None
+            time.sleep(0.5)
+
+
+def test_traffic_sums_over_replicas(traffic: str, prometheus: Prometheus) -> None:
+    def counted() -> None:
+        success = prometheus.sum_by("model", "ray_nv_inference_request_success_total", traffic)
+        failure = prometheus.sum_by("model", "ray_nv_inference_request_failure_total", traffic)
+        assert success == GOOD and failure == BAD, (success, failure)
+
+    wait_for("successes and failures per model", counted)
+    assert set(prometheus.sum_by("reason", "ray_nv_inference_request_failure_total", traffic)) == {"REJECTED"}
+    inferences = prometheus.sum_by("model", "ray_nv_inference_count_total", traffic)
+    assert inferences == {m: 2 * n for m, n in GOOD.items()}  # batch of 2 each
+    assert prometheus.sum_by("model", "ray_nv_inference_request_histogram_ms_count", traffic) == GOOD
+    for name in ("request", "queue", "compute_input", "compute_infer", "compute_output"):
+        durations = prometheus.sum_by("model", f"ray_nv_inference_{name}_duration_us_total", traffic)
+        assert set(durations) == set(MODELS) and all(v > 0 for v in durations.values()), (name, durations)
+    replicas = prometheus.sum_by("replica", "ray_nv_inference_request_success_total", traffic)
+    assert len(replicas) == 2, f"expected both replicas to have served: {replicas}"
+    print(f"\nsuccesses by replica ({traffic}): {replicas}")
+    print_scrape(prometheus, traffic, MODELS[0])
+
+
+def print_scrape(prometheus: Prometheus, app: str, model: str) -> None:
+    """One replica's series for one model, as the metrics agent exports them (for the record)."""
+    text = http_get(f"http://{prometheus.targets[0]}/metrics")[1].decode()
+    lines = [line for line in text.splitlines() if f'model="{model}"' in line and f'"{app}"' in line]
+    replica = re.search(r'replica="([^"]+)"', lines[0]).group(1)  # type: ignore[union-attr]
+    print("\n".join(line for line in lines if f'replica="{replica}"' in line))
+
+
+def dashboard_expressions() -> list[str]:
+    """Every target expression of the dashboard, panels nested in rows included."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    panels += [inner for panel in panels for inner in panel.get("panels", [])]
+    return [target["expr"] for panel in panels for target in panel.get("targets", [])]
+
+
+def test_dashboard_queries_parse_and_return_data(traffic: str, prometheus: Prometheus) -> None:
+    """After the traffic: `$application` is the app, `$model` all models; GPU panels need a GPU."""
+    variables = {"$application": traffic, "$model": ".*", "$__rate_interval": "1m"}
+    expressions = dashboard_expressions()
+    assert expressions
+    checked = []
+    for expr in expressions:
+        for name, value in variables.items():
+            expr = expr.replace(name, value)
+        assert "$" not in expr, f"unsubstituted variable in {expr}"
+        if "nv_gpu_" in expr:
+            prometheus.query(expr)  # parses; no GPU here, so no data
+            continue
+        checked.append(expr)
+    for expr in checked:
+        wait_for(f"data for {expr}", lambda expr=expr: _has_data(prometheus, expr))
+
+
+def _has_data(prometheus: Prometheus, expr: str) -> None:
+    assert prometheus.query(expr), f"no data for {expr}"

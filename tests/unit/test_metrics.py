@@ -1,0 +1,158 @@
+"""Runtime statistics and dataplane outcomes → metric updates (no Ray cluster: updates are inspected)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+
+from serve_app.config import parse_args
+from serve_app.dataplane import DataPlane
+from serve_app.errors import InvalidInputError
+from serve_app.metrics import LATENCY, PENDING, ReplicaMetrics, Sample, _Histogram
+from serve_app.protocol import InferRequest, InputTensor
+from serve_app.runtimes.torch import TorchRuntime
+
+pytestmark = pytest.mark.anyio
+
+Totals = dict[tuple[str, ...], float]
+
+
+def totals(samples: list[Sample], name: str) -> Totals:
+    """Sum of the updates of `name` by (model, version[, reason])."""
+    found: Totals = defaultdict(float)
+    for sample in samples:
+        if sample.name == name:
+            found[tuple(sample.tags.values())] += sample.value
+    return dict(found)
+
+
+def linear_request(width: int = 16, batch: int = 2) -> InferRequest:
+    data = np.ones((batch, width), np.float32)
+    return InferRequest("linear", None, [InputTensor("input__0", "FP32", data.shape, data)])
+
+
+async def test_good_and_bad_requests_become_triton_metrics(runtime: TorchRuntime) -> None:
+    metrics = ReplicaMetrics(runtime, interval_s=1.0)
+    dataplane = DataPlane(runtime, model_control=False, placement={}, observer=metrics)
+    for _ in range(3):
+        await dataplane.infer(linear_request())
+    for _ in range(2):
+        with pytest.raises(InvalidInputError):
+            await dataplane.infer(linear_request(width=15))
+    samples = metrics.collect()
+    key = ("linear", "1")
+    assert totals(samples, "nv_inference_request_success") == {key: 3}
+    assert totals(samples, "nv_inference_count") == {key: 6}
+    assert totals(samples, "nv_inference_request_failure") == {(*key, "REJECTED"): 2}
+    assert totals(samples, "nv_inference_exec_count")[key] >= 1
+    stats = runtime.statistics("linear", "1")["model_stats"][0]["inference_stats"]
+    for metric, phase in [("request", "success"), ("queue", "queue"), ("compute_infer", "compute_infer")]:
+        exported = totals(samples, f"nv_inference_{metric}_duration_us")[key]
+        assert exported == pytest.approx(stats[phase]["ns"] / 1000) and exported > 0
+    assert totals(samples, f"{LATENCY}_count") == {key: 3}
+    buckets = [s for s in samples if s.name == f"{LATENCY}_bucket"]
+    assert buckets[-1].tags["le"] == "+Inf" and buckets[-1].value == 3
+    assert [b.value for b in buckets] == sorted(b.value for b in buckets)  # cumulative
+    assert 0 < totals(samples, f"{LATENCY}_sum")[key] < 30_000 * 3
+    assert totals(samples, PENDING) == {key: 0}
+
+    again = metrics.collect()  # nothing new: no increments; the gauges again, the histogram unchanged
+    assert {s.name for s in again} == {PENDING, f"{LATENCY}_bucket", f"{LATENCY}_sum", f"{LATENCY}_count"}
+    assert totals(again, f"{LATENCY}_count") == {key: 3}
+
+
+def test_latency_buckets_count_values_up_to_their_bound() -> None:
+    histogram = _Histogram()
+    for ms in (0.1, 0.2, 7, 10**6):
+        histogram.observe(ms)
+    counts = {s.tags["le"]: s.value for s in histogram.samples({}) if s.name.endswith("_bucket")}
+    expected = {"0.1": 1, "0.25": 2, "5.0": 2, "10.0": 3, "30000.0": 3, "+Inf": 4}
+    assert {le: counts[le] for le in expected} == expected
+
+
+def model_stats(name: str, version: str, success: int, fail: int = 0, ns: int = 1000) -> dict[str, Any]:
+    """One entry of Triton's statistics format."""
+    duration = {"count": success, "ns": ns}
+    return {
+        "name": name,
+        "version": version,
+        "inference_count": success,
+        "execution_count": success,
+        "inference_stats": {
+            "success": duration,
+            "fail": {"count": fail, "ns": 0},
+            **{p: duration for p in ("queue", "compute_input", "compute_infer", "compute_output")},
+        },
+    }
+
+
+class FakeRuntime:
+    """Serves whatever statistics the test sets."""
+
+    def __init__(self) -> None:
+        self.stats: list[dict[str, Any]] = []
+
+    def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
+        return {"model_stats": self.stats}
+
+
+async def test_counters_follow_the_increase_and_a_reload_counts_from_zero() -> None:
+    runtime = FakeRuntime()
+    metrics = ReplicaMetrics(runtime, interval_s=1.0)  # type: ignore[arg-type]
+    runtime.stats = [model_stats("a", "1", success=5, ns=4000)]
+    assert totals(metrics.collect(), "nv_inference_request_success") == {("a", "1"): 5}
+    runtime.stats = [model_stats("a", "1", success=7, ns=5000)]
+    samples = metrics.collect()
+    assert totals(samples, "nv_inference_request_success") == {("a", "1"): 2}
+    assert totals(samples, "nv_inference_request_duration_us") == {("a", "1"): 1.0}
+    runtime.stats = [model_stats("a", "1", success=1, ns=500)]  # reloaded: its statistics restarted
+    assert totals(metrics.collect(), "nv_inference_request_success") == {("a", "1"): 1}
+    runtime.stats = []  # unloaded
+    assert metrics.collect() == []
+    runtime.stats = [model_stats("a", "1", success=2)]  # loaded again
+    assert totals(metrics.collect(), "nv_inference_request_success") == {("a", "1"): 2}
+
+
+async def test_runtime_failures_are_canceled_as_far_as_the_dataplane_saw_cancellations() -> None:
+    runtime = FakeRuntime()
+    metrics = ReplicaMetrics(runtime, interval_s=1.0)  # type: ignore[arg-type]
+    runtime.stats = [model_stats("a", "1", success=0)]
+    metrics.collect()
+
+    hanging = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(metrics.observe("a", "1", hanging))
+    await asyncio.sleep(0)
+    assert totals(metrics.collect(), PENDING) == {("a", "1"): 1}
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The runtime has not counted the cancellation yet: it waits, the backend failure does not.
+    runtime.stats = [model_stats("a", "1", success=0, fail=1)]
+    assert totals(metrics.collect(), "nv_inference_request_failure") == {("a", "1", "CANCELED"): 1}
+    runtime.stats = [model_stats("a", "1", success=0, fail=2)]
+    assert totals(metrics.collect(), "nv_inference_request_failure") == {("a", "1", "BACKEND"): 1}
+
+
+async def test_the_task_exports_every_interval_and_stops(runtime: TorchRuntime) -> None:
+    metrics = ReplicaMetrics(runtime, interval_s=0.01)
+    exported: list[list[Sample]] = []
+    metrics._instruments.record = exported.append  # type: ignore[method-assign]
+    metrics.start()
+    with anyio.fail_after(10):
+        while len(exported) < 2:
+            await asyncio.sleep(0.01)
+    await metrics.stop()
+    count = len(exported)
+    await asyncio.sleep(0.05)
+    assert len(exported) == count  # stopped (after a last export)
+
+
+def test_metrics_args() -> None:
+    args = parse_args({"model_repository": ".", "metrics": {"interval_s": 0.5}})
+    assert args.metrics.enabled and args.metrics.interval_s == 0.5
+    assert not parse_args({"model_repository": ".", "metrics": {"enabled": False}}).metrics.enabled
