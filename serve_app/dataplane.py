@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serve_app.errors import InvalidInputError, ModelControlDisabledError
-from serve_app.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
+from serve_app.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput, resolve_raw_input
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import InferOptions, Runtime
 
@@ -125,6 +125,7 @@ class DataPlane:
         version = self._runtime.resolve(model, request.model_version)
         signature = self._runtime.signature(model, version)
         try:
+            request = resolve_raw_input(request, signature)
             inputs = validate_inputs(signature, request.inputs)
             outputs = requested_outputs(signature, request)
             options = infer_options(request.parameters)

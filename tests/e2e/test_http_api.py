@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
@@ -531,3 +532,28 @@ def test_declared_oversize_body_is_413(http: httpx.Client, served: ServeRun) -> 
     assert response.status == 413, body
     assert b'"error"' in body
     assert_still_serving(http, repository_of(served))
+
+
+def test_raw_binary_request_as_curl_sends_it(served: ServeRun) -> None:
+    """Inference-Header-Content-Length: 0: the body is the raw bytes of the model's one input."""
+    x = np.arange(16, dtype=np.float32).reshape(1, 16)
+    response = httpx.post(
+        served.url + "/v2/models/linear/infer",
+        content=x.tobytes(),
+        headers={"Inference-Header-Content-Length": "0", "Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    header_length = int(response.headers["Inference-Header-Content-Length"])
+    header = orjson.loads(response.content[:header_length])
+    [output] = header["outputs"]
+    result = np.frombuffer(response.content[header_length:], np.float32).reshape(output["shape"])
+    (want,) = run_torchscript(repository_of(served), "linear", x)
+    assert_matches(result, want)
+    two_inputs = httpx.post(
+        served.url + "/v2/models/multi_io/infer",
+        content=x.tobytes(),
+        headers={"Inference-Header-Content-Length": "0"},
+        timeout=30,
+    )
+    assert two_inputs.status_code == 400 and "one input" in two_inputs.json()["error"]

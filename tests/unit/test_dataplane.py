@@ -26,7 +26,7 @@ from serve_app.errors import (
     status_for,
     summarize,
 )
-from serve_app.protocol import InferRequest, InputTensor, RequestedOutput
+from serve_app.protocol import InferRequest, InputTensor, Limits, RequestedOutput, decode_request
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import InferOptions
 from serve_app.runtimes.torch import TorchRuntime
@@ -292,3 +292,17 @@ def test_scheduling_parameters_become_infer_options() -> None:
 def test_parameters_of_the_wrong_type_are_invalid(parameters: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         infer_options(parameters)
+
+
+@pytest.mark.anyio
+async def test_a_raw_binary_request_is_the_models_one_input(runtime: TorchRuntime) -> None:
+    """Triton's Inference-Header-Content-Length: 0 request, shaped from the model's signature."""
+    dataplane = DataPlane(runtime, model_control=False, placement={})
+    x = np.arange(16, dtype=np.float32)
+    request = decode_request("linear", None, x.tobytes(), "0", limits=Limits(max_bytes=1 << 20))
+    response = await dataplane.infer(request)
+    [(output, array)] = response.outputs
+    assert output.name == "output__0" and output.binary and array.shape == (1, 4)
+    two_inputs = decode_request("multi_io", None, x.tobytes(), "0", limits=Limits(max_bytes=1 << 20))
+    with pytest.raises(InvalidInputError, match="needs a model with one input"):
+        await dataplane.infer(two_inputs)
