@@ -9,6 +9,7 @@ built from its dataplane and, over the same dataplane, Triton's gRPC service.
 import asyncio
 import logging
 import os
+import stat
 from typing import Any
 
 from ray import serve
@@ -30,7 +31,7 @@ logger = logging.getLogger("ray.serve")
     name="InferenceServer",
     max_ongoing_requests=64,
     graceful_shutdown_timeout_s=30,
-    health_check_period_s=10,
+    health_check_period_s=2,
 )
 @serve.ingress()
 class InferenceServer(GRPCIngress):
@@ -39,6 +40,7 @@ class InferenceServer(GRPCIngress):
 
     async def __init__(self, args: AppArgs) -> None:
         self._args = args
+        keep_haproxy_directory_private()  # this replica's node
         placement = Placement.detect()
         if not placement.gpu_ids:
             # Ray leaves CUDA_VISIBLE_DEVICES unset for replicas without num_gpus: hide the GPUs
@@ -87,10 +89,37 @@ class InferenceServer(GRPCIngress):
             logger.error("runtime stop exceeded %.0f s; exiting anyway", self._args.stop_timeout_s)
 
 
+# Ray's default for RAY_SERVE_HAPROXY_SOCKET_PATH; Ray puts it in <dir>/<node id>/.
+HAPROXY_SOCKET_DEFAULT = "/tmp/haproxy-serve/admin.sock"
+
+
+def keep_haproxy_directory_private() -> None:
+    """Mode 0700 for the directory of HAProxy's admin socket (HAProxy mode only).
+
+    Ray creates it with the umask (0755) and the socket in it world-writable with
+    `level admin`; closed, no other local user reaches the socket (or the config, logs and
+    metrics socket beside it). Refuses a directory another user owns or a symlink.
+    """
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        return
+    directory = os.path.dirname(os.environ.get("RAY_SERVE_HAPROXY_SOCKET_PATH", HAPROXY_SOCKET_DEFAULT))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise RuntimeError(
+            f"{directory}, the directory of HAProxy's admin socket, is not a directory of this user "
+            f"(uid {os.getuid()}): remove it, or set RAY_SERVE_HAPROXY_SOCKET_PATH in controller_options "
+            "to a directory of your own"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(directory, 0o700)
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder (`import_path: serve_app.app:build_app`).
 
     Takes the raw dict (not `AppArgs`) so a bad arg fails with `parse_args`'s message,
     which names the YAML path, instead of pydantic's default rendering.
     """
+    keep_haproxy_directory_private()  # on the node that builds the app, before any replica
     return InferenceServer.bind(parse_args(args))

@@ -377,3 +377,189 @@ def assert_error(response: httpx.Response, status: int) -> str:
     body = response.json()
     assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
     return body["error"]
+
+
+# --- replica processes, memory and listening sockets (reliability tier) ---------------
+
+
+def replica_processes(root: int, app: str = "triton", deployment: str = "InferenceServer") -> set[Process]:
+    """Live Serve replica workers of `app`'s `deployment` below `root` (the driver that
+    started the Ray cluster: pytest for the session cluster, else `serve run`)."""
+    title = f"ray::ServeReplica:{app}:{deployment}"
+    return {(pid, start) for pid, start in descendants(root) if command_line(pid).startswith(title)}
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of `pid` (VmRSS from /proc), 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+# A TCP listener: (address, port, pid of a process holding it, or 0 when none is visible).
+Listener = tuple[str, int, int]
+
+
+def tcp_listeners(pids: set[int] | None = None) -> list[Listener]:
+    """Listening TCP sockets from /proc/net/tcp and tcp6, with a process holding each;
+    only those held by `pids` when given. IPv6 addresses are printed compressed
+    (`::` is every interface, `::ffff:127.0.0.1` loopback)."""
+    import ipaddress
+
+    owners = _socket_owners()
+    found = []
+    for table, width in (("tcp", 4), ("tcp6", 16)):
+        try:
+            rows = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].split(":")
+            # /proc prints each 32-bit word in host (little-endian) byte order.
+            raw = bytes.fromhex(address)
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))
+            pid = owners.get(int(fields[9]), 0)
+            if pids is None or pid in pids:
+                found.append((str(ipaddress.ip_address(packed)), int(port, 16), pid))
+    return sorted(found)
+
+
+def _socket_owners() -> dict[int, int]:
+    """socket inode → a pid holding it (from /proc/<pid>/fd)."""
+    owners = {}
+    for pid in _process_table():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owners.setdefault(int(target[8:-1]), pid)
+    return owners
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1 or an IPv4-mapped loopback address."""
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def replica_states(app: str = "triton", deployment: str = "InferenceServer") -> dict[str, int]:
+    """RUNNING/STARTING/... replica counts of a deployment, from the Serve controller of the
+    cluster this process is connected to ({} while it has none)."""
+    from ray import serve
+    from ray.exceptions import RayActorError
+    from ray.serve import context
+
+    try:
+        status = serve.status()
+    except RayActorError:
+        # The cached handle is the controller of an earlier `serve run` (SIGINT killed it).
+        context._disconnect()
+        status = serve.status()
+    application = status.applications.get(app)
+    if application is None or deployment not in application.deployments:
+        return {}
+    states = application.deployments[deployment].replica_states
+    return {str(getattr(k, "value", k)): n for k, n in states.items() if n}
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, period_s: float = 0.25) -> float:
+    """Poll `predicate()` until it is true; returns the monotonic time it first was."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(period_s)
+    raise TimeoutError(f"{what}: not within {timeout_s} s")
+
+
+class ClosedLoop:
+    """`clients` threads, each sending one request after the other on its own keep-alive
+    httpx.Client until `stop()`.
+
+    `send(http, n)` makes the n-th request of its thread and returns "" when the answer
+    is right, else what was wrong; an httpx error counts as a failure too. Failures are
+    kept with their monotonic time; `in_flight` is the number of requests sent and not
+    yet answered.
+    """
+
+    def __init__(self, url: str, send: Any, clients: int = 16, timeout_s: float = 60.0) -> None:
+        import threading
+
+        self.url = url
+        self.send = send
+        self.clients = clients
+        self.timeout_s = timeout_s
+        self.ok = 0
+        self.in_flight = 0
+        self.failures: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> ClosedLoop:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop sending; requests in flight still complete and count."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout_s + 10)
+
+    def counts(self) -> tuple[int, int]:
+        """(ok, failed) so far."""
+        with self._lock:
+            return self.ok, len(self.failures)
+
+    def while_held(self, action: Any) -> tuple[int, int]:
+        """Run `action()` while no request starts or ends; returns (in flight, ok) at that instant."""
+        with self._lock:
+            action()
+            return self.in_flight, self.ok
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=self.timeout_s) as http:
+            n = 0
+            while not self._stop.is_set():
+                with self._lock:
+                    self.in_flight += 1
+                try:
+                    error = self.send(http, n)
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    self.in_flight -= 1
+                    if error:
+                        self.failures.append((time.monotonic(), error))
+                    else:
+                        self.ok += 1
+                n += 1
+
+
+def free_grpc_ports(config: dict[str, Any]) -> None:
+    """Free ports for the Serve gRPC port and the fallback proxy's gRPC port, when the
+    config serves gRPC (the shipped configs use fixed ones: 8001, Ray's 9500)."""
+    if config.get("grpc_options"):
+        config["grpc_options"]["port"] = free_port()
+        env_vars = config["controller_options"]["runtime_env"]["env_vars"]
+        env_vars["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] = str(free_port())
