@@ -106,20 +106,27 @@ def test_each_replica_is_pinned_to_its_gpu(gpu_served: ServeRun) -> None:
 def test_inference_is_correct_on_every_replica(gpu_served: ServeRun, example_repository_path: Path) -> None:
     rows = np.random.default_rng(1).random((1, 16), dtype=np.float32)
     (expected,) = run_torchscript(example_repository_path, "linear", rows)
-    # An odd number of requests: the two replicas' counts differ, so GET stats tells them apart.
-    # Concurrent clients: HAProxy balances by least connections, so one client at a time
-    # would always find the same (idle) replica first.
-    requests = 21
+    stats_url = gpu_served.url + "/v2/models/linear/stats"
+    # Rounds of concurrent clients until both replicas have served (HAProxy balances by least
+    # connections, and a replica may join its backends a moment after Serve reports it running).
+    # The total stays odd, so the two replicas' counts differ and GET stats tells them apart.
+    sent = 0
+    counts: set[int] = set()
+    deadline = time.monotonic() + 120
     with ThreadPoolExecutor(CLIENTS) as clients:
-        for outputs in clients.map(lambda _: infer_json(gpu_served.url, "linear", rows), range(requests)):
-            np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
-        # Each GET .../stats lands on one replica; collect the distinct per-replica counts.
-        stats_url = gpu_served.url + "/v2/models/linear/stats"
-        counts: set[int] = set()
-        deadline = time.monotonic() + 60
-        while len(counts) < FAKE_GPUS and time.monotonic() < deadline:
-            for status, body in clients.map(lambda _: http_get(stats_url, timeout=10), range(CLIENTS)):
-                assert status == 200, body
-                counts.add(json.loads(body)["model_stats"][0]["inference_count"])
-    print(f"\nlinear inferences per replica: {sorted(counts)}")
-    assert len(counts) == FAKE_GPUS and sum(counts) == requests and min(counts) > 0, counts
+        while time.monotonic() < deadline:
+            batch = 21 if sent == 0 else 20
+            for outputs in clients.map(lambda _: infer_json(gpu_served.url, "linear", rows), range(batch)):
+                np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
+            sent += batch
+            counts = set()
+            for _ in range(10):  # each GET .../stats lands on one replica
+                for status, body in clients.map(lambda _: http_get(stats_url, timeout=10), range(CLIENTS)):
+                    assert status == 200, body
+                    counts.add(json.loads(body)["model_stats"][0]["inference_count"])
+                if len(counts) == FAKE_GPUS:
+                    break
+            if len(counts) == FAKE_GPUS and min(counts) > 0:
+                break
+    print(f"\nlinear inferences per replica: {sorted(counts)} of {sent}")
+    assert len(counts) == FAKE_GPUS and sum(counts) == sent and min(counts) > 0, counts
