@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from serve_app.examples import mlp, write_model
-from tests.e2e.harness import ServeRun, app_config, free_port, http_get, run_torchscript
+from tests.e2e.harness import ServeRun, app_config, free_port, http_get, replica_states, run_torchscript
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -92,25 +92,6 @@ def autoscaled(
     run.start(timeout_s=180)
     yield run
     run.stop()
-
-
-def replica_states() -> dict[str, int]:
-    """RUNNING/STARTING/STOPPING/... counts of the deployment, from the Serve controller."""
-    from ray import serve
-    from ray.exceptions import RayActorError
-    from ray.serve import context
-
-    try:
-        status = serve.status()
-    except RayActorError:
-        # The cached handle is the controller of an earlier `serve run` (SIGINT killed it).
-        context._disconnect()
-        status = serve.status()
-    app = status.applications.get(APP)
-    if app is None or DEPLOYMENT not in app.deployments:
-        return {}
-    states = app.deployments[DEPLOYMENT].replica_states
-    return {str(getattr(k, "value", k)): n for k, n in states.items() if n}
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, period_s: float = 0.5) -> float:
