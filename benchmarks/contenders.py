@@ -1,7 +1,7 @@
 """The contenders: their names, and the Serve configs the Ray ones run in.
 
 * serve_app (torch runtime) and serve_app triton: configs/app.yaml as shipped, only the
-  port, repository and runtime swapped (plus --deployment overrides);
+  ports (HTTP and gRPC), repository and runtime swapped (plus --deployment overrides);
 * plain Ray Serve and the no-op deployment (benchmarks.baselines);
 * serve_app no Ray (benchmarks.noray) and standalone Triton (benchmarks.standalone) run as
   plain processes, outside Ray, in no request-path mode.
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.servers import ROOT
+from benchmarks.servers import ROOT, free_port
 from benchmarks.workloads import model_file
 
 APP_CONFIG = ROOT / "configs" / "app.yaml"
@@ -36,7 +36,9 @@ OURS = (*SERVE_APPS, NORAY)
 # KServe v2 servers (requests are kserve_binary / kserve_json bodies).
 KSERVE = (*OURS, STANDALONE)
 TRITON_BASED = (TRITON, STANDALONE)
-STANDALONE_MODE = "standalone"  # the `mode` of standalone Triton's rows: its own HTTP server
+# Servers of Triton's gRPC API (inference.GRPCInferenceService): the gRPC rows' contenders.
+GRPC_CONTENDERS = (*SERVE_APPS, STANDALONE)
+STANDALONE_MODE = "standalone"  # the `mode` of standalone Triton's rows: its own HTTP/gRPC servers
 
 PROBES = {
     SERVE_APP: "/v2/health/ready",
@@ -56,9 +58,15 @@ BASELINE_MAX_ONGOING = 64
 def serve_app_config(
     port: int, repository: Path, runtime: str, overrides: str = "{}", import_path: str | None = None
 ) -> dict[str, Any]:
-    """configs/app.yaml as shipped, with the port, repository and runtime swapped."""
+    """configs/app.yaml as shipped, with the ports, repository and runtime swapped.
+
+    The gRPC ingress (grpc_options) stays on, on a free port of its own: its fixed 8001 would
+    collide with the next run or another Serve instance on the machine.
+    """
     config = yaml.safe_load(APP_CONFIG.read_text())
     config["http_options"]["port"] = port
+    if "grpc_options" in config:
+        config["grpc_options"]["port"] = free_port()
     app = config["applications"][0]
     app["args"].update({"model_repository": str(repository), "runtime": runtime})
     if import_path:
@@ -115,6 +123,14 @@ def prefix(contender: str, group: list[str]) -> str:
     return SHARED_PREFIX.get(contender, "") if len(group) > 1 else ""
 
 
+def app_name(contender: str, group: list[str]) -> str:
+    """The Serve application a serve_app variant runs as in `group`'s config: what gRPC
+    clients name in their `application` metadata (Serve routes gRPC by it, not by prefix)."""
+    shipped = yaml.safe_load(APP_CONFIG.read_text())["applications"][0]["name"]
+    route = prefix(contender, group)
+    return f"{shipped}-{route.strip('/')}-variant" if route else shipped
+
+
 def run_models(repository: Path) -> list[str]:
     return [m for m in ("mlp4096", "mlp1024", "tiny") if (repository / m).is_dir()]
 
@@ -129,8 +145,8 @@ def build_config(
         if contender in SERVE_APPS:
             app = json.loads(json.dumps(template))
             app["args"]["runtime"] = "triton" if contender == TRITON else "torch"
+            app["name"] = app_name(contender, group)
             if prefix(contender, group):
-                app["name"] = f"{template['name']}-{prefix(contender, group).strip('/')}-variant"
                 app["route_prefix"] = prefix(contender, group)
             config["applications"].append(app)
         elif contender == PLAIN:

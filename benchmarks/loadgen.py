@@ -11,9 +11,11 @@ most this machine can push through wrk on loopback at a given concurrency.
 
 `run_perf_analyzer()` drives a KServe v2 model with Triton's own load generator instead
 (`perf_analyzer` of the `tritonclient==2.51.0` wheel, random inputs from the model's metadata,
-the server-side breakdown from `/v2/models/<m>/stats`) and turns its CSV into the same
-`LoadResult`. It needs Debian's libb64-0d; libcudart.so.12 comes from PyPI's
-nvidia-cuda-runtime-cu12 wheel, unpacked beside it in the benchmark cache (benchmarks.fetch).
+the server-side breakdown from the model's statistics) and turns its CSV into the same
+`LoadResult`, over HTTP (`http://host:port[/prefix]`) or Triton's gRPC API (`grpc://host:port`,
+the only gRPC generator here: wrk speaks HTTP/1.1 only). It needs Debian's libb64-0d;
+libcudart.so.12 comes from PyPI's nvidia-cuda-runtime-cu12 wheel, unpacked beside it in the
+benchmark cache (benchmarks.fetch).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.fetch import CACHE, wheel_member
+from benchmarks.servers import free_port
 
 WRK = shutil.which("wrk")
 
@@ -78,6 +81,7 @@ class LoadResult:
     error_detail: dict[str, int]
     response_bytes: int
     loadgen: str = "wrk"
+    protocol: str = "http"  # "grpc": Triton's GRPCInferenceService (perf_analyzer -i grpc)
     server_us: dict[str, float] = field(default_factory=dict)  # perf_analyzer: server-side breakdown
 
     def as_dict(self) -> dict:
@@ -157,6 +161,9 @@ TRITONCLIENT = "tritonclient==2.51.0"
 CUDA_RUNTIME = "nvidia-cuda-runtime-cu12==12.9.79"
 PERF_ANALYZER = CACHE / "tritonclient-2.51.0" / "bin" / "perf_analyzer"
 CUDART = CACHE / "nvidia-cuda-runtime-cu12" / "lib" / "libcudart.so.12"
+# The codec of gRPC rows: tensors as bytes in ModelInferRequest.raw_input_contents (and
+# raw_output_contents back), the only encoding tritonclient's gRPC client sends.
+GRPC_CODEC = "raw"
 # CSV columns (microseconds) of the server-side breakdown, from the model's statistics.
 _SERVER_COLUMNS = {
     "Server Queue": "queue",
@@ -176,34 +183,64 @@ def perf_analyzer() -> tuple[str, dict[str, str]]:
     return str(binary), {**os.environ, "LD_LIBRARY_PATH": libs}
 
 
-def run_perf_analyzer(
-    base_url: str, model: str, codec: str, concurrency: int, seconds: float, timeout_s: float = 30.0
-) -> LoadResult:
-    """`concurrency` synchronous clients of `model` at `base_url` (may end in a route prefix).
+def _missing_library_hint(stderr: str) -> str:
+    return " (apt-get install libb64-0d)" if "libb64" in stderr else ""
 
+
+def perf_analyzer_problem() -> str | None:
+    """Why perf_analyzer cannot run on this machine (not fetched, a library missing), or None."""
+    try:
+        binary, env = perf_analyzer()
+    except (OSError, RuntimeError, KeyError) as exc:
+        return f"perf_analyzer could not be fetched: {exc}"
+    completed = subprocess.run([binary, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    if "error while loading shared libraries" in completed.stderr:
+        hint = _missing_library_hint(completed.stderr)
+        return f"perf_analyzer cannot start{hint}: {completed.stderr[-300:]}"
+    return None
+
+
+def run_perf_analyzer(
+    base_url: str,
+    model: str,
+    codec: str,
+    concurrency: int,
+    seconds: float,
+    timeout_s: float = 30.0,
+    headers: dict[str, str] | None = None,
+) -> LoadResult:
+    """`concurrency` synchronous clients of `model` at `base_url`: `http://host:port` (may end in
+    a route prefix; `codec` is the tensor format) or `grpc://host:port` (`codec` GRPC_CODEC).
+
+    `headers` go with every request: HTTP headers, or gRPC metadata (Ray Serve's `application`).
     Three measurement windows of seconds/3 each (perf_analyzer's stability rule, loosened so
     that the first three count); its CSV gives throughput, latency percentiles and the server's
     queue and compute times. Requests are throughput x seconds (the CSV has no count).
     """
+    protocol, _, address = base_url.partition("://")
+    if protocol == "grpc":
+        assert codec == GRPC_CODEC, codec
+        formats: list[str] = []
+    else:
+        formats = ["--input-tensor-format", codec, "--output-tensor-format", codec]
     binary, env = perf_analyzer()
     window_ms = max(100, round(seconds * 1000 / 3))
     with tempfile.TemporaryDirectory(prefix="bench-pa-") as tmp:
         report = Path(tmp) / "pa.csv"
         command = [
-            binary, "-m", model, "-u", base_url.removeprefix("http://"), "-i", "http",
+            binary, "-m", model, "-u", address, "-i", protocol,
             "--concurrency-range", f"{concurrency}:{concurrency}",
-            "-p", str(window_ms), "-r", "3", "-s", "1000",
-            "--input-tensor-format", codec, "--output-tensor-format", codec,
+            "-p", str(window_ms), "-r", "3", "-s", "1000", *formats,
+            *(arg for key, value in (headers or {}).items() for arg in ("-H", f"{key}:{value}")),
             "-f", str(report), "--verbose-csv",
         ]  # fmt: skip
         completed = subprocess.run(
             command, capture_output=True, text=True, env=env, timeout=10 * seconds + timeout_s + 60
         )
         if completed.returncode != 0 or not report.is_file():
-            hint = " (apt-get install libb64-0d)" if "libb64" in completed.stderr else ""
             raise RuntimeError(
-                f"perf_analyzer failed ({completed.returncode}){hint}: "
-                f"{(completed.stdout + completed.stderr)[-1500:]}"
+                f"perf_analyzer -i {protocol} failed ({completed.returncode})"
+                f"{_missing_library_hint(completed.stderr)}: {(completed.stdout + completed.stderr)[-1500:]}"
             )
         with report.open() as handle:
             row = next(csv.DictReader(handle))
@@ -224,14 +261,9 @@ def run_perf_analyzer(
         error_detail={},
         response_bytes=0,
         loadgen="perf_analyzer",
+        protocol=protocol,
         server_us=server,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def haproxy_binary() -> str | None:

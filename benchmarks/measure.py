@@ -1,5 +1,10 @@
 """Measuring: every contender's points, the in-process limit, the generator's ceiling, startup.
 
+The KServe contenders are measured over HTTP (wrk or perf_analyzer, one row per codec) and, for
+those serving Triton's gRPC API (serve_app, serve_app triton, standalone Triton), over gRPC
+with `perf_analyzer -i grpc` (codec `raw`), model by model so that both protocols meet the
+same replicas.
+
 Each function takes the `Run` it records into (benchmarks.results) and starts what it measures
 itself (benchmarks.servers, benchmarks.standalone, benchmarks.noray): a contender that fails is
 recorded with `run.fail` and the benchmark goes on with the next.
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -17,15 +23,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchmarks import loadgen, standalone
 from benchmarks.contenders import (
-    APP_CONFIG,
     CEILING,
+    GRPC_CONTENDERS,
     KSERVE,
     LIMIT,
     NOOP,
@@ -35,6 +40,7 @@ from benchmarks.contenders import (
     STANDALONE,
     STANDALONE_MODE,
     TRITON,
+    app_name,
     build_config,
     noop_application,
     prefix,
@@ -43,11 +49,12 @@ from benchmarks.contenders import (
     serve_app_deployment,
     triton_available,
 )
-from benchmarks.loadgen import LoadResult, Request, run_perf_analyzer, run_wrk
+from benchmarks.loadgen import GRPC_CODEC, LoadResult, Request, run_perf_analyzer, run_wrk
 from benchmarks.results import Run, loadavg, log
 from benchmarks.servers import (
     MODES,
     ROOT,
+    GrpcTarget,
     Mode,
     ServeProcess,
     alive,
@@ -58,7 +65,15 @@ from benchmarks.servers import (
     make_workdir,
     mentioning,
 )
-from benchmarks.workloads import MODELS, kserve_binary, kserve_json, model_file, noop_request, plain_json
+from benchmarks.workloads import (
+    MODELS,
+    kserve_binary,
+    kserve_json,
+    model_file,
+    noop_request,
+    plain_json,
+    sample,
+)
 
 
 def point(
@@ -69,18 +84,24 @@ def point(
     timeout_s: float = 30.0,
     kserve: tuple[str, str] | None = None,
 ) -> LoadResult:
-    """One measured point after the warm-up; `kserve=(model, codec)` lets --loadgen perf_analyzer drive it."""
+    """One measured HTTP point after the warm-up; `kserve=(model, codec)`: --loadgen may use perf_analyzer."""
     if kserve is not None and run.args.loadgen == "perf_analyzer":
         target = url + request.path.split("/v2/models/", 1)[0]  # the route prefix, if any
         model, codec = kserve
+        return warmed(run, lambda s: run_perf_analyzer(target, model, codec, concurrency, s, timeout_s))
+    return warmed(run, lambda s: run_wrk(url, request, concurrency, s, timeout_s=timeout_s))
 
-        def once(seconds: float) -> LoadResult:
-            return run_perf_analyzer(target, model, codec, concurrency, seconds, timeout_s)
-    else:
 
-        def once(seconds: float) -> LoadResult:
-            return run_wrk(url, request, concurrency, seconds, timeout_s=timeout_s)
+def grpc_point(run: Run, target: GrpcTarget, model: str, concurrency: int) -> LoadResult:
+    """One measured gRPC point after the warm-up: perf_analyzer -i grpc, whatever --loadgen says."""
+    return warmed(
+        run,
+        lambda s: run_perf_analyzer(target.url, model, GRPC_CODEC, concurrency, s, headers=target.metadata),
+    )
 
+
+def warmed(run: Run, once: Callable[[float], LoadResult]) -> LoadResult:
+    """`once(seconds)` for the warm-up (unmeasured), then for the measured seconds."""
     if run.args.warmup > 0:
         once(run.args.warmup)
     return once(run.args.seconds)
@@ -99,7 +120,46 @@ def check(url: str, request: Request, expect: bytes | None = None) -> str | None
     return None
 
 
+def check_grpc(target: GrpcTarget, model: str) -> str | None:
+    """One ModelInfer before the load: None if it answers with output__0, else why not."""
+    import tritonclient.grpc
+    from tritonclient.utils import InferenceServerException
+
+    data = sample(MODELS[model])
+    tensor = tritonclient.grpc.InferInput("input__0", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    client = target.client()
+    try:
+        result = client.infer(model, [tensor], headers=target.metadata, client_timeout=60)
+    except InferenceServerException as exc:
+        return f"{target.url} {model}: {exc}"
+    finally:
+        client.close()
+    return None if result.as_numpy("output__0") is not None else f"{target.url} {model}: no output__0"
+
+
+def grpc_target(
+    run: Run, contender: str, mode: str, find: Callable[[], GrpcTarget | None]
+) -> GrpcTarget | None:
+    """Where `contender`'s gRPC rows connect; None when it has none (or finding it failed: recorded)."""
+    if "grpc" not in run.args.protocols or contender not in GRPC_CONTENDERS:
+        return None
+    try:
+        return find()
+    except Exception as exc:  # noqa: BLE001 - its HTTP rows are still measured
+        run.fail(contender, mode, f"gRPC: {type(exc).__name__}: {str(exc)[-600:]}")
+        return None
+
+
 def measure_generator_ceiling(run: Run) -> None:
+    """wrk against a trivial C server, per concurrency (gRPC rows have no such ceiling: see the note)."""
+    if "grpc" in run.args.protocols:
+        run.note(
+            "gRPC rows have no generator ceiling: no trivial C gRPC server is at hand (HAProxy's "
+            "`http-request return` cannot send the grpc-status trailer a unary call ends with) and a "
+            "Python one would be slower than what it should bound; standalone Triton's tiny-model "
+            "gRPC rows (C++ server, Linear 16->4) bound perf_analyzer -i grpc's ceiling from below"
+        )
     if loadgen.haproxy_binary() is None:
         run.note("no haproxy binary: generator ceiling not measured")
         return
@@ -176,8 +236,21 @@ def measure_ray_group(run: Run, group: list[str], mode: Mode, repository: Path) 
             try:
                 path = prefix(contender, group)
                 url = process.url_for(path + PROBES[contender])
+                grpc = grpc_target(
+                    run,
+                    contender,
+                    mode.name,
+                    functools.partial(process.grpc_target_for, app_name(contender, group)),
+                )
                 measure_contender(
-                    run, contender, mode, url, repository, replicas=process.replica_counts, prefix=path
+                    run,
+                    contender,
+                    mode,
+                    url,
+                    repository,
+                    replicas=process.replica_counts,
+                    prefix=path,
+                    grpc=grpc,
                 )
             except Exception as exc:  # noqa: BLE001 - record and go on with the next contender
                 run.fail(contender, mode.name, f"{type(exc).__name__}: {str(exc)[-600:]}")
@@ -196,9 +269,17 @@ def measure_ray_group(run: Run, group: list[str], mode: Mode, repository: Path) 
 
 
 def measure_contender(
-    run: Run, contender: str, mode: Mode, url: str, repository: Path, replicas: Any = None, prefix: str = ""
+    run: Run,
+    contender: str,
+    mode: Mode,
+    url: str,
+    repository: Path,
+    replicas: Any = None,
+    prefix: str = "",
+    grpc: GrpcTarget | None = None,
 ) -> None:
-    """All points of one contender (its app under route `prefix`); `replicas()` is recorded with each."""
+    """All points of one contender (its HTTP app under route `prefix`, its gRPC API at `grpc`);
+    `replicas()` is recorded with each."""
     models = [m for m in run.args.models if m in run_models(repository)]
     if contender == NOOP:
         request = noop_request("/noop/")
@@ -220,8 +301,9 @@ def measure_contender(
     # KServe v2 servers (serve_app, any runtime; standalone Triton): small models first, so
     # scale-up from the heavy one comes last.
     assert contender in KSERVE, contender
+    codecs = run.args.codecs if "http" in run.args.protocols else []
     for name in sorted(models, key=lambda m: MODELS[m].width):
-        for codec in run.args.codecs:
+        for codec in codecs:
             request = (kserve_binary if codec == "binary" else kserve_json)(MODELS[name])
             request = dataclasses.replace(request, path=prefix + request.path)
             if (why := check(url, request, b'"output__0"')) is not None:
@@ -230,6 +312,14 @@ def measure_contender(
             for concurrency in run.args.concurrency:
                 result = point(run, url, request, concurrency, kserve=(name, codec))
                 run.add(contender, mode.name, name, codec, result, replicas)
+        if grpc is not None:
+            if (why := check_grpc(grpc, name)) is not None:
+                run.fail(contender, mode.name, f"{name} gRPC: {why}")
+                continue
+            for concurrency in run.args.concurrency:
+                run.add(
+                    contender, mode.name, name, GRPC_CODEC, grpc_point(run, grpc, name, concurrency), replicas
+                )
     if not run.args.no_transport and (repository / "blob4m").is_dir():
         measure_transport(run, contender, mode.name, url, prefix)
 
@@ -320,9 +410,7 @@ def measure_startup(run: Run, modes: list[Mode]) -> None:
         repository = scratch / "model_repository"
         build_example_repository(repository)
     for mode in modes:
-        config = yaml.safe_load(APP_CONFIG.read_text())
-        config["http_options"]["port"] = free_port()
-        config["applications"][0]["args"]["model_repository"] = str(repository)
+        config = serve_app_config(free_port(), repository, "auto")
         workdir = make_workdir("bst")
         process = ServeProcess(config, mode, workdir, "/v2/health/ready")
         try:
@@ -399,7 +487,7 @@ def measure_standalone(run: Run, repository: Path) -> None:
     share = standalone.allotment(serve_app_deployment(run.args.deployment))
     run.allotments[STANDALONE] = share.describe()
     workdir = make_workdir("bts")
-    process = standalone.TritonProcess(repository, share, workdir)
+    process = standalone.TritonProcess(repository, share, workdir, grpc="grpc" in run.args.protocols)
     log(f"starting {STANDALONE}: {share.describe()}")
     try:
         process.start()
@@ -413,9 +501,10 @@ def measure_standalone(run: Run, repository: Path) -> None:
         "ready_s": round(process.ready_after_s, 2),
         "allotment": share.describe(),
     }
-    mode = Mode(STANDALONE_MODE, {}, "proxy", "the tritonserver binary's own HTTP server, no Ray")
+    mode = Mode(STANDALONE_MODE, {}, "proxy", "the tritonserver binary's own HTTP/gRPC servers, no Ray")
     try:
-        measure_contender(run, STANDALONE, mode, process.url, repository)
+        grpc = grpc_target(run, STANDALONE, STANDALONE_MODE, lambda: process.grpc)
+        measure_contender(run, STANDALONE, mode, process.url, repository, grpc=grpc)
     except Exception as exc:  # noqa: BLE001
         run.fail(STANDALONE, STANDALONE_MODE, f"{type(exc).__name__}: {str(exc)[-600:]}")
     finally:

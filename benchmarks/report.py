@@ -5,7 +5,9 @@
 
 Ratios: `xlimit` = req/s / the in-process limit's samples/s at batch 64 (same model); `xplain` =
 req/s / plain Ray Serve's in the same mode at the same concurrency; `xtriton` = req/s / standalone
-Triton's for the same model, codec, concurrency and load generator (serve_app rows only).
+Triton's for the same model, codec, concurrency, load generator and protocol (serve_app rows only).
+gRPC rows (protocol `grpc`, codec `raw`) sit in the main table and again beside their HTTP
+binary twins in the gRPC table.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.contenders import LIMIT, NOOP, OURS, PLAIN, SERVE_APPS, STANDALONE, STANDALONE_MODE
+from benchmarks.loadgen import GRPC_CODEC
 from benchmarks.workloads import MODELS
 
 
@@ -39,36 +42,86 @@ def add_ratios(data: dict[str, Any]) -> None:
 
 
 def _triton_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return row["model"], row["codec"], row["concurrency"], row.get("loadgen", "wrk")
+    return row["model"], row["codec"], row["concurrency"], row.get("loadgen", "wrk"), _protocol(row)
+
+
+def _protocol(row: dict[str, Any]) -> str:
+    return row.get("protocol", "http")  # results.json of runs before gRPC rows: all HTTP
 
 
 def _ratio(value: float | None) -> str:
     return f"{value:.2f}" if value else ""
 
 
+# The main table's columns: name, width, alignment.
+COLUMNS = (
+    ("contender", 24, "<"), ("mode", 16, "<"), ("model", 7, "<"), ("proto", 5, "<"), ("codec", 6, "<"),
+    ("conc", 4, ">"), ("req/s", 8, ">"), ("p50 ms", 8, ">"), ("p99 ms", 8, ">"), ("err", 4, ">"),
+    ("xlimit", 6, ">"), ("xplain", 6, ">"), ("xtriton", 7, ">"),
+)  # fmt: skip
+
+
+def _line(cells: list[Any]) -> str:
+    return "| " + " | ".join(f"{c:{a}{w}}" for c, (_, w, a) in zip(cells, COLUMNS, strict=True)) + " |"
+
+
 def table(data: dict[str, Any]) -> str:
-    header = (
-        f"| {'contender':<24} | {'mode':<16} | {'model':<7} | {'codec':<6} | {'conc':>4} | {'req/s':>8} "
-        f"| {'p50 ms':>8} | {'p99 ms':>8} | {'err':>4} | {'xlimit':>6} | {'xplain':>6} | {'xtriton':>7} |"
-    )
+    header = _line([name for name, _, _ in COLUMNS])
     lines = [header, "|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|"]
     for name, entry in data["inprocess_limit"].items():
         best = entry["batch64"]["samples_per_s"]
         for sample in entry["samples"]:
             b64 = sample["batch64"]
             lines.append(
-                f"| {LIMIT + ' b64 ' + sample['when']:<24} | {'2 threads':<16} | {name:<7} | {'-':<6} "
-                f"| {'-':>4} | {b64['samples_per_s']:>8.1f} | {b64['p50_ms']:>8.2f} | {b64['p99_ms']:>8.2f} "
-                f"| {0:>4} | {b64['samples_per_s'] / best:>6.2f} | {'':>6} | {'':>7} |"
-            )
+                _line([
+                    f"{LIMIT} b64 {sample['when']}", "2 threads", name, "-", "-", "-",
+                    f"{b64['samples_per_s']:.1f}", f"{b64['p50_ms']:.2f}", f"{b64['p99_ms']:.2f}", 0,
+                    f"{b64['samples_per_s'] / best:.2f}", "", "",
+                ])
+            )  # fmt: skip
     for row in data["rows"]:
         lines.append(
-            f"| {row['contender']:<24} | {row['mode']:<16} | {row['model']:<7} | {row['codec']:<6} "
-            f"| {row['concurrency']:>4} | {row['throughput']:>8.1f} | {row['p50_ms']:>8.2f} "
-            f"| {row['p99_ms']:>8.2f} | {row['errors']:>4} | {_ratio(row.get('x_limit')):>6} "
-            f"| {_ratio(row.get('x_plain')):>6} | {_ratio(row.get('x_triton')):>7} |"
-        )
+            _line([
+                row["contender"], row["mode"], row["model"], _protocol(row), row["codec"], row["concurrency"],
+                f"{row['throughput']:.1f}", f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}", row["errors"],
+                _ratio(row.get("x_limit")), _ratio(row.get("x_plain")), _ratio(row.get("x_triton")),
+            ])
+        )  # fmt: skip
     return "\n".join(lines)
+
+
+def grpc_table(data: dict[str, Any]) -> str:
+    """Each gRPC row beside the HTTP binary row of the same contender, mode, model and concurrency
+    (measured with the same load generator where the run has one, else with wrk)."""
+    http: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    for r in data["rows"]:
+        if _protocol(r) == "http" and r["codec"] == "binary":
+            http.setdefault(_twin_key(r), {})[r.get("loadgen", "wrk")] = r
+    lines = [
+        "| contender | mode | model | conc | gRPC req/s | HTTP binary req/s | gRPC/HTTP | gRPC p50 ms "
+        "| HTTP p50 ms | gRPC p99 ms | HTTP p99 ms | HTTP load generator |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in (r for r in data["rows"] if _protocol(r) == "grpc"):
+        twins = http.get(_twin_key(g), {})
+        h = twins.get(g.get("loadgen", "wrk")) or next(iter(twins.values()), None)
+        ratio = f"{g['throughput'] / h['throughput']:.2f}" if h and h["throughput"] else ""
+        cells = [
+            g["contender"], g["mode"], g["model"], g["concurrency"], f"{g['throughput']:.1f}",
+            _value(h, "throughput", ".1f"), ratio, f"{g['p50_ms']:.2f}", _value(h, "p50_ms", ".2f"),
+            f"{g['p99_ms']:.2f}", _value(h, "p99_ms", ".2f"), _value(h, "loadgen", ""),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _value(row: dict[str, Any] | None, key: str, spec: str) -> str:
+    """A cell of the gRPC table's HTTP side: empty where the run has no HTTP twin."""
+    return format(row.get(key, "wrk" if key == "loadgen" else ""), spec) if row else ""
+
+
+def _twin_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["contender"], row["mode"], row["model"], row["concurrency"]
 
 
 def transport_table(data: dict[str, Any]) -> str:
@@ -167,19 +220,20 @@ def targets(data: dict[str, Any]) -> list[str]:
                     f"T3 {contender} [{mode}] tiny c=1 p50 {ours[0]['p50_ms']:.2f} ms vs no-op "
                     f"{noop[0]['p50_ms']:.2f} ms: {delta:+.2f} ms (target <= +1 ms)"
                 )
-            for model in settings["models"]:
-                for r in rows(contender=contender, mode=mode, model=model, codec="binary", concurrency=top):
-                    if r.get("x_triton"):
+            for codec in ("binary", GRPC_CODEC):  # HTTP binary tensors, gRPC raw_input_contents
+                for model in settings["models"]:
+                    for r in rows(contender=contender, mode=mode, model=model, codec=codec, concurrency=top):
+                        if r.get("x_triton"):
+                            out.append(
+                                f"T6 {contender} [{mode}] {model} c={top}: {r['throughput']:.0f}/s = "
+                                f"{r['x_triton']:.2f}x standalone Triton [{_via(r)}]"
+                            )
+                for r in rows(contender=contender, mode=mode, model="tiny", codec=codec, concurrency=1):
+                    if r.get("p50_vs_triton_ms") is not None:
                         out.append(
-                            f"T6 {contender} [{mode}] {model} c={top}: {r['throughput']:.0f}/s = "
-                            f"{r['x_triton']:.2f}x standalone Triton [{r.get('loadgen', 'wrk')}]"
+                            f"T6 {contender} [{mode}] tiny c=1 p50 {r['p50_ms']:.2f} ms: "
+                            f"{r['p50_vs_triton_ms']:+.2f} ms vs standalone Triton [{_via(r)}]"
                         )
-            for r in rows(contender=contender, mode=mode, model="tiny", codec="binary", concurrency=1):
-                if r.get("p50_vs_triton_ms") is not None:
-                    out.append(
-                        f"T6 {contender} [{mode}] tiny c=1 p50 {r['p50_ms']:.2f} ms: "
-                        f"{r['p50_vs_triton_ms']:+.2f} ms vs standalone Triton"
-                    )
     for t in data["transport"]:
         if t["codec"] == "binary":
             out.append(
@@ -197,8 +251,17 @@ def targets(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def _via(row: dict[str, Any]) -> str:
+    """`wrk`, `perf_analyzer`, `perf_analyzer gRPC`: how a row was measured."""
+    return row.get("loadgen", "wrk") + (" gRPC" if _protocol(row) == "grpc" else "")
+
+
 MODE_STYLES = {"stock": ":", "stock-quiet": ":", "throughput": "-.", "haproxy": "-", "uvicorn": "--",
                "throughput-proxy": (0, (3, 1, 1, 1, 1, 1)), STANDALONE_MODE: (0, (6, 1))}  # fmt: skip
+
+
+def _codec_label(row: dict[str, Any]) -> str:
+    return "gRPC" if _protocol(row) == "grpc" else row["codec"]
 
 
 def plot(data: dict[str, Any], path: Path) -> bool:
@@ -214,7 +277,7 @@ def plot(data: dict[str, Any], path: Path) -> bool:
     models = [m for m in data["settings"]["models"] if any(r["model"] == m for r in data["rows"])]
     if not models:
         return False
-    kinds = sorted({(r["contender"], r["codec"]) for r in data["rows"] if r["model"] in models})
+    kinds = sorted({(r["contender"], _codec_label(r)) for r in data["rows"] if r["model"] in models})
     colors = {kind: plt.get_cmap("tab10")(i % 10) for i, kind in enumerate(kinds)}
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4.2), squeeze=False)
     handles: dict[str, Any] = {}
@@ -222,7 +285,7 @@ def plot(data: dict[str, Any], path: Path) -> bool:
         series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
         for r in data["rows"]:
             if r["model"] == model:
-                series.setdefault((r["contender"], r["codec"], r["mode"]), []).append(
+                series.setdefault((r["contender"], _codec_label(r), r["mode"]), []).append(
                     (r["concurrency"], r["throughput"])
                 )
         for (contender, codec, mode), points in sorted(series.items()):
@@ -263,7 +326,9 @@ def render(data: dict[str, Any]) -> str:
         f"load average before {machine['load_avg_before']}, after {machine['load_avg_after']} "
         f"({machine['cpus']} cores); {settings['seconds']:g} s per point after "
         f"{settings['warmup']:g} s warm-up; "
-        f"load generator: {loadgen} for KServe rows" + (", wrk for the others" if loadgen != "wrk" else "")
+        f"load generator: {loadgen} for KServe rows"
+        + (", wrk for the others" if loadgen != "wrk" else "")
+        + ("; gRPC rows: perf_analyzer -i grpc" if "grpc" in settings.get("protocols", []) else "")
     )
     allotments = "\n".join(f"- {name}: {text}" for name, text in settings.get("allotments", {}).items())
     problems = [
@@ -274,6 +339,7 @@ def render(data: dict[str, Any]) -> str:
         headline,
         allotments,
         table(data),
+        grpc_table(data),
         transport_table(data) if data["transport"] else "",
         request_path_table(data),
         "\n".join(f"- {t}" for t in data.get("targets") or targets(data)),

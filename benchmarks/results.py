@@ -103,6 +103,7 @@ class Run:
                 "warmup": args.warmup,
                 "contenders": args.contenders,
                 "codecs": args.codecs,
+                "protocols": args.protocols,
                 "loadgen": args.loadgen,
                 "shared": args.shared,
                 "smoke": args.smoke,

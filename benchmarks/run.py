@@ -1,8 +1,8 @@
 """serve_app benchmark: one command, every contender, one table.
 
-    python -m benchmarks.run              # full: 3 request-path modes, c = 1/8/64 (~40 min on 2 cores)
-    python -m benchmarks.run --quick      # stock + haproxy modes, c = 1/64, 5 s points (~17 min)
-    python -m benchmarks.run --smoke      # 1 s points, tiny model, one shared cluster (~60 s; CI)
+    python -m benchmarks.run              # full: 3 request-path modes, c = 1/8/64 (~50 min on 2 cores)
+    python -m benchmarks.run --quick      # stock + haproxy modes, c = 1/64, 5 s points (~21 min)
+    python -m benchmarks.run --smoke      # 1 s points, tiny model, one shared cluster (~60-80 s; CI)
     python -m benchmarks.run --help       # pick modes, models, contenders, concurrency, seconds ...
 
 Run from the repository root with the venv active and `wrk` on PATH (apt-get install wrk).
@@ -23,7 +23,7 @@ then measures, on this machine and in this one run:
 * serve_app's ASGI app under plain uvicorn without Ray, 1 torch thread like one replica;
 * standalone Triton: the `tritonserver` binary of the same nvidia-pytriton wheel, same
   backends (the native PyTorch backend) and repository, on serve_app's CPU allotment
-  (benchmarks.standalone), through its own HTTP server;
+  (benchmarks.standalone), through its own HTTP (and gRPC) server;
 * each Ray contender in each request-path mode (benchmarks.servers.MODES: stock proxy,
   RAY_SERVE_THROUGHPUT_OPTIMIZED direct ingress, HAProxy), each in its own fresh `serve run`
   (own Ray node), with the replica count per point, the controller's autoscaling decisions,
@@ -34,9 +34,11 @@ then measures, on this machine and in this one run:
 Throughput counts requests/s; each request carries one sample except in the transport
 test. `xlimit` = throughput / in-process samples/s at batch 64 (same model, same run);
 `xplain` = throughput / plain Ray Serve's in the same mode at the same concurrency;
-`xtriton` = throughput / standalone Triton's (same model, codec, concurrency). The machine's
+`xtriton` = throughput / standalone Triton's (same model, codec, concurrency, protocol). The machine's
 load average is recorded before, after and with every point. `--loadgen perf_analyzer` drives
-the KServe rows with Triton's perf_analyzer instead of wrk. Results:
+the KServe rows with Triton's perf_analyzer instead of wrk; `--protocols http,grpc` (every preset)
+adds gRPC rows for the contenders serving Triton's gRPC API (serve_app, serve_app triton,
+standalone Triton), driven by `perf_analyzer -i grpc` on the same models and concurrency. Results:
 benchmarks/results/results.json, results.md (the printed tables) and throughput.png.
 
 Modules: settings (the command line), contenders (names, Serve configs), servers / standalone /
@@ -62,13 +64,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv, __doc__)
     if not loadgen.available():
         sys.exit("wrk is not installed: apt-get install wrk")
-    if args.loadgen == "perf_analyzer":
-        loadgen.perf_analyzer()  # fetched into the cache before anything starts
     run = Run(args)
+    if args.loadgen == "perf_analyzer" or "grpc" in args.protocols:
+        # Fetched into the cache (and tried) before anything starts.
+        why = loadgen.perf_analyzer_problem()
+        if why and args.loadgen == "perf_analyzer":
+            sys.exit(why)
+        if why:
+            run.skip("gRPC rows (perf_analyzer -i grpc)", why)
+            args.protocols.remove("grpc")
     log(
         f"load average before: {run.load_before} on {os.cpu_count()} cores; modes "
         f"{[m.name for m in args.modes]}; models {args.models}; concurrency {args.concurrency}; "
-        f"load generator {args.loadgen}"
+        f"load generator {args.loadgen}; protocols {args.protocols}"
     )
     scratch = make_workdir("bench")
     try:

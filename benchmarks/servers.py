@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,41 @@ def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 3
         return exc.code, exc.read()
 
 
+@dataclass(frozen=True)
+class GrpcTarget:
+    """Where gRPC clients connect, and the `application` metadata Ray Serve routes them by
+    (its proxy, HAProxy and a replica's own gRPC server all read it; Triton ignores it)."""
+
+    address: str  # host:port
+    application: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"grpc://{self.address}"
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"application": self.application} if self.application else {}
+
+    def client(self) -> Any:
+        """A `tritonclient.grpc.InferenceServerClient` (imported here: only gRPC runs need grpcio)."""
+        import tritonclient.grpc
+
+        return tritonclient.grpc.InferenceServerClient(self.address)
+
+    def ready(self, timeout: float = 2.0) -> bool:
+        """ServerReady answers true (a replica of another application refuses the metadata)."""
+        from tritonclient.utils import InferenceServerException
+
+        client = self.client()
+        try:
+            return bool(client.is_server_ready(headers=self.metadata, client_timeout=timeout))
+        except InferenceServerException:
+            return False
+        finally:
+            client.close()
+
+
 # --- the process tree, from /proc (no psutil in the venv) -------------------------------------------
 
 
@@ -250,6 +285,7 @@ class ServeProcess:
         self.mode = mode
         self.workdir = workdir
         self.port = config["http_options"]["port"]
+        self.grpc_port: int | None = config.get("grpc_options", {}).get("port")
         self.proxy_url = f"http://127.0.0.1:{self.port}"
         self.probe_path = probe_path
         self.log_path = workdir / f"serve-{mode.name}-{self.port}.log"
@@ -297,27 +333,41 @@ class ServeProcess:
         raise TimeoutError(f"serve run not ready after {timeout_s} s:\n{self.log()}")
 
     def url_for(self, probe_path: str, timeout_s: float = 120.0) -> str:
-        """Where clients of the app answering `probe_path` connect in this mode (waits until it answers)."""
-        if self.mode.target == "replica":
-            ports = self._wait(lambda: self.replica_ports(probe_path), timeout_s, time.monotonic())
-            return f"http://127.0.0.1:{ports[0]}"
-        self._wait(lambda: self._answers(self.proxy_url, probe_path), timeout_s, time.monotonic())
-        return self.proxy_url
+        """Where HTTP clients of the app answering `probe_path` connect in this mode (waits for it)."""
+        port = self._port_for(
+            "HTTP", self.port, lambda p: self._answers(f"http://127.0.0.1:{p}", probe_path), timeout_s
+        )
+        return f"http://127.0.0.1:{port}"
 
-    def replica_ports(self, probe_path: str | None = None) -> list[int]:
-        """Direct-ingress HTTP ports of this run's replicas that answer the probe.
+    def grpc_target_for(self, application: str, timeout_s: float = 120.0) -> GrpcTarget:
+        """Where gRPC clients of `application` connect in this mode (waits until its ServerReady answers)."""
+        if self.grpc_port is None:
+            raise RuntimeError("the config has no grpc_options: no gRPC ingress")
+        port = self._port_for(
+            "GRPC", self.grpc_port, lambda p: GrpcTarget(f"127.0.0.1:{p}", application).ready(), timeout_s
+        )
+        return GrpcTarget(f"127.0.0.1:{port}", application)
+
+    def _port_for(self, kind: str, serve_port: int, answers: Callable[[int], bool], timeout_s: float) -> int:
+        """The Serve port (HTTP or gRPC) in proxy modes, else the first replica port of `kind` answering."""
+        started = time.monotonic()
+        if self.mode.target == "replica":
+            return self._wait(lambda: self.replica_ports(kind, answers), timeout_s, started)[0]
+        self._wait(lambda: answers(serve_port), timeout_s, started)
+        return serve_port
+
+    def replica_ports(self, kind: str, answers: Callable[[int], bool]) -> list[int]:
+        """Direct-ingress ports (`kind` HTTP or GRPC) of this run's replicas for which `answers` holds.
 
         Only ports a process of this `serve run`'s tree listens on: another Serve instance on
-        the machine (default range 30000-31000) may answer the same probe on a port nearby.
+        the machine (default ranges 30000-31000, 40000-41000) may answer the same probe nearby.
         """
         if self.process is None:
             return []
-        low = int(self.env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"])
-        high = int(self.env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
+        low = int(self.env[f"RAY_SERVE_DIRECT_INGRESS_MIN_{kind}_PORT"])
+        high = int(self.env[f"RAY_SERVE_DIRECT_INGRESS_MAX_{kind}_PORT"])
         ours = listening_ports(descendants(self.process.pid))
-        return [
-            p for p in sorted(ours) if low <= p < high and self._answers(f"http://127.0.0.1:{p}", probe_path)
-        ]
+        return [p for p in sorted(ours) if low <= p < high and answers(p)]
 
     def gcs_address(self) -> str | None:
         """The GCS address of the Ray node `serve run` started (from its raylet's command line)."""

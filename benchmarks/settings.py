@@ -10,6 +10,9 @@ from benchmarks.servers import MODES, ROOT
 
 RESULTS = ROOT / "benchmarks" / "results"
 LOADGENS = ("wrk", "perf_analyzer")
+# The KServe rows' transports: HTTP (wrk or perf_analyzer, per codec) and Triton's gRPC API
+# (perf_analyzer -i grpc; serve_app, serve_app triton and standalone Triton serve it).
+PROTOCOLS = ("http", "grpc")
 
 PRESETS = {
     "smoke": dict(
@@ -19,6 +22,7 @@ PRESETS = {
         seconds=1,
         warmup=0,
         codecs="binary,json",
+        protocols="http,grpc",
         contenders=",".join((SERVE_APP, TRITON, PLAIN, NOOP, STANDALONE)),
     ),
     "quick": dict(
@@ -28,6 +32,7 @@ PRESETS = {
         seconds=5,
         warmup=2,
         codecs="binary,json",
+        protocols="http,grpc",
         contenders=",".join((SERVE_APP, TRITON, PLAIN, NOOP, STANDALONE)),
     ),
     "full": dict(
@@ -37,6 +42,7 @@ PRESETS = {
         seconds=8,
         warmup=2,
         codecs="binary,json",
+        protocols="http,grpc",
         contenders=",".join((SERVE_APP, TRITON, PLAIN, NOOP, NORAY, STANDALONE)),
     ),
 }
@@ -57,6 +63,11 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     parser.add_argument("--concurrency", help="comma list, e.g. 1,8,64")
     parser.add_argument("--contenders", help=f"comma list of {', '.join(ALL_CONTENDERS)}")
     parser.add_argument("--codecs", help="comma list of binary, json (KServe contenders)")
+    parser.add_argument(
+        "--protocols",
+        help="comma list of http, grpc (KServe contenders; gRPC rows: serve_app, serve_app triton and "
+        "standalone Triton, always driven by perf_analyzer -i grpc)",
+    )
     parser.add_argument(
         "--loadgen",
         choices=LOADGENS,
@@ -107,6 +118,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     args.models = args.models.split(",")
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.codecs = args.codecs.split(",")
+    args.protocols = args.protocols.split(",")
+    if set(args.protocols) - set(PROTOCOLS):
+        parser.error(f"unknown protocols {sorted(set(args.protocols) - set(PROTOCOLS))}")
     args.contenders = args.contenders.split(",")
     unknown = set(args.contenders) - set(ALL_CONTENDERS)
     if unknown:

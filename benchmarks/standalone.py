@@ -32,7 +32,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from benchmarks.fetch import CACHE, wheel_member
-from benchmarks.servers import StopReport, free_port, http_get, http_post
+from benchmarks.servers import GrpcTarget, StopReport, free_port, http_get, http_post
 from serve_app import triton_layout
 
 PYTRITON = "nvidia-pytriton==0.7.0"
@@ -110,13 +110,15 @@ def load_override(model_dir: Path, share: Allotment) -> dict[str, Any]:
 
 
 class TritonProcess:
-    """`tritonserver` over one repository on a free port; a context manager."""
+    """`tritonserver` over one repository on a free HTTP port (and, with `grpc`, a free gRPC
+    port: Triton's own GRPCInferenceService); a context manager."""
 
-    def __init__(self, repository: Path, share: Allotment, workdir: Path) -> None:
+    def __init__(self, repository: Path, share: Allotment, workdir: Path, grpc: bool = False) -> None:
         self.repository = repository
         self.share = share
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc = GrpcTarget(f"127.0.0.1:{free_port()}") if grpc else None
         self.log_path = workdir / "tritonserver.log"
         self.process: subprocess.Popen | None = None
         self.ready_after_s = float("nan")
@@ -130,13 +132,18 @@ class TritonProcess:
             if taskset is None:
                 raise RuntimeError("taskset is not installed (util-linux): cannot pin standalone Triton")
             pin = [taskset, "-c", ",".join(map(str, self.share.cpus))]
+        if self.grpc is None:
+            grpc = ["--allow-grpc", "false"]
+        else:
+            host, port = self.grpc.address.rsplit(":", 1)
+            grpc = ["--allow-grpc", "true", "--grpc-address", host, "--grpc-port", port]
         return [
             *pin, str(binary()),
             "--model-repository", str(self.repository),
             "--backend-directory", backends,
             "--model-control-mode", "explicit",
             "--http-address", "127.0.0.1", "--http-port", str(self.port),
-            "--allow-grpc", "false", "--allow-metrics", "false",
+            *grpc, "--allow-metrics", "false",
         ]  # fmt: skip
 
     def start(self, timeout_s: float = 120.0) -> TritonProcess:

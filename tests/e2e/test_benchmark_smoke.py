@@ -2,9 +2,11 @@
 
 Seconds-long points on the tiny model, all Ray contenders in one `serve run`, standalone Triton
 beside them (~60 s). No timing assertions: only that every contender produced rows with no
-failed request, that nothing failed, and that the report shows them all. The Triton-based
-contenders (serve_app triton, standalone Triton) may be skipped only where Triton is not
-installed (`python -m serve_app.triton_install install`); once it is, their failure fails this test.
+failed request, that nothing failed, and that the report shows them all, the gRPC rows of the
+contenders serving Triton's gRPC API too (perf_analyzer -i grpc; skipped, and said so, only
+where perf_analyzer cannot run). The Triton-based contenders (serve_app triton, standalone
+Triton) may be skipped only where Triton is not installed (`python -m serve_app.triton_install
+install`); once it is, their failure fails this test.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.contenders import TRITON_BASED
+from benchmarks.contenders import GRPC_CONTENDERS, TRITON_BASED
+from benchmarks.loadgen import GRPC_CODEC
 from benchmarks.settings import PRESETS
 from serve_app import triton_layout
 
@@ -54,9 +57,13 @@ def test_benchmark_smoke_reports_every_contender(tmp_path: Path) -> None:
             continue  # no Triton on this machine: the run said so
         assert contender not in skipped, f"{contender} skipped: {skipped[contender]}"
         assert by_contender.get(contender), f"no rows for {contender}: {results['notes']}"
-    for contender in ("serve_app", "serve_app triton", "standalone Triton"):
+    grpc = "grpc" in results["settings"]["protocols"]
+    assert grpc or any(s.startswith("gRPC rows") for s in skipped), results["skipped"]
+    for contender in GRPC_CONTENDERS:
         if by_contender.get(contender):
-            assert {r["codec"] for r in by_contender[contender]} == {"binary", "json"}, contender
+            codecs = {(r["protocol"], r["codec"]) for r in by_contender[contender]}
+            expect = {("http", "binary"), ("http", "json"), *([("grpc", GRPC_CODEC)] if grpc else [])}
+            assert codecs == expect, contender
     assert results["inprocess_limit"]["tiny"]["batch64"]["samples_per_s"] > 0
     for row in results["rows"]:
         assert row["requests"] > 0 and row["errors"] == 0, row
@@ -68,3 +75,5 @@ def test_benchmark_smoke_reports_every_contender(tmp_path: Path) -> None:
     for contender in by_contender:
         assert f"| {contender} " in table
     assert "in-process limit" in table and "xtriton" in table
+    if grpc:
+        assert "| gRPC req/s | HTTP binary req/s | gRPC/HTTP |" in table
