@@ -7,11 +7,15 @@ same problems at once, one line each naming the field and the fix, and exits 1.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
 
 from serve_app.config import InvalidArgsError, parse_args
+from serve_app.storage import RepositoryURL, StorageError, probe
 
 
 def check_config(config: dict[str, Any]) -> list[str]:
@@ -24,9 +28,12 @@ def check_config(config: dict[str, Any]) -> list[str]:
         if not str(app.get("import_path", "")).startswith("serve_app."):
             continue
         try:
-            parse_args(app.get("args") or {})
+            args = parse_args(app.get("args") or {})
         except InvalidArgsError as exc:
             problems += [line.strip() for line in str(exc).splitlines()[1:]]
+        else:
+            if isinstance(args.model_repository, RepositoryURL):
+                problems += _store_problems(args.model_repository, app)
         for j, deployment in enumerate(app.get("deployments") or []):
             where = f"applications[{i}].deployments[{j}]"
             autoscaling = deployment.get("autoscaling_config")
@@ -45,6 +52,31 @@ def check_config(config: dict[str, Any]) -> list[str]:
                     "is 'cpu': set device: auto (or cuda) to use the GPU, or remove num_gpus"
                 )
     return problems
+
+
+def _store_problems(location: RepositoryURL, app: dict[str, Any]) -> list[str]:
+    """Read the repository's listing as a replica would, with the app's runtime_env.env_vars."""
+    env_vars = (app.get("runtime_env") or {}).get("env_vars") or {}
+    with _environment(env_vars):
+        try:
+            probe(location)
+        except StorageError as exc:
+            return [str(exc)]
+    return []
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update({name: str(value) for name, value in variables.items()})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def main() -> None:

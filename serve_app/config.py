@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 from ray.serve.exceptions import RayServeException
 
+from serve_app.storage import RepositoryURL, is_url, parse_url
+
 
 class TritonOptions(BaseModel):
     """Options of the in-process `tritonserver.Server` (runtime: triton)."""
@@ -47,10 +49,11 @@ class MetricsOptions(BaseModel):
 class AppArgs(BaseModel):
     """What a user sets under `args:` in configs/app.yaml."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
 
-    model_repository: Path = Field(
-        description="Triton model repository: absolute, or relative to where `serve run` starts."
+    model_repository: Path | RepositoryURL = Field(
+        description="Triton model repository: a directory, absolute or relative to where `serve run` "
+        "starts, or object storage as Triton names it (s3://, gs://, as://; see README)."
     )
     runtime: Literal["torch", "triton", "auto"] = Field(
         "auto", description="triton: in-process Triton; torch: embedded PyTorch; auto: triton if it starts."
@@ -80,9 +83,16 @@ class AppArgs(BaseModel):
         default_factory=MetricsOptions, description="Triton's metrics via Ray's metrics (README: Metrics)."
     )
 
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _repository_url(cls, value: Any) -> Any:
+        return parse_url(value) if isinstance(value, str) and is_url(value) else value
+
     @field_validator("model_repository")
     @classmethod
-    def _repository_exists(cls, path: Path) -> Path:
+    def _repository_exists(cls, path: Path | RepositoryURL) -> Path | RepositoryURL:
+        if isinstance(path, RepositoryURL):
+            return path
         resolved = path.expanduser().resolve()
         if not resolved.is_dir():
             raise ValueError(

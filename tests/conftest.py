@@ -33,6 +33,7 @@ from serve_app.dataplane import DataPlane
 from serve_app.examples import build_example_repository
 from serve_app.http import build_http_app
 from serve_app.runtimes.torch import TorchRuntime
+from tests.object_store import S3Server
 
 CPU = torch.device("cpu")
 
@@ -65,6 +66,14 @@ def example_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("examples")
     build_example_repository(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-compatible server (moto) on 127.0.0.1 with authentication on; one per session."""
+    server = S3Server().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from serve_app.config import AppArgs
 from serve_app.placement import Placement
 from serve_app.runtimes.base import Runtime
 from serve_app.runtimes.torch import TorchRuntime
+from serve_app.storage import RepositoryMirror, RepositoryURL, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -17,15 +18,23 @@ async def start_runtime(args: AppArgs, placement: Placement) -> Runtime:
     if args.runtime != "torch":
         try:
             return await _start_triton(args, placement)
+        except StorageError:  # the torch runtime could not read the store either
+            raise
         except Exception as exc:
             if args.runtime == "triton":
                 raise
             logger.warning("runtime auto: Triton unavailable (%s); using the torch runtime", exc)
+    repository, fetch = args.model_repository, None
+    if isinstance(repository, RepositoryURL):
+        mirror = RepositoryMirror(repository)
+        await mirror.fetch()
+        repository, fetch = mirror.root, mirror.fetch
     runtime = TorchRuntime(
-        args.model_repository,
+        repository,
         placement.torch_device(args.device),
         args.torch_threads or placement.threads(),
         args.execution_timeout_s,
+        fetch=fetch,
     )
     await runtime.start()
     return runtime

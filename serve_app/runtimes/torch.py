@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
 from serve_app.runtimes.batching import Scheduler, Tensors
 from serve_app.runtimes.statistics import ModelStatistics
 from serve_app.runtimes.torchscript import Timings, TorchScriptModel
+from serve_app.storage import StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_con
 DEFAULT_EXECUTION_TIMEOUT_S: float = AppArgs.model_fields["execution_timeout_s"].default
 
 Call = Callable[[Tensors], tuple[Tensors, Timings]]
+# Brings `<repository>/<model>` up to date before a load reads it (a mirror of object storage).
+Fetch = Callable[[str], Awaitable[None]]
 
 
 @dataclass
@@ -121,8 +124,10 @@ class TorchRuntime:
         device: torch.device,
         threads: int,
         execution_timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S,
+        fetch: Fetch | None = None,
     ) -> None:
         self._repository = repository
+        self._fetch = fetch
         self._device = device
         torch.set_num_threads(threads)
         self._execution_timeout_ns = int(execution_timeout_s * 1e9)
@@ -303,6 +308,11 @@ class TorchRuntime:
         return {name: outputs[name] for name in output_names}
 
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
+        if self._fetch is not None:
+            try:
+                await self._fetch(model)
+            except StorageError as exc:
+                raise ModelNotReadyError(f"failed to load '{model}': {exc}") from None
         model_dir = self._repository / model
         if not model_dir.is_dir():
             raise ModelNotFoundError(f"no directory '{model}' in the model repository")

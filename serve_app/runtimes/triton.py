@@ -1,6 +1,7 @@
 """The Triton runtime: each replica embeds Triton in-process (`import tritonserver`).
 
-Every model directory goes to Triton as it is, whatever its backend or platform: Triton loads
+Every model directory goes to Triton as it is, whatever its backend or platform, from a local
+repository or from object storage (s3://, gs://, as://, which Triton reads itself): Triton loads
 it (TorchScript through its own PyTorch backend, natively, on the CPU build as on the NGC
 image) or says why not. Requests go to Triton's scheduler concurrently (`async_infer`), so its
 dynamic batcher, sequence batcher and instance groups work; metadata, config, readiness and
@@ -36,6 +37,7 @@ from serve_app.repository import (
 )
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
 from serve_app.runtimes.triton_infer import ModelCall, TritonCaller
+from serve_app.storage import RepositoryURL, unreadable
 
 if TYPE_CHECKING:
     import tritonserver
@@ -91,6 +93,8 @@ class TritonRuntime:
     def __init__(self, args: AppArgs, placement: Placement) -> None:
         self._args = args
         self._placement = placement
+        # A repository on object storage: Triton reads it; configs are not read here beforehand.
+        self._remote = args.model_repository if isinstance(args.model_repository, RepositoryURL) else None
         self._server: tritonserver.Server | None = None
         self._errors: tuple[type[Exception], ...] = ()
         self._requests: TritonCaller | None = None
@@ -110,18 +114,18 @@ class TritonRuntime:
         self._errors = (tritonserver.TritonError,)
         options = self._options(tritonserver)
         os.environ.update(triton_layout.environment_for_stub())
+        # The CPU build's PyTorch backend shares this process's libtorch: its thread setting is the
+        # models' default when Triton reads the configs itself (a repository on object storage).
+        torch.set_num_threads(self._threads())
         try:
             self._server = tritonserver.Server(options).start(wait_until_ready=True, timeout=60)
         except tritonserver.TritonError as exc:
+            if self._remote:
+                raise unreadable(self._remote, exc) from exc
             raise RuntimeError(f"runtime triton: Triton did not start ({exc}); {INSTALL_HINT}") from exc
         self._requests = TritonCaller(self._server)
         try:
-            names = sorted(
-                entry.name
-                for entry in self._args.model_repository.iterdir()
-                if entry.is_dir() and not entry.name.startswith(".")
-            )
-            await asyncio.gather(*(self._load(name) for name in names))
+            await asyncio.gather(*(self._load(name) for name in self._repository_models()))
             self._refresh_versions()
         except BaseException:  # e.g. cancelled: `auto` must not fall back beside a running Triton
             await self.stop()
@@ -129,6 +133,13 @@ class TritonRuntime:
         logger.info(
             "triton runtime (backends in %s) serving %s", options.backend_directory, sorted(self._signatures)
         )
+
+    def _repository_models(self) -> set[str]:
+        """The repository's model directories, as Triton lists them (it reads object storage too)."""
+        return {name for name, _ in self._triton().models() if not name.startswith(".")}
+
+    def _threads(self) -> int:
+        return self._args.torch_threads or self._placement.threads()
 
     def _options(self, tritonserver: Any) -> tritonserver.Options:
         triton = self._args.triton
@@ -170,16 +181,20 @@ class TritonRuntime:
         as INTRA_OP_THREAD_COUNT through a config override, so replicas sharing a node do not
         each use every core. A config that does not parse still goes to Triton as it is (it may
         auto-complete a missing one); the parser's message explains Triton's "failed to poll".
+        On object storage the configs are Triton's to read: no override (the process-wide torch
+        thread setting of `start` applies), and loads run one at a time (any may fork a stub).
         """
+        repository = self._args.model_repository
+        if not isinstance(repository, Path):  # on object storage: Triton alone reads the config
+            return _LoadPlan(forks=True)  # its backend is unknown until loaded: one at a time
         try:
-            config = parse_config(self._args.model_repository / name)
+            config = parse_config(repository / name)
         except ModelEntryError as exc:
             return _LoadPlan(config_problem=str(exc))
         plan = _LoadPlan(forks=config.backend == "python")
         torchscript = config.platform == TORCHSCRIPT_PLATFORM or config.backend == TORCHSCRIPT_BACKEND
         if torchscript and INTRA_OP_THREADS not in config.parameters:
-            threads = self._args.torch_threads or self._placement.threads()
-            config.parameters[INTRA_OP_THREADS].string_value = str(threads)
+            config.parameters[INTRA_OP_THREADS].string_value = str(self._threads())
             plan.parameters = {"config": json.dumps(message_to_dict(config))}
         return plan
 
@@ -368,7 +383,7 @@ class TritonRuntime:
 
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
         """Triton (re)loads the directory; a failed reload leaves the loaded versions serving."""
-        if not (self._args.model_repository / model).is_dir():
+        if model not in self._repository_models():
             raise ModelNotFoundError(f"no directory '{model}' in the model repository")
         failure = await self._load(model)
         self._refresh_versions()

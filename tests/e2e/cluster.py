@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.harness import ROOT, free_port, session_processes
+from tests.processes import start_process
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -138,22 +139,16 @@ class FakeAutoscalingCluster:
             f"--temp-dir={self.temp_dir}",
             "--disable-usage-stats",
         ]  # fmt: skip
-        self.process = subprocess.Popen(
+        self.process = start_process(
             command,
+            self.log_path,
+            lambda: b"Ray runtime started" in self.log_path.read_bytes(),
+            "ray start",
+            timeout_s,
             cwd=self.workdir,
             env=self.env(),
-            stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ray start exited early:\n{self.log()}")
-            if b"Ray runtime started" in self.log_path.read_bytes():
-                return self
-            time.sleep(0.5)
-        raise TimeoutError(f"ray head not started after {timeout_s} s:\n{self.log()}")
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]

@@ -9,8 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 import ray
+import tritonclient.http as httpclient
 
 from tests.e2e.harness import RUNTIMES, ServeRun, app_config, free_port
 
@@ -57,3 +60,24 @@ def served(
     run = ServeRun(config, workdir, address=ray_address).start()
     yield run
     run.stop()
+
+
+@pytest.fixture(scope="module")
+def client(served: ServeRun) -> Iterator[httpclient.InferenceServerClient]:
+    """`tritonclient.http` on the module's `served` app (a module may serve another repository)."""
+    triton = httpclient.InferenceServerClient(
+        url=f"127.0.0.1:{served.port}", concurrency=8, connection_timeout=120.0, network_timeout=300.0
+    )
+    yield triton
+    triton.close()
+
+
+@pytest.fixture(scope="module")
+def http(served: ServeRun) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.url, timeout=120.0) as plain:
+        yield plain
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

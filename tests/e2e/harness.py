@@ -156,7 +156,8 @@ class ServeRun:
     """`serve run <config>` in its own process group; stopped with SIGINT like Ctrl-C.
 
     `address=None` lets `serve run` start its own Ray, as a user does. `env` overrides the
-    child's environment (a value of None removes the variable).
+    child's environment (a value of None removes the variable). `local_copy`: a local copy of a
+    repository the app reads from object storage (the tests' reference for outputs).
     """
 
     def __init__(
@@ -165,8 +166,10 @@ class ServeRun:
         workdir: Path,
         address: str | None = None,
         env: dict[str, str | None] | None = None,
+        local_copy: Path | None = None,
     ) -> None:
         self.config = config
+        self.local_copy = local_copy
         self.port = config["http_options"]["port"]
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
@@ -347,6 +350,8 @@ def runtime_of(run: ServeRun) -> str:
 
 def repository_of(run: ServeRun) -> Path:
     """The repository the app serves (a relative one is relative to where `serve run` runs)."""
+    if run.local_copy is not None:
+        return run.local_copy
     return run.workdir / run.config["applications"][0]["args"]["model_repository"]
 
 

@@ -127,11 +127,6 @@ def control(grpc_served: ServeRun) -> Iterator[grpcclient.InferenceServerClient]
         yield triton
 
 
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(1234)
-
-
 def infer_input(name: str, array: np.ndarray) -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
     tensor.set_data_from_numpy(array)  # raw_input_contents: tritonclient.grpc's only encoding

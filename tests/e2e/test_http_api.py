@@ -8,7 +8,6 @@ Runtime-agnostic: the `served` fixture is parametrised by runtime.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from http.client import HTTPResponse
 from typing import Any
 
@@ -53,26 +52,6 @@ SIGNATURES: dict[str, tuple[int, list[tuple[str, str, list[int]]], list[tuple[st
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def client(served: ServeRun) -> Iterator[httpclient.InferenceServerClient]:
-    triton = httpclient.InferenceServerClient(
-        url=f"127.0.0.1:{served.port}", concurrency=8, connection_timeout=120.0, network_timeout=300.0
-    )
-    yield triton
-    triton.close()
-
-
-@pytest.fixture(scope="module")
-def http(served: ServeRun) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=served.url, timeout=120.0) as plain:
-        yield plain
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(1234)
 
 
 def infer_input(name: str, array: np.ndarray, binary: bool = True) -> httpclient.InferInput:

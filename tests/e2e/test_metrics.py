@@ -29,6 +29,7 @@ import ray
 import yaml
 
 from tests.e2e.harness import ROOT, RUNTIMES, ServeRun, app_config, free_port, http_get, linear_body
+from tests.processes import start_process, stop_process
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 pytestmark = [
@@ -64,29 +65,19 @@ class Prometheus:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60.0) -> Prometheus:
-        self.process = subprocess.Popen(
-            [
-                str(PROMETHEUS),
-                f"--config.file={self.config_path}",
-                f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited early:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                if http_get(f"{self.url}/-/ready")[0] == 200:
-                    return self
-            time.sleep(0.3)
-        raise TimeoutError(f"prometheus not ready after {timeout_s} s:\n{self.log()}")
+        command = [
+            str(PROMETHEUS),
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
+        self.process = start_process(command, self.log_path, self._ready, "prometheus", timeout_s)
+        return self
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+    def _ready(self) -> bool:
+        with contextlib.suppress(OSError):
+            return http_get(f"{self.url}/-/ready")[0] == 200
+        return False
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query; raises with Prometheus's error when the expression does not parse."""
@@ -101,14 +92,8 @@ class Prometheus:
         return {row["metric"].get(label, ""): float(row["value"][1]) for row in rows}
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 @pytest.fixture(scope="module")

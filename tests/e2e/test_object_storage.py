@@ -1,0 +1,144 @@
+"""A model repository on object storage: `serve run` of the examples from a real S3-compatible
+server (moto, authentication on), both runtimes, credentials through the Serve config's
+`runtime_env.env_vars` as a user sets them.
+
+The Triton API checks of test_http_api run here again, unchanged, against the bucket: they are
+imported below, so pytest collects them in this module, where `served` is the S3 one.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.e2e.harness import (
+    RUNTIMES,
+    ServeRun,
+    app_config,
+    assert_error,
+    assert_matches,
+    free_port,
+    linear_body,
+    run_torchscript,
+)
+from tests.e2e.test_http_api import (  # noqa: F401 - collected here, against the bucket
+    test_async_infer,
+    test_health,
+    test_image_classifier_batch_2,
+    test_inference_statistics,
+    test_int_ops,
+    test_linear_batches,
+    test_model_config,
+    test_model_metadata,
+    test_model_ready,
+    test_multi_io,
+    test_repository_index,
+    test_server_metadata,
+)
+from tests.object_store import S3Server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+BUCKET = "e2e"
+FIELD = "applications[].args.model_repository"
+
+
+def s3_app(s3_server: S3Server, url: str, runtime: str, secret: str | None = None) -> dict:
+    config = app_config(
+        free_port(),
+        args={"model_repository": url, "runtime": runtime, "model_control": True},
+        deployment={"autoscaling_config": None, "num_replicas": 1},
+    )
+    config["applications"][0]["runtime_env"] = {"env_vars": s3_server.credentials(secret)}
+    return config
+
+
+@pytest.fixture(scope="module")
+def bucket_url(s3_server: S3Server, example_repository_path: Path) -> str:
+    return s3_server.upload(example_repository_path, BUCKET, "repo")
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def served(
+    request: pytest.FixtureRequest,
+    ray_address: str,
+    s3_server: S3Server,
+    bucket_url: str,
+    example_repository_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServeRun]:
+    """The app serving the examples from the bucket with the parametrised runtime."""
+    config = s3_app(s3_server, bucket_url, request.param)
+    workdir = tmp_path_factory.mktemp("serve-s3")
+    run = ServeRun(config, workdir, address=ray_address, local_copy=example_repository_path).start()
+    print(f"\n{request.param} runtime from {bucket_url}: ready after {run.ready_after_s:.1f} s")
+    yield run
+    run.stop()
+
+
+def test_model_added_to_the_bucket_loads(
+    served: ServeRun, http: httpx.Client, s3_server: S3Server, example_repository_path: Path
+) -> None:
+    """Put a model into the bucket, load it with model control, serve it; a newer version follows."""
+    prefix = f"repo/added_{served.config['applications'][0]['args']['runtime']}"
+    name = prefix.removeprefix("repo/")
+    linear = example_repository_path / "linear"
+    config = (linear / "config.pbtxt").read_text().replace('"linear"', f'"{name}"')
+    body, data = linear_body()
+    (expected,) = run_torchscript(example_repository_path, "linear", data)
+    try:
+        assert_error(http.post(f"/v2/models/{name}/infer", json=body), 404)
+        s3_server.upload(linear / "1", BUCKET, f"{prefix}/1")
+        s3_server.client().put_object(Bucket=BUCKET, Key=f"{prefix}/config.pbtxt", Body=config.encode())
+        assert http.post(f"/v2/repository/models/{name}/load").status_code == 200
+        response = http.post(f"/v2/models/{name}/infer", json=body)
+        assert response.status_code == 200, response.text
+        output = response.json()["outputs"][0]
+        assert_matches(np.asarray(output["data"], dtype=np.float32).reshape(output["shape"]), expected)
+
+        s3_server.upload(linear / "1", BUCKET, f"{prefix}/2")  # version policy: latest 1
+        assert http.post(f"/v2/repository/models/{name}/load").status_code == 200
+        assert http.get(f"/v2/models/{name}").json()["versions"] == ["2"]
+        assert http.post(f"/v2/repository/models/{name}/unload").status_code == 200
+    finally:
+        s3_server.delete(BUCKET, prefix)
+    assert_error(http.post("/v2/repository/models/not_in_bucket/load"), 404)
+
+
+def test_credentials_are_never_shown(served: ServeRun, http: httpx.Client, s3_server: S3Server) -> None:
+    answers = [
+        http.get(path).text
+        for path in ("/v2", "/v2/models/linear", "/v2/models/linear/config", "/v2/models/stats")
+    ]
+    answers.append(http.post("/v2/repository/index").text)
+    answers.append(http.post("/v2/repository/models/not_in_bucket/load").text)
+    for text in [*answers, served.full_log()]:
+        assert s3_server.secret not in text
+
+
+@pytest.mark.parametrize("runtime", ["auto", "torch"])
+def test_wrong_credentials_fail_the_deploy(
+    runtime: str, ray_address: str, s3_server: S3Server, bucket_url: str, tmp_path: Path
+) -> None:
+    """The replica cannot start: its error names the field and the fix, never the secret. (Serve
+    retries a failing replica for minutes before the app is DEPLOY_FAILED: the first error is
+    what a user reads.)"""
+    config = s3_app(s3_server, bucket_url, runtime, secret="not-the-secret")
+    run = ServeRun(config, tmp_path, address=ray_address, env={"RAY_DEDUP_LOGS": "0"}).launch()
+    try:
+        started = time.monotonic()
+        run.wait_log(rf"StorageError: {re.escape(FIELD)}: cannot read", timeout_s=180)
+        failed_after = time.monotonic() - started
+    finally:
+        run.stop()
+    log = run.full_log()
+    print(f"\n{runtime}: the replica's start failed after {failed_after:.1f} s")
+    assert f"{FIELD}: cannot read '{bucket_url}'" in log
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in log and "runtime_env.env_vars" in log
+    assert "not-the-secret" not in log and s3_server.secret not in log
