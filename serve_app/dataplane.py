@@ -7,7 +7,7 @@ reaches a batch.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 from serve_app.errors import InvalidInputError, ModelControlDisabledError
 from serve_app.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput, resolve_raw_input
 from serve_app.repository import ModelSignature, TensorSpec
-from serve_app.runtimes.base import InferOptions, Runtime
+from serve_app.runtimes.base import NO_OPTIONS, InferOptions, Runtime
 
 # Protocol extensions the codecs, routes and dataplane serve whatever the runtime, and those that
 # are the runtime's to honour (advertised only where the runtime's own metadata lists them).
@@ -53,6 +53,21 @@ class InferObserver(Protocol):
         """Await the runtime's answer to one validated request."""
 
 
+class Expected:
+    """What a model version takes and returns, indexed once per signature for every request's checks."""
+
+    def __init__(self, signature: ModelSignature) -> None:
+        self.signature = signature
+        self.inputs = {t.name: t for t in signature.inputs}
+        self.output_names = [t.name for t in signature.outputs]
+        self.output_set = frozenset(self.output_names)
+        # Every output in model order (a request that names none), binary or not.
+        self.every_output = {
+            binary: tuple(RequestedOutput(name, binary) for name in self.output_names)
+            for binary in (False, True)
+        }
+
+
 class DataPlane:
     def __init__(
         self,
@@ -66,6 +81,7 @@ class DataPlane:
         self._model_control = model_control
         self._placement = placement
         self._observer = observer
+        self._expected: dict[tuple[str, str], Expected] = {}  # by model and version
 
     def live(self) -> bool:
         return True
@@ -123,11 +139,11 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         model = request.model_name
         version = self._runtime.resolve(model, request.model_version)
-        signature = self._runtime.signature(model, version)
+        expected = self._expected_of(model, version)
         try:
-            request = resolve_raw_input(request, signature)
-            inputs = validate_inputs(signature, request.inputs)
-            outputs = requested_outputs(signature, request)
+            request = resolve_raw_input(request, expected.signature)
+            inputs = validate_inputs(expected, request.inputs)
+            outputs = requested_outputs(expected, request)
             options = infer_options(request.parameters)
         except InvalidInputError:
             if self._observer is not None:
@@ -140,14 +156,22 @@ class DataPlane:
             model_version=version,
             outputs=[(o, results[o.name]) for o in outputs],
             id=request.id,
-            parameters=dict(options.parameters) or None,
+            parameters=dict(options.parameters) if options.parameters else None,
         )
+
+    def _expected_of(self, model: str, version: str) -> Expected:
+        """The runtime's signature, indexed; again whenever the runtime hands out another (a reload)."""
+        signature = self._runtime.signature(model, version)
+        expected = self._expected.get((model, version))
+        if expected is None or expected.signature is not signature:
+            expected = self._expected[model, version] = Expected(signature)
+        return expected
 
 
 def infer_options(parameters: dict[str, Any]) -> InferOptions:
     """Request parameters → scheduling options; a value of the wrong type is refused."""
     if not parameters:
-        return InferOptions()
+        return NO_OPTIONS  # the runtimes skip applying the defaults
     scheduling: dict[str, Any] = {}
     others: list[tuple[str, str | int | float | bool]] = []
     for key, value in parameters.items():
@@ -177,17 +201,17 @@ def infer_options(parameters: dict[str, Any]) -> InferOptions:
     )
 
 
-def validate_inputs(signature: ModelSignature, inputs: list[InputTensor]) -> dict[str, np.ndarray]:
+def validate_inputs(expected: Expected, inputs: list[InputTensor]) -> dict[str, np.ndarray]:
     """Check names, datatypes, shapes and batch size against the model; 400 on mismatch."""
-    expected = {t.name: t for t in signature.inputs}
+    signature = expected.signature
     arrays: dict[str, np.ndarray] = {}
     batch_sizes = set()
     for tensor in inputs:
-        spec = expected.get(tensor.name)
+        spec = expected.inputs.get(tensor.name)
         if spec is None:
             raise InvalidInputError(
                 f"unexpected inference input '{tensor.name}' for model '{signature.name}'; "
-                f"expected {sorted(expected)}"
+                f"expected {sorted(expected.inputs)}"
             )
         if tensor.name in arrays:
             raise InvalidInputError(f"input '{tensor.name}' is given more than once")
@@ -198,8 +222,8 @@ def validate_inputs(signature: ModelSignature, inputs: list[InputTensor]) -> dic
             )
         batch_sizes.add(_check_shape(signature, spec, tensor.shape))
         arrays[tensor.name] = tensor.array
-    missing = sorted(set(expected) - set(arrays))
-    if missing:
+    if len(arrays) != len(expected.inputs):  # none unknown, none twice: some are missing
+        missing = sorted(set(expected.inputs) - set(arrays))
         raise InvalidInputError(f"model '{signature.name}' expects inputs {missing} that are missing")
     if len(batch_sizes) > 1:
         raise InvalidInputError(f"inputs have different batch sizes {sorted(batch_sizes)}")
@@ -219,7 +243,7 @@ def _check_shape(signature: ModelSignature, spec: TensorSpec, shape: tuple[int, 
                 f"inference request batch-size {batch} for input '{spec.name}' must be between "
                 f"1 and max_batch_size {signature.max_batch_size} of model '{signature.name}'"
             )
-    if len(dims) != len(spec.dims) or any(e != -1 and e != d for e, d in zip(spec.dims, dims, strict=True)):
+    if not _fits(spec.dims, dims):
         expected = [-1, *spec.dims] if signature.max_batch_size > 0 else list(spec.dims)
         raise InvalidInputError(
             f"unexpected shape for input '{spec.name}' of model '{signature.name}': "
@@ -228,12 +252,21 @@ def _check_shape(signature: ModelSignature, spec: TensorSpec, shape: tuple[int, 
     return batch
 
 
-def requested_outputs(signature: ModelSignature, request: InferRequest) -> list[RequestedOutput]:
+def _fits(spec_dims: tuple[int, ...], dims: tuple[int, ...]) -> bool:
+    """`dims` fits `spec_dims`, where -1 takes any size (without one, tuples compare at C speed)."""
+    if -1 not in spec_dims:
+        return dims == spec_dims
+    return len(dims) == len(spec_dims) and all(e in (-1, d) for e, d in zip(spec_dims, dims, strict=True))
+
+
+def requested_outputs(expected: Expected, request: InferRequest) -> Sequence[RequestedOutput]:
     """The outputs to return (all of them in model order when none are named)."""
-    known = [t.name for t in signature.outputs]
     if request.outputs is None:
-        return [RequestedOutput(name, request.binary_output) for name in known]
-    unknown = sorted({o.name for o in request.outputs} - set(known))
-    if unknown:
-        raise InvalidInputError(f"model '{signature.name}' has no outputs {unknown}; its outputs are {known}")
+        return expected.every_output[request.binary_output]
+    if any(o.name not in expected.output_set for o in request.outputs):
+        unknown = sorted({o.name for o in request.outputs} - expected.output_set)
+        raise InvalidInputError(
+            f"model '{expected.signature.name}' has no outputs {unknown}; "
+            f"its outputs are {expected.output_names}"
+        )
     return request.outputs

@@ -10,6 +10,7 @@ import pytest
 from serve_app.dataplane import (
     SERVED_EXTENSIONS,
     DataPlane,
+    Expected,
     infer_options,
     requested_outputs,
     validate_inputs,
@@ -28,7 +29,7 @@ from serve_app.errors import (
 )
 from serve_app.protocol import InferRequest, InputTensor, Limits, RequestedOutput, decode_request
 from serve_app.repository import ModelSignature, TensorSpec
-from serve_app.runtimes.base import InferOptions
+from serve_app.runtimes.base import NO_OPTIONS, InferOptions
 from serve_app.runtimes.torch import TorchRuntime
 
 BATCHED = ModelSignature(
@@ -56,15 +57,15 @@ def batched_inputs(batch: int = 2, width: int = 5) -> list[InputTensor]:
 
 
 def test_valid_inputs_are_returned_by_name() -> None:
-    arrays = validate_inputs(BATCHED, batched_inputs(batch=3, width=7))
+    arrays = validate_inputs(Expected(BATCHED), batched_inputs(batch=3, width=7))
     assert sorted(arrays) == ["ids", "x"]
     assert arrays["x"].shape == (3, 7, 3) and arrays["ids"].shape == (3, 2)
 
 
 def test_variable_dims_accept_any_size_and_unbatched_models_take_the_shape_as_is() -> None:
     for width in (1, 9):
-        validate_inputs(BATCHED, batched_inputs(width=width))
-    arrays = validate_inputs(UNBATCHED, [tensor("x", (2, 11), "INT32")])
+        validate_inputs(Expected(BATCHED), batched_inputs(width=width))
+    arrays = validate_inputs(Expected(UNBATCHED), [tensor("x", (2, 11), "INT32")])
     assert arrays["x"].shape == (2, 11)
 
 
@@ -101,7 +102,7 @@ def test_variable_dims_accept_any_size_and_unbatched_models_take_the_shape_as_is
 )
 def test_invalid_batched_inputs_are_refused(inputs: list[InputTensor], message: str) -> None:
     with pytest.raises(InvalidInputError) as info:
-        validate_inputs(BATCHED, inputs)
+        validate_inputs(Expected(BATCHED), inputs)
     assert message in str(info.value)
     assert status_for(info.value) == 400
 
@@ -115,7 +116,7 @@ def test_invalid_batched_inputs_are_refused(inputs: list[InputTensor], message: 
 )
 def test_invalid_unbatched_shapes_are_refused(shape: tuple[int, ...], message: str) -> None:
     with pytest.raises(InvalidInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        validate_inputs(UNBATCHED, [tensor("x", shape, "INT32")])
+        validate_inputs(Expected(UNBATCHED), [tensor("x", shape, "INT32")])
 
 
 def request(outputs: list[RequestedOutput] | None, binary_output: bool = False) -> InferRequest:
@@ -123,11 +124,11 @@ def request(outputs: list[RequestedOutput] | None, binary_output: bool = False) 
 
 
 def test_all_outputs_in_model_order_when_none_are_named() -> None:
-    assert requested_outputs(BATCHED, request(None)) == [
+    assert list(requested_outputs(Expected(BATCHED), request(None))) == [
         RequestedOutput("out_a", False),
         RequestedOutput("out_b", False),
     ]
-    assert requested_outputs(BATCHED, request(None, binary_output=True)) == [
+    assert list(requested_outputs(Expected(BATCHED), request(None, binary_output=True))) == [
         RequestedOutput("out_a", True),
         RequestedOutput("out_b", True),
     ]
@@ -135,12 +136,13 @@ def test_all_outputs_in_model_order_when_none_are_named() -> None:
 
 def test_named_outputs_keep_their_order_and_flags() -> None:
     wanted = [RequestedOutput("out_b", True)]
-    assert requested_outputs(BATCHED, request(wanted)) == wanted
+    assert requested_outputs(Expected(BATCHED), request(wanted)) == wanted
 
 
 def test_unknown_requested_output_is_refused() -> None:
     with pytest.raises(InvalidInputError, match=r"model 'batched' has no outputs \['nope'\]"):
-        requested_outputs(BATCHED, request([RequestedOutput("out_a", False), RequestedOutput("nope", False)]))
+        wanted = [RequestedOutput("out_a", False), RequestedOutput("nope", False)]
+        requested_outputs(Expected(BATCHED), request(wanted))
 
 
 def test_error_statuses() -> None:
@@ -260,6 +262,35 @@ async def test_dataplane_metadata_and_model_control(runtime: TorchRuntime) -> No
     assert "linear" not in [r["name"] for r in controlled.repository_index(ready_only=True)]
 
 
+class ReloadingRuntime:
+    """Serves `signature`, which a test replaces as a reload would; answers zeros."""
+
+    def __init__(self, signature: ModelSignature) -> None:
+        self.signature_now = signature
+
+    def resolve(self, model: str, version: str | None) -> str:
+        return "1"
+
+    def signature(self, model: str, version: str) -> ModelSignature:
+        return self.signature_now
+
+    async def infer(
+        self, model: str, version: str, inputs: dict, output_names: list[str], options: InferOptions
+    ) -> dict[str, np.ndarray]:
+        return {name: np.zeros(1, np.float32) for name in output_names}
+
+
+@pytest.mark.anyio
+async def test_a_reloaded_signature_is_validated_against_anew() -> None:
+    runtime = ReloadingRuntime(UNBATCHED)
+    dataplane = DataPlane(runtime, model_control=False, placement={})  # type: ignore[arg-type]
+    request = InferRequest("m", None, [tensor("x", (2, 3), "INT32")])
+    assert [o.name for o, _ in (await dataplane.infer(request)).outputs] == ["y"]
+    runtime.signature_now = ModelSignature("m", 0, (TensorSpec("z", "INT32", (2, -1)),), UNBATCHED.outputs)
+    with pytest.raises(InvalidInputError, match=r"unexpected inference input 'x' .*; expected \['z'\]"):
+        await dataplane.infer(request)
+
+
 def test_scheduling_parameters_become_infer_options() -> None:
     options = infer_options(
         {
@@ -274,7 +305,7 @@ def test_scheduling_parameters_become_infer_options() -> None:
     assert (options.priority, options.timeout_us, options.sequence_id) == (2, 500, "s-1")
     assert options.sequence_start and not options.sequence_end
     assert options.parameters == (("tag", 1.5), ("flag", False))
-    assert infer_options({}) == InferOptions()
+    assert infer_options({}) is NO_OPTIONS  # the runtimes skip applying the defaults
 
 
 @pytest.mark.parametrize(
