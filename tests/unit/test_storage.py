@@ -19,6 +19,7 @@ from serve_app.placement import Placement
 from serve_app.runtimes.base import Runtime
 from serve_app.runtimes.factory import start_runtime
 from serve_app.storage import RepositoryMirror, RepositoryURL, StorageError, parse_url, probe
+from tests.conftest import BROKEN_ENTRIES
 from tests.object_store import S3Server
 
 BUCKET = "models"
@@ -74,10 +75,12 @@ def test_args_keep_the_url(s3_server: S3Server) -> None:
 def bucket_repository(
     s3_server: S3Server, example_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
-    """The examples plus an empty version directory (as an ensemble has), uploaded once."""
+    """The examples, an empty directory (as an ensemble's version directory is) and a broken entry."""
     source = tmp_path_factory.mktemp("bucket") / "repo"
     shutil.copytree(example_repository, source)
     (source / "linear" / "0").mkdir()  # ignored as a version (Triton: begins with 0)
+    (source / "broken" / "1").mkdir(parents=True)
+    (source / "broken" / "config.pbtxt").write_text(BROKEN_ENTRIES["bad_pbtxt"][0])
     return s3_server.upload(source, BUCKET, "unit")
 
 
@@ -106,6 +109,7 @@ async def mirror(bucket_repository: str, credentials: None) -> AsyncIterator[Rep
 async def test_mirror_copies_the_repository(mirror: RepositoryMirror, example_repository: Path) -> None:
     assert (mirror.root / "linear" / "0").is_dir()  # from the empty directory's marker
     (mirror.root / "linear" / "0").rmdir()
+    shutil.rmtree(mirror.root / "broken")
     assert_same_tree(mirror.root, example_repository)
     directory = mirror.root.parent
     mirror.close()
@@ -162,7 +166,8 @@ async def test_unreadable_store_names_field_and_fix(
 
 
 def test_probe_and_check(bucket_repository: str, credentials: None, s3_server: S3Server) -> None:
-    assert probe(parse_url(bucket_repository)) == ["image_classifier", "int_ops", "linear", "multi_io"]
+    names = ["broken", "image_classifier", "int_ops", "linear", "multi_io"]
+    assert probe(parse_url(bucket_repository)) == names
     app = {"import_path": "serve_app.app:build_app", "args": {"model_repository": bucket_repository}}
     assert check_config({"applications": [app]}) == []
     app["args"]["model_repository"] = s3_server.url("no-such-bucket", "repo")
@@ -196,9 +201,12 @@ def linear_reference(example_repository: Path, rows: np.ndarray) -> np.ndarray:
 async def test_runtime_serves_the_bucket(
     bucket_runtime: Runtime, s3_server: S3Server, example_repository: Path
 ) -> None:
-    assert {row.name: row.state for row in bucket_runtime.index()} == {
-        "image_classifier": "READY", "int_ops": "READY", "linear": "READY", "multi_io": "READY",
+    rows = {row.name: row for row in bucket_runtime.index()}
+    assert {name: row.state for name, row in rows.items()} == {
+        "broken": "UNAVAILABLE", "image_classifier": "READY", "int_ops": "READY", "linear": "READY",
+        "multi_io": "READY",
     }  # fmt: skip
+    assert rows["broken"].reason, "a broken entry says why"
     rows = np.arange(32, dtype=np.float32).reshape(2, 16)
     version = bucket_runtime.resolve("linear", None)
     outputs = await bucket_runtime.infer("linear", version, {"input__0": rows}, ["output__0"])
