@@ -164,6 +164,11 @@ CUDART = CACHE / "nvidia-cuda-runtime-cu12" / "lib" / "libcudart.so.12"
 # The codec of gRPC rows: tensors as bytes in ModelInferRequest.raw_input_contents (and
 # raw_output_contents back), the only encoding tritonclient's gRPC client sends.
 GRPC_CODEC = "raw"
+# The version perf_analyzer asks for: the benchmark's models have one, 1 (benchmarks.workloads).
+# Left unspecified, perf_analyzer takes the version whose queue count grew between its two
+# statistics calls, and fails ("failed to find the requested model version") when the calls
+# reach different replicas behind one port (HAProxy and Serve's proxy balance call by call).
+MODEL_VERSION = "1"
 # CSV columns (microseconds) of the server-side breakdown, from the model's statistics.
 _SERVER_COLUMNS = {
     "Server Queue": "queue",
@@ -228,7 +233,7 @@ def run_perf_analyzer(
     with tempfile.TemporaryDirectory(prefix="bench-pa-") as tmp:
         report = Path(tmp) / "pa.csv"
         command = [
-            binary, "-m", model, "-u", address, "-i", protocol,
+            binary, "-m", model, "-x", MODEL_VERSION, "-u", address, "-i", protocol,
             "--concurrency-range", f"{concurrency}:{concurrency}",
             "-p", str(window_ms), "-r", "3", "-s", "1000", *formats,
             *(arg for key, value in (headers or {}).items() for arg in ("-H", f"{key}:{value}")),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.loadgen import Request
+from benchmarks.loadgen import MODEL_VERSION, Request
 from serve_app.examples import mlp, write_model
 
 
@@ -77,7 +77,7 @@ def build_repository(path: Path, names: list[str]) -> Path:
 
 
 def model_file(repository: Path, name: str) -> Path:
-    return repository / name / "1" / "model.pt"
+    return repository / name / MODEL_VERSION / "model.pt"
 
 
 def sample(model: Model, batch: int = 1, seed: int = 0) -> np.ndarray:
