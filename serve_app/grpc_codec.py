@@ -25,12 +25,10 @@ from serve_app.protocol import (
     InferRequest,
     InferResponse,
     InputTensor,
-    InputTensorBody,
     Limits,
-    RequestedOutputBody,
-    _element_count,
-    _requested_output,
-    _tensor_parameters,
+    element_count,
+    requested_output,
+    tensor_parameters,
 )
 
 # tritonclient generated service_pb2 from grpc_service.proto, so its message classes name a
@@ -119,10 +117,7 @@ def decode_infer_request(message: pb.ModelInferRequest, limits: Limits) -> Infer
         budget -= array.nbytes
         inputs.append(InputTensor(tensor.name, tensor.datatype, array.shape, array))
     outputs = [
-        _requested_output(
-            RequestedOutputBody(name=output.name, parameters=parameter_values(output.parameters)), True
-        )
-        for output in message.outputs
+        requested_output(output.name, parameter_values(output.parameters), True) for output in message.outputs
     ]
     names = [output.name for output in outputs]
     if len(set(names)) != len(names):
@@ -143,9 +138,8 @@ def _decode_input(
 ) -> np.ndarray:
     dtype = numpy_dtype(tensor.datatype)
     shape = tuple(tensor.shape)
-    _tensor_parameters("input", tensor.name, parameter_values(tensor.parameters))
-    body = InputTensorBody(name=tensor.name, datatype=tensor.datatype, shape=list(shape))
-    count = _element_count(body, dtype.itemsize, budget, limits)
+    tensor_parameters("input", tensor.name, parameter_values(tensor.parameters))
+    count = element_count(tensor.name, tensor.datatype, list(shape), dtype.itemsize, budget, limits)
     if raw is not None:
         if tensor.HasField("contents"):
             raise InvalidInputError(

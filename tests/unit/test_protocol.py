@@ -9,11 +9,15 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as httpclient
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from serve_app.datatypes import DATATYPE_BY_NUMPY, NUMPY_BY_DATATYPE, from_config_type, numpy_dtype
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
 from serve_app.protocol import (
     InferRequest,
+    InferRequestBody,
     InferResponse,
     Limits,
     ModelControlBody,
@@ -25,6 +29,7 @@ from serve_app.protocol import (
     encode_response,
     resolve_raw_input,
 )
+from serve_app.protocol import _well_formed as well_formed
 from serve_app.repository import ModelSignature, TensorSpec
 
 LIMITS = Limits(max_bytes=2**20)
@@ -294,6 +299,81 @@ def test_bad_header_length_is_invalid_input(value: str) -> None:
 def test_shapes_are_strict_integers(shape: object) -> None:
     with pytest.raises(InvalidInputError, match=r"invalid inference request: inputs\.0\.shape"):
         decode({"inputs": [json_input("x", "FP32", shape, [1] * 5)]})  # type: ignore[arg-type]
+
+
+# JSON values, and each field of a request either as the schema wants it or as any of them.
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=2)
+)
+_values = _leaves | st.lists(_leaves, max_size=2) | st.dictionaries(st.text(max_size=2), _leaves, max_size=2)
+
+
+def _either(valid: st.SearchStrategy) -> st.SearchStrategy:
+    """Mostly `valid`, so that whole requests often are."""
+    return st.integers(0, 4).flatmap(lambda n: valid if n else _values)
+
+
+_parameters = _either(st.none() | st.dictionaries(st.text(max_size=3), _leaves, max_size=2))
+_tensor = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": _either(st.text(max_size=3)),
+        "datatype": _either(st.just("FP32")),
+        "shape": _either(st.lists(st.integers(-2, 2**65) | _leaves, max_size=3)),
+        "parameters": _parameters,
+        "data": _values,
+        "extra": _values,
+    },
+)
+_output = st.fixed_dictionaries(
+    {}, optional={"name": _either(st.text(max_size=3)), "parameters": _parameters}
+)
+_documents = st.fixed_dictionaries(
+    {"inputs": _either(st.lists(_either(_tensor), max_size=3))},
+    optional={
+        "outputs": _either(st.none() | st.lists(_either(_output), max_size=2)),
+        "id": _either(st.none() | st.text(max_size=3)),
+        "parameters": _parameters,
+        "extra": _values,
+    },
+)
+
+
+_GOOD_INPUT = {"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": None, "data": [1, 2]}
+_GOOD_OUTPUT = {"name": "y", "parameters": {"binary_data": True}}
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(_documents | st.dictionaries(st.text(max_size=2), _values, max_size=2))
+@example({"inputs": [_GOOD_INPUT], "outputs": [_GOOD_OUTPUT], "id": "q", "parameters": {"a": 1}, "more": 1})
+@example({"inputs": []})
+@example({"inputs": {}})
+@example({"inputs": [5]})
+@example({"inputs": [{**_GOOD_INPUT, "shape": [True, 2]}]})
+@example({"inputs": [{**_GOOD_INPUT, "shape": [1.0, 2]}]})
+@example({"inputs": [{**_GOOD_INPUT, "shape": "1,2"}]})
+@example({"inputs": [{**_GOOD_INPUT, "name": 1}]})
+@example({"inputs": [{**_GOOD_INPUT, "datatype": None}]})
+@example({"inputs": [{**_GOOD_INPUT, "parameters": []}]})
+@example({"inputs": [{"name": "x", "datatype": "FP32"}]})
+@example({"inputs": [_GOOD_INPUT], "outputs": {}})
+@example({"inputs": [_GOOD_INPUT], "outputs": [5]})
+@example({"inputs": [_GOOD_INPUT], "outputs": [{"parameters": None}]})
+@example({"inputs": [_GOOD_INPUT], "outputs": [{**_GOOD_OUTPUT, "parameters": [1]}]})
+@example({"inputs": [_GOOD_INPUT], "id": 5})
+@example({"inputs": [_GOOD_INPUT], "parameters": [1]})
+def test_requests_skip_pydantic_exactly_when_it_would_take_them(document: dict) -> None:
+    """The fast check is pydantic's schema for JSON values, neither looser nor stricter."""
+    try:
+        InferRequestBody.model_validate(document)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert well_formed(document) is accepted
 
 
 def test_validation_messages_name_the_first_problems_only() -> None:
