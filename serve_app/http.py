@@ -183,10 +183,15 @@ async def model_stats(dataplane: DataPlane, request: Request) -> Response:
 
 def _json_output_bytes(response: InferResponse) -> int:
     """Tensor bytes to render as JSON: binary outputs are only copied, never formatted."""
-    return sum(array.nbytes for requested, array in response.outputs if not requested.binary)
+    total = 0
+    for requested, array in response.outputs:
+        if not requested.binary:
+            total += array.nbytes
+    return total
 
 
-_INFER_HEADERS = (b"content-length", b"content-encoding", HEADER_LENGTH.encode())
+_HEADER_LENGTH = HEADER_LENGTH.encode()
+_INFER_HEADERS = (b"content-length", b"content-encoding", _HEADER_LENGTH)
 
 
 async def infer(dataplane: DataPlane, request: Request) -> Response:
@@ -209,11 +214,10 @@ async def infer(dataplane: DataPlane, request: Request) -> Response:
     content, json_size = await _run(_json_output_bytes(response) > OFFLOAD_BYTES, encode_response, response)
     if json_size is None:
         return Response(content, media_type="application/json")
-    return Response(
-        content,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(json_size)},
-    )
+    binary = Response(content, media_type="application/octet-stream")
+    # Where Starlette puts headers given to it, without it encoding a dict for every response.
+    binary.raw_headers.insert(0, (_HEADER_LENGTH, str(json_size).encode()))
+    return binary
 
 
 _Control = TypeVar("_Control", RepositoryIndexBody, ModelControlBody)
