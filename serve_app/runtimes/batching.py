@@ -53,15 +53,20 @@ FOLLOW_UP_WAIT_FRACTION = 0.25
 class _Queued:
     inputs: Tensors
     batch_size: int
-    key: tuple
     future: asyncio.Future
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
     waiting: bool = True  # in the queue; False once taken (or failed) by a worker
+    _key: tuple | None = None
 
+    def key(self) -> tuple:
+        """Requests can share a batch only if everything but dim 0 matches.
 
-def _batch_key(inputs: Tensors) -> tuple:
-    """Requests can share a batch only if everything but dim 0 matches."""
-    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(inputs.items()))
+        Computed when the batch former first compares it: a request that finds the queue
+        empty (a lone client's every request) never needs it.
+        """
+        if self._key is None:
+            self._key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(self.inputs.items()))
+        return self._key
 
 
 class Scheduler:
@@ -111,7 +116,7 @@ class Scheduler:
         if self._closed:
             raise InternalError(self._failure) if self._failure else ModelNotReadyError("model is unloading")
         batch_size = next(iter(inputs.values())).shape[0] if self._max_batch_size > 0 else 1
-        queued = _Queued(inputs, batch_size, _batch_key(inputs), asyncio.get_running_loop().create_future())
+        queued = _Queued(inputs, batch_size, asyncio.get_running_loop().create_future())
         self._queue.append(queued)
         self._in_flight += 1
         self._arrived.set()
@@ -193,7 +198,7 @@ class Scheduler:
         count = samples = preferred_count = 0
         blocked = False  # the next request cannot join: it must wait for the next batch anyway
         for queued in self._queue:
-            if count and (queued.key != head.key or samples + queued.batch_size > largest):
+            if count and (queued.key() != head.key() or samples + queued.batch_size > largest):
                 blocked = True
                 break
             count += 1
