@@ -150,7 +150,7 @@ def _decode_input(
                 f"input '{tensor.name}': raw_input_contents holds {len(raw)} bytes, shape "
                 f"{list(shape)} of {tensor.datatype} needs {count * dtype.itemsize}"
             )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        return np.frombuffer(raw, dtype).reshape(shape)
     field = CONTENTS_FIELD.get(tensor.datatype)
     if field is None:
         raise InvalidInputError(

