@@ -326,7 +326,7 @@ class _App(Starlette):
             match, child_scope = route.matches(scope)
             if match is Match.FULL:
                 scope["app"] = self
-                scope["router"] = self.router
+                scope.setdefault("router", self.router)
                 scope["route"] = route
                 scope.update(child_scope)
                 await app(scope, receive, send)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from starlette.routing import Match
 from starlette.testclient import TestClient
 
 READY_MODELS = ["image_classifier", "int_ops", "linear", "multi_io"]
@@ -42,6 +43,22 @@ def infer_input(name: str, array: np.ndarray, binary: bool = True) -> httpclient
     tensor = httpclient.InferInput(name, list(array.shape), httpclient.np_to_triton_dtype(array.dtype))
     tensor.set_data_from_numpy(array, binary_data=binary)
     return tensor
+
+
+def test_infer_paths_match_no_other_route(client: TestClient) -> None:
+    """The infer routes come first (the router and Serve's route naming try routes in order), and
+    the app hands their requests over before routing: safe only while no other route takes their
+    paths, nor they another's."""
+    routes = client.app.routes
+    infer = [route for route in routes if route.path.endswith("/infer")]
+    for route in routes:
+        path = route.path.replace("{model}", "m").replace("{version}", "1")
+        scope = {"type": "http", "path": path, "root_path": "", "method": "POST"}
+        matching = [other.path for other in routes if other.matches(scope)[0] is not Match.NONE]
+        if route in infer:
+            assert matching == [route.path]
+        else:
+            assert not [other for other in infer if other.path in matching], path
 
 
 def test_health(client: TestClient) -> None:
@@ -138,6 +155,53 @@ def test_binary_inference_through_tritonclient(
         torch_reference(mixed_repository, "image_classifier", image)[0],
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("content_length", [True, False])
+def test_a_body_in_several_messages_is_decoded_whole(
+    client: TestClient, mixed_repository: Path, torch_reference: Reference, content_length: bool
+) -> None:
+    """A body the server passes in pieces (uvicorn does, for large ones) is assembled before decoding;
+    a one-message body is used as it is."""
+    x = np.random.default_rng(2).standard_normal((2, 16), dtype=np.float32)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([infer_input("input__0", x)])
+    messages = [
+        {"type": "http.request", "body": body[start : start + 7], "more_body": start + 7 < len(body)}
+        for start in range(0, len(body), 7)
+    ]
+    headers = [(b"inference-header-content-length", str(json_size).encode())]
+    if content_length:
+        headers.append((b"content-length", str(len(body)).encode()))
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    path = "/v2/models/linear/infer"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    client.portal.call(client.app, scope, receive, send)
+    start, reply = sent
+    assert start["status"] == 200 and not messages
+    header_length = int(dict(start["headers"])[b"inference-header-content-length"])
+    result = httpclient.InferenceServerClient.parse_response_body(reply["body"], header_length=header_length)
+    expected = torch_reference(mixed_repository, "linear", x)[0]
+    np.testing.assert_allclose(result.as_numpy("output__0"), expected, atol=1e-6)
 
 
 def test_binary_and_json_mixed_per_input_and_output(
