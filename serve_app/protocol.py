@@ -248,7 +248,8 @@ def decode_request(
             raise InvalidInputError(
                 f"request has {len(tensors)} {key}; at most {limits.max_tensors} are accepted"
             )
-    if not _well_formed(document):  # pydantic says what is wrong
+    if not _well_formed(document):
+        # pydantic's message says what is wrong; were it to take the document, its reading is decoded.
         document = _validate(InferRequestBody, document, "inference request").model_dump()
 
     offset = json_end
