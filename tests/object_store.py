@@ -18,16 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.processes import start_process, stop_process
+from tests.processes import free_port, start_process, stop_process
 
 REGION = "us-east-1"
 SETUP_REQUESTS = 3  # create_user, put_user_policy, create_access_key
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _accepts(port: int) -> bool:
@@ -42,7 +36,7 @@ def _accepts(port: int) -> bool:
 class S3Server:
     """moto_server with one IAM key; `credentials()` is the environment a reader needs."""
 
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     key_id: str = ""
     secret: str = ""
     process: Any = None

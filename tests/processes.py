@@ -5,6 +5,8 @@ Each runs in a session of its own with its output in a log file, and is stopped 
 
 from __future__ import annotations
 
+import random
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -47,3 +49,26 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+# Ports for the servers tests start: below the kernel's ephemeral range (32768-60999 here), where
+# the local end of an outgoing connection can take a port between its choice and the server's bind
+# (seen: Serve's gRPC proxy failing to bind [::]:<port>), and above Ray's worker ports (to 19999).
+_PORTS = range(20000, 30000)
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A port free on every interface now, never handed out before by this process."""
+    for _ in range(1000):
+        port = random.choice(_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORTS}")

@@ -10,7 +10,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import httpx
 import numpy as np
 import yaml
 
+from tests.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 APP_CONFIG = ROOT / "configs" / "app.yaml"
 SERVE = str(Path(sys.executable).with_name("serve"))
@@ -33,10 +34,6 @@ RUNTIMES = ["torch", *(["triton"] if importlib.util.find_spec("tritonserver") el
 TOLERANCE = 1e-5
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def app_config(
