@@ -156,3 +156,21 @@ def serve(mixed_repository: Path) -> Iterator[ServeFactory]:
 def client(serve: ServeFactory) -> TestClient:
     """The app over the mixed repository, model control off, 8 MiB request limit."""
     return serve()[0]
+
+
+def post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict:
+    """The ASGI scope of an HTTP POST to `path`, for tests that drive the app's ASGI callable."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }

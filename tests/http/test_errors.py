@@ -13,6 +13,7 @@ import torch
 from starlette.testclient import TestClient
 
 from serve_app.examples import write_model
+from tests.conftest import post_scope
 
 LINEAR_OK = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [2, 16], "data": [0.5] * 32}]}
 
@@ -308,20 +309,7 @@ def test_client_leaving_mid_body_is_quiet(
         sent.append(message)
 
     headers = [] if content_length is None else [(b"content-length", content_length)]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("testserver", 80),
-    }
+    scope = post_scope(path, headers)
     client.portal.call(client.app, scope, receive, send)
     assert not messages  # the body was read up to the disconnect
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]

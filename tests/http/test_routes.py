@@ -14,6 +14,8 @@ import tritonclient.http as httpclient
 from starlette.routing import Match
 from starlette.testclient import TestClient
 
+from tests.conftest import post_scope
+
 READY_MODELS = ["image_classifier", "int_ops", "linear", "multi_io"]
 Reference = Callable[..., list[np.ndarray]]
 
@@ -181,20 +183,7 @@ def test_a_body_in_several_messages_is_decoded_whole(
         sent.append(message)
 
     path = "/v2/models/linear/infer"
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("testserver", 80),
-    }
+    scope = post_scope(path, headers)
     client.portal.call(client.app, scope, receive, send)
     start, reply = sent
     assert start["status"] == 200 and not messages
