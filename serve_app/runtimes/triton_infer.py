@@ -46,8 +46,10 @@ class TritonCaller:
         self._cpu = _c.TRITONSERVER_MemoryType.CPU
         self._start_flag = int(_c.TRITONSERVER_RequestFlag.SEQUENCE_START)
         self._end_flag = int(_c.TRITONSERVER_RequestFlag.SEQUENCE_END)
-        self._allocator = _c.TRITONSERVER_ResponseAllocator(self._allocate, self._release, self._start)
-        self._allocator.set_query_function(self._query)
+        # No start or query function: Triton calls a start function for every response it creates,
+        # on its thread, before the model runs (a GIL round trip inside the batch's input phase),
+        # and a query function only when a backend asks where to put an output.
+        self._allocator = _c.TRITONSERVER_ResponseAllocator(self._allocate, self._release)
         self._types = {name: getattr(_c.TRITONSERVER_DataType, name) for name in NUMPY_BY_DATATYPE}
 
     def model_call(self, name: str, version: int, signature: ModelSignature) -> ModelCall:
@@ -114,12 +116,6 @@ class TritonCaller:
 
     def _release(self, *_: Any) -> None:
         """The buffer is the response's numpy array now; the garbage collector frees it."""
-
-    def _start(self, *_: Any) -> None:
-        """No per-response state."""
-
-    def _query(self, *_: Any) -> tuple[Any, int]:
-        return self._cpu, 0
 
 
 def _released(_request: Any, _flags: int, _inputs: Any) -> None:
