@@ -39,6 +39,7 @@ from serve_app.repository import (
 )
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
 from serve_app.runtimes.batching import Scheduler, Tensors
+from serve_app.runtimes.instances import InstanceThreads
 from serve_app.runtimes.statistics import ModelStatistics
 from serve_app.runtimes.torchscript import Timings, TorchScriptModel
 from serve_app.storage import StorageError
@@ -57,7 +58,7 @@ Fetch = Callable[[str], Awaitable[None]]
 class _Version:
     scheduler: Scheduler
     statistics: ModelStatistics
-    executor: ThreadPoolExecutor  # one thread per model instance
+    threads: InstanceThreads
 
 
 # Tensor name → (shape it arrives with, shape it leaves with), both without the batch dim.
@@ -170,25 +171,25 @@ class TorchRuntime:
             ),
             spec,
         )
-        executor = ThreadPoolExecutor(spec.instances, thread_name_prefix=f"torch-{spec.name}-{version}")
+        threads = InstanceThreads(spec.instances, f"torch-{spec.name}-{version}")
         statistics = ModelStatistics()
 
         async def execute(inputs: Tensors) -> tuple[Tensors, Timings]:
-            return await asyncio.get_running_loop().run_in_executor(executor, call, inputs)
+            return await threads.run(call, inputs)
 
         scheduler = Scheduler(execute, statistics, spec.max_batch_size, spec.dynamic_batching, spec.instances)
-        return _Version(scheduler, statistics, executor)
+        return _Version(scheduler, statistics, threads)
 
     async def stop(self) -> None:
         self._stopped = True
-        executors = [self._loader]
+        threads = [version.threads for model in self._models.values() for version in model.versions.values()]
         for model in self._models.values():
-            executors += [version.executor for version in model.versions.values()]
             await self._drain(model)
 
         def join() -> None:  # off the loop: an execution whose requests were all cancelled may still run
-            for executor in executors:
-                executor.shutdown()
+            self._loader.shutdown()
+            for instances in threads:
+                instances.shutdown()
 
         await asyncio.to_thread(join)
 
@@ -345,8 +346,7 @@ class TorchRuntime:
         try:
             for _, version in draining:
                 await version.scheduler.drain()
-                version.executor.shutdown(wait=False)
+                version.threads.shutdown(wait=False)
         finally:
             for entry in draining:
                 self._draining.remove(entry)
-
