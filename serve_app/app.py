@@ -5,7 +5,6 @@ replica owns a runtime (one GPU when Ray assigns one) and serves the Starlette a
 built from its dataplane and, over the same dataplane, Triton's gRPC service.
 """
 
-
 import asyncio
 import logging
 import os
@@ -65,8 +64,11 @@ class InferenceServer(GRPCIngress):
         )
         logger.info(
             "replica %s ready: runtime=%s device=%s gpu_ids=%s CUDA_VISIBLE_DEVICES=%s",
-            placement.replica, self._runtime.name, self._runtime.device(),
-            list(placement.gpu_ids), placement.cuda_visible_devices,
+            placement.replica,
+            self._runtime.name,
+            self._runtime.device(),
+            list(placement.gpu_ids),
+            placement.cuda_visible_devices,
         )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:

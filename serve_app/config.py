@@ -22,16 +22,18 @@ class TritonOptions(BaseModel):
     log_verbose: int = Field(0, ge=0, description="Triton's verbose log level.")
     log_info: bool = Field(False, description="Triton's info log lines.")
     exit_timeout_s: PositiveInt = Field(
-        20, description="How long Triton waits for requests in flight at stop; keep below Serve's "
-        "graceful_shutdown_timeout_s."
+        20,
+        description="How long Triton waits for requests in flight at stop; keep below Serve's "
+        "graceful_shutdown_timeout_s.",
     )
     backend_directory: str | None = Field(
         None, description="Triton backends; default: the NGC image's, else the CPU build's."
     )
     metrics: bool = Field(
-        False, description="Triton's own in-process metric collection (CPU/GPU pollers); no port serves "
+        False,
+        description="Triton's own in-process metric collection (CPU/GPU pollers); no port serves "
         "it (in-process Triton has no port 8002). The exported nv_inference_* metrics come from Triton's "
-        "statistics whatever this says: see args.metrics."
+        "statistics whatever this says: see args.metrics.",
     )
 
 
@@ -61,20 +63,18 @@ class AppArgs(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: the replica's GPU when Ray assigned one and CUDA works, else CPU."
     )
-    model_control: bool = Field(
-        False, description="Enable POST /v2/repository/models/{m}/load and /unload."
-    )
+    model_control: bool = Field(False, description="Enable POST /v2/repository/models/{m}/load and /unload.")
     max_request_bytes: PositiveInt = Field(64 * 2**20, description="Larger request bodies get 413.")
     torch_threads: PositiveInt | None = Field(
         None, description="torch intra-op threads; default: the replica's num_cpus."
     )
-    stop_timeout_s: float = Field(
-        25.0, gt=0, description="Bound on the runtime's stop at replica shutdown."
-    )
+    stop_timeout_s: float = Field(25.0, gt=0, description="Bound on the runtime's stop at replica shutdown.")
     execution_timeout_s: float = Field(
-        300.0, gt=0, description="torch runtime: a model execution running longer is wedged; the "
+        300.0,
+        gt=0,
+        description="torch runtime: a model execution running longer is wedged; the "
         "health check (every 10 s) then fails and Serve replaces the replica. Raise it above your "
-        "slowest legitimate batch."
+        "slowest legitimate batch.",
     )
     triton: TritonOptions = Field(
         default_factory=TritonOptions, description="Options of the in-process Triton (runtime: triton)."

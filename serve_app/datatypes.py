@@ -38,6 +38,4 @@ def numpy_dtype(datatype: str) -> np.dtype:
         return NUMPY_BY_DATATYPE[datatype]
     except KeyError:
         supported = ", ".join(NUMPY_BY_DATATYPE)
-        raise InvalidInputError(
-            f"unsupported datatype '{datatype}'; supported: {supported}"
-        ) from None
+        raise InvalidInputError(f"unsupported datatype '{datatype}'; supported: {supported}") from None

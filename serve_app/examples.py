@@ -69,17 +69,28 @@ def mlp(width: int, depth: int) -> nn.Module:
 
 
 def _image_classifier(repository: Path) -> None:
-    write_model(repository, "image_classifier", ImageClassifier(), (torch.rand(1, 3, 224, 224),), """
+    write_model(
+        repository,
+        "image_classifier",
+        ImageClassifier(),
+        (torch.rand(1, 3, 224, 224),),
+        """
 platform: "pytorch_libtorch"
 max_batch_size: 8
 input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] } ]
 output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 10 ] } ]
 dynamic_batching { }
-""")
+""",
+    )
 
 
 def _multi_io(repository: Path) -> None:
-    write_model(repository, "multi_io", ScaleAndSum(), (torch.rand(2, 5), torch.rand(2, 1)), """
+    write_model(
+        repository,
+        "multi_io",
+        ScaleAndSum(),
+        (torch.rand(2, 5), torch.rand(2, 1)),
+        """
 backend: "pytorch"
 max_batch_size: 4
 input [
@@ -91,21 +102,33 @@ output [
   { name: "output__1" data_type: TYPE_FP32 dims: [ 1 ] }
 ]
 dynamic_batching { }
-""")
+""",
+    )
 
 
 def _linear(repository: Path) -> None:
-    write_model(repository, "linear", nn.Linear(16, 4), (torch.rand(1, 16),), """
+    write_model(
+        repository,
+        "linear",
+        nn.Linear(16, 4),
+        (torch.rand(1, 16),),
+        """
 platform: "pytorch_libtorch"
 max_batch_size: 64
 input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 16 ] } ]
 output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
 dynamic_batching { }
-""")
+""",
+    )
 
 
 def _int_ops(repository: Path) -> None:
-    write_model(repository, "int_ops", IntOps(), (torch.randint(-5, 5, (2, 3), dtype=torch.int32),), """
+    write_model(
+        repository,
+        "int_ops",
+        IntOps(),
+        (torch.randint(-5, 5, (2, 3), dtype=torch.int32),),
+        """
 platform: "pytorch_libtorch"
 max_batch_size: 0
 input [ { name: "INPUT__0" data_type: TYPE_INT32 dims: [ 2, 3 ] } ]
@@ -113,7 +136,8 @@ output [
   { name: "OUTPUT__0" data_type: TYPE_BOOL dims: [ 2, 3 ] },
   { name: "OUTPUT__1" data_type: TYPE_INT64 dims: [ 2, 3 ] }
 ]
-""")
+""",
+    )
 
 
 EXAMPLES: dict[str, Callable[[Path], None]] = {

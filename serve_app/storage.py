@@ -121,8 +121,9 @@ def filesystem(location: RepositoryURL) -> Any:
 def unreadable(location: RepositoryURL, exc: BaseException) -> StorageError:
     """The error for a store that refused or failed a read, without credentials in it."""
     reason = str(exc).strip() or type(exc).__name__
-    return StorageError(f"{FIELD}: cannot read '{location}' ({type(exc).__name__}: {reason}); "
-                        f"{location.credentials_hint()}")
+    return StorageError(
+        f"{FIELD}: cannot read '{location}' ({type(exc).__name__}: {reason}); {location.credentials_hint()}"
+    )
 
 
 def probe(location: RepositoryURL) -> list[str]:
@@ -191,13 +192,15 @@ class RepositoryMirror:
         except FileNotFoundError:
             if missing_ok:
                 return False
-            raise StorageError(f"{FIELD}: '{self.location}' does not exist; "
-                               f"{self.location.credentials_hint()}") from None
+            raise StorageError(
+                f"{FIELD}: '{self.location}' does not exist; {self.location.credentials_hint()}"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - any store failure is reported the same way
             raise unreadable(self.location, exc) from None
         if not found and not missing_ok:
-            raise StorageError(f"{FIELD}: '{self.location}' holds no model directory; "
-                               f"{self.location.credentials_hint()}")
+            raise StorageError(
+                f"{FIELD}: '{self.location}' holds no model directory; {self.location.credentials_hint()}"
+            )
         return bool(found)
 
     def close(self) -> None:

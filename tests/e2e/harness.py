@@ -34,8 +34,6 @@ RUNTIMES = ["torch", *(["triton"] if importlib.util.find_spec("tritonserver") el
 TOLERANCE = 1e-5
 
 
-
-
 def app_config(
     port: int, args: dict[str, Any] | None = None, deployment: dict[str, Any] | None = None
 ) -> dict[str, Any]:

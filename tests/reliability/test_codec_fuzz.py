@@ -50,8 +50,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats()
     | st.text(max_size=4),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=4), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
     max_leaves=12,
 )
 dimensions = st.integers(min_value=-2, max_value=6) | st.integers(min_value=-(2**65), max_value=2**65)
@@ -62,8 +63,10 @@ datatypes = st.sampled_from([*NUMPY_BY_DATATYPE, "BYTES", "BF16", "fp32", ""]) |
 parameter_keys = st.sampled_from(
     ["binary_data_size", "binary_data", "binary_data_output", "shared_memory_region", "classification", "k"]
 )
-parameters = st.none() | json_values | st.dictionaries(
-    parameter_keys, json_values | st.integers(min_value=-1, max_value=64), max_size=3
+parameters = (
+    st.none()
+    | json_values
+    | st.dictionaries(parameter_keys, json_values | st.integers(min_value=-1, max_value=64), max_size=3)
 )
 data = json_values | st.lists(st.integers(-(2**65), 2**65) | st.floats() | st.booleans(), max_size=24)
 tensors = st.fixed_dictionaries(
