@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ INSTALL_COMMAND = "python -m serve_app.triton_install install"
 def install_root() -> Path:
     """Directory holding the Triton libraries and backends of this environment."""
     return Path(sys.prefix) / "lib" / "serve_app_triton"
+
+
+def requests_extension_path() -> Path:
+    """serve_app's compiled request path into the core (serve_app/runtimes/triton_requests.cc)."""
+    return install_root() / "python" / f"serve_app_triton_requests{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
 def backends_root() -> Path:

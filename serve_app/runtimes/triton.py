@@ -36,7 +36,8 @@ from serve_app.repository import (
     parse_config,
 )
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
-from serve_app.runtimes.triton_infer import ModelCall, TritonCaller
+from serve_app.runtimes.triton_infer import BindingsCaller, ModelCall
+from serve_app.runtimes.triton_requests import ExtensionCaller, extension
 from serve_app.storage import RepositoryURL, unreadable
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class TritonRuntime:
         self._remote = args.model_repository if isinstance(args.model_repository, RepositoryURL) else None
         self._server: tritonserver.Server | None = None
         self._errors: tuple[type[Exception], ...] = ()
-        self._requests: TritonCaller | None = None
+        self._requests: ExtensionCaller | BindingsCaller | None = None
         self._calls: dict[tuple[str, int], ModelCall] = {}  # by model and version, built at first use
         self._stopped = False
         self._versions: dict[str, tuple[int, ...]] = {}  # versions Triton knows, by model
@@ -123,7 +124,7 @@ class TritonRuntime:
             if self._remote:
                 raise unreadable(self._remote, exc) from exc
             raise RuntimeError(f"runtime triton: Triton did not start ({exc}); {INSTALL_HINT}") from exc
-        self._requests = TritonCaller(self._server)
+        self._requests = self._caller_for(self._server)
         try:
             await asyncio.gather(*(self._load(name) for name in self._repository_models()))
             self._refresh_versions()
@@ -255,6 +256,8 @@ class TritonRuntime:
             return
         if error is not None:
             logger.warning("Triton stop: %s", error)
+        if self._requests is not None:
+            self._requests.close()
         logger.info("Triton stopped in %.1f s", time.monotonic() - started)
 
     def healthy(self) -> bool:
@@ -376,7 +379,19 @@ class TritonRuntime:
             raise error from None
         return {name: outputs[name] for name in output_names}
 
-    def _caller(self) -> TritonCaller:
+    @staticmethod
+    def _caller_for(server: Any) -> ExtensionCaller | BindingsCaller:
+        module = extension()
+        if module is None:
+            logger.warning(
+                "serve_app's Triton request extension is not built: requests take the bindings' slower "
+                "path (run `%s`)",
+                triton_layout.INSTALL_COMMAND,
+            )
+            return BindingsCaller(server)
+        return ExtensionCaller(server, module)
+
+    def _caller(self) -> ExtensionCaller | BindingsCaller:
         self._triton()  # not stopped
         assert self._requests is not None
         return self._requests

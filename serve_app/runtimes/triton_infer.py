@@ -1,4 +1,4 @@
-"""One inference through tritonserver's C bindings: what `Model.async_infer` does, leaner.
+"""One inference through tritonserver's bindings: what `Model.async_infer` does, leaner.
 
 The Python API builds a request object, a `Tensor` per input and output, a response allocator
 and an asyncio queue per request, and looks up pybind enums in dicts on the way (~0.3 ms a
@@ -6,7 +6,9 @@ request on 2 cores, more than the model). Here a model's datatypes are resolved 
 allocator serves every request (numpy buffers for outputs), and each request costs one Triton
 request and its input appends. Responses come back through one queue per event loop: the
 first response into an empty queue wakes the loop, which then settles every response queued
-by then (under load, one wake-up serves a whole batch, and Triton's threads make no syscall).
+by then. The bindings still call Python, under the GIL, on Triton's threads for every output,
+response and release: serve_app's extension (triton_requests.py) does not, and replaces this
+caller wherever the installer built it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class ModelCall:
     output_dtypes: Mapping[str, np.dtype]
 
 
-class TritonCaller:
+class BindingsCaller:
     """Sends requests to one in-process server; responses come back on the caller's event loop."""
 
     def __init__(self, server: Any) -> None:
@@ -96,6 +98,9 @@ class TritonCaller:
         except asyncio.CancelledError:
             request.cancel()
             raise
+
+    def close(self) -> None:
+        """Nothing to release: responses come back through `call_soon_threadsafe`."""
 
     def _apply(self, request: Any, options: InferOptions) -> None:
         request.priority_uint64 = options.priority

@@ -14,9 +14,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from serve_app.triton_install import core, pytorch_backend
+from serve_app.triton_install import core, pytorch_backend, requests_extension
 from serve_app.triton_install.build import InstallError
-from serve_app.triton_layout import STAMP, backend_directory, install_root, installed
+from serve_app.triton_layout import STAMP, backend_directory, install_root, installed, requests_extension_path
 
 
 def _core_wanted() -> dict[str, Any]:
@@ -38,23 +38,31 @@ def _core_current() -> bool:
 
 
 def install(force: bool = False, gpu: bool = False) -> None:
-    """Install what is missing or stale: the core and bindings, then the PyTorch backend."""
+    """Install what is missing or stale: the core and bindings, the PyTorch backend, serve_app's
+    request extension (rebuilt alone when only its source changed)."""
     backend_wanted = {
         **pytorch_backend.torch_build_facts(),
         "gpu": gpu,
         "pytorch_backend": pytorch_backend.BRANCH,
     }
+    extension_wanted = {"requests_extension": requests_extension.source_digest()}
     rebuild_core = force or not _core_current()
     rebuild_backend = (
         rebuild_core
         or backend_directory() is None
         or any(installed().get(key) != value for key, value in backend_wanted.items())
     )
-    if not rebuild_backend:
+    rebuild_extension = (
+        rebuild_core
+        or not requests_extension_path().is_file()
+        or installed().get("requests_extension") != extension_wanted["requests_extension"]
+    )
+    if not (rebuild_backend or rebuild_extension):
         print(f"Triton {core.TRITON_VERSION} with its PyTorch backend (torch {backend_wanted['torch']}) "
               f"is already installed in {install_root()} (use --force to rebuild)")  # fmt: skip
         return
     core.check_prerequisites()
+    recorded = installed()
     with (
         tempfile.TemporaryDirectory(prefix="serve-app-triton-") as scratch,
         core.core_sources() as core_source,
@@ -62,12 +70,16 @@ def install(force: bool = False, gpu: bool = False) -> None:
         work = Path(scratch)
         if rebuild_core:
             core.install_core(core_source, work)
-        (install_root() / STAMP).write_text(json.dumps(_core_wanted()))
-        with pytorch_backend.backend_sources() as backend_source:
-            pytorch_backend.build(backend_source, core_source, gpu, work)
-    (install_root() / STAMP).write_text(
-        json.dumps({**_core_wanted(), **backend_wanted, "core_library": core.core_library()})
-    )
+            recorded = _core_wanted()
+            (install_root() / STAMP).write_text(json.dumps(recorded))
+        if rebuild_backend:
+            with pytorch_backend.backend_sources() as backend_source:
+                pytorch_backend.build(backend_source, core_source, gpu, work)
+            recorded = {**recorded, **backend_wanted, "core_library": core.core_library()}
+            (install_root() / STAMP).write_text(json.dumps(recorded))
+        if rebuild_extension:
+            requests_extension.build(core_source, core.core_library())
+    (install_root() / STAMP).write_text(json.dumps({**recorded, **extension_wanted}))
 
 
 def main(argv: list[str] | None = None) -> int:

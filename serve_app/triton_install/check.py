@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from serve_app.triton_install.build import InstallError
-from serve_app.triton_layout import backend_directory, pytorch_backend_problem
+from serve_app.triton_layout import backend_directory, pytorch_backend_problem, requests_extension_path
 
 _CONFIG = """platform: "pytorch_libtorch"
 max_batch_size: 8
@@ -61,3 +61,9 @@ def check() -> None:
         raise InstallError("TorchScript output through Triton's PyTorch backend differs from torch")
     print(f"tritonserver {tritonserver.__version__}, server {server_version}, backends {backends}")
     print(f"numpy {np.__version__}, torch {torch.__version__}: Triton's PyTorch backend OK")
+    from serve_app.runtimes.triton_requests import extension
+
+    if extension() is None:
+        print("serve_app's request extension is not built: requests take the bindings' slower path")
+    else:
+        print(f"serve_app's request extension loads ({requests_extension_path()})")

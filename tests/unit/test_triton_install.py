@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from serve_app import triton_layout
 from serve_app.triton_install import __main__ as installer
-from serve_app.triton_install import pytorch_backend
+from serve_app.triton_install import pytorch_backend, requests_extension
 from serve_app.triton_install.build import InstallError, source_tree
 
 MARKER = Path("pytorch_backend", "src", "libtorch.cc")
@@ -77,3 +78,44 @@ def test_a_torch_upgrade_is_reported_with_the_fix(tmp_path: Path, monkeypatch: p
     assert problem is not None and "built against torch 1.0.0" in problem
     assert triton_layout.INSTALL_COMMAND in problem
     assert triton_layout.backend_directory() is None  # no libraries in an empty root
+
+
+def test_a_changed_extension_source_rebuilds_the_extension_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The install records the extension's source digest: an edit rebuilds it (seconds), not the
+    core or the PyTorch backend (minutes); the next install rebuilds nothing."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "extension.so").write_bytes(b"an older build")
+    backend = {
+        **pytorch_backend.torch_build_facts(),
+        "gpu": False,
+        "pytorch_backend": pytorch_backend.BRANCH,
+    }
+    recorded = {**installer._core_wanted(), **backend, "requests_extension": "an older source"}
+    (root / triton_layout.STAMP).write_text(json.dumps(recorded))
+
+    def must_not_run(*_: object) -> None:
+        raise AssertionError("rebuilt what had not changed")
+
+    built: list[str] = []
+    monkeypatch.setattr(installer, "install_root", lambda: root)
+    monkeypatch.setattr(installer, "installed", lambda: json.loads((root / triton_layout.STAMP).read_text()))
+    monkeypatch.setattr(installer, "_core_current", lambda: True)
+    monkeypatch.setattr(installer, "backend_directory", lambda: str(root))
+    monkeypatch.setattr(installer, "requests_extension_path", lambda: root / "extension.so")
+    monkeypatch.setattr(installer.core, "check_prerequisites", lambda: None)
+    monkeypatch.setattr(installer.core, "core_sources", lambda: contextlib.nullcontext(tmp_path))
+    monkeypatch.setattr(installer.core, "core_library", lambda: "libtritonserver-test.so")
+    monkeypatch.setattr(installer.core, "install_core", must_not_run)
+    monkeypatch.setattr(installer.pytorch_backend, "build", must_not_run)
+    monkeypatch.setattr(installer.requests_extension, "build", lambda _source, library: built.append(library))
+
+    installer.install()
+    assert built == ["libtritonserver-test.so"]
+    stamp = json.loads((root / triton_layout.STAMP).read_text())
+    assert stamp == {**recorded, "requests_extension": requests_extension.source_digest()}
+    capsys.readouterr()
+    installer.install()
+    assert built == ["libtritonserver-test.so"] and "already installed" in capsys.readouterr().out

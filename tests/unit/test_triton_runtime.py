@@ -35,9 +35,12 @@ from serve_app.errors import (
 from serve_app.examples import EXAMPLES
 from serve_app.placement import Placement
 from serve_app.protocol import InferRequest, InputTensor
+from serve_app.runtimes import triton as triton_module
 from serve_app.runtimes.base import Runtime
 from serve_app.runtimes.torch import TorchRuntime
 from serve_app.runtimes.triton import TritonRuntime
+from serve_app.runtimes.triton_infer import BindingsCaller
+from serve_app.runtimes.triton_requests import ExtensionCaller, extension
 
 pytest.importorskip("tritonserver", reason="needs `python -m serve_app.triton_install install`")
 
@@ -155,10 +158,18 @@ def repository(mixed_repository: Path, tmp_path_factory: pytest.TempPathFactory)
     return path
 
 
-@pytest.fixture(scope="module")
-async def triton(repository: Path) -> AsyncIterator[TritonRuntime]:
+@pytest.fixture(scope="module", params=[ExtensionCaller, BindingsCaller], ids=["extension", "bindings"])
+async def triton(request: pytest.FixtureRequest, repository: Path) -> AsyncIterator[TritonRuntime]:
+    """Every test runs on both request paths: serve_app's extension, and the bindings' path
+    that serves where the extension is not built."""
+    if request.param is ExtensionCaller and extension() is None:
+        pytest.skip("serve_app's request extension is not built (python -m serve_app.triton_install install)")
     runtime = TritonRuntime(triton_args(repository), CPU_PLACEMENT)
-    await runtime.start()
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param is BindingsCaller:
+            patch.setattr(triton_module, "extension", lambda: None)
+        await runtime.start()
+    assert isinstance(runtime._requests, request.param)
     yield runtime
     await runtime.stop()
 
@@ -360,6 +371,32 @@ async def test_request_fields_reach_the_model(triton: TritonRuntime) -> None:
         await dataplane.infer(request)
 
 
+async def test_cancelled_requests_leave_nothing_behind(triton: TritonRuntime) -> None:
+    """Requests cancelled in flight (a client gone) end in Triton; the others get their answers,
+    which stay intact while later requests reuse the memory of the cancelled ones."""
+    inputs, names = CASES["image_classifier"]
+    with anyio.fail_after(60):
+        pending = [
+            asyncio.ensure_future(triton.infer("image_classifier", "1", inputs, names)) for _ in range(8)
+        ]
+        await asyncio.sleep(0)  # every request is now in Triton
+        for task in pending[::2]:
+            task.cancel()
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        kept = [r for r in results if isinstance(r, dict)]
+        assert all(isinstance(r, asyncio.CancelledError) for r in results[::2])
+        assert len(kept) == 4
+        first = kept[0]["output__0"].copy()
+        for _ in range(20):
+            await triton.infer("image_classifier", "1", inputs, names)
+        np.testing.assert_array_equal(kept[0]["output__0"], first)
+        caller = triton._requests
+        if isinstance(caller, ExtensionCaller):  # every request released: no inputs or futures held
+            [requests] = caller._loops.values()
+            while requests._inputs or requests._futures:
+                await asyncio.sleep(0.01)
+
+
 async def test_concurrent_requests_are_batched_by_triton(
     triton: TritonRuntime, torch_runtime: TorchRuntime
 ) -> None:
@@ -404,10 +441,13 @@ async def test_unload_load_and_a_broken_reload(triton: TritonRuntime, repository
     with pytest.raises(ModelNotFoundError, match="no directory 'nope'"):
         await triton.load("nope", {})
     shutil.copytree(repository / "bad_pbtxt", repository / "late_bad")
-    with pytest.raises(ModelNotReadyError, match=r"failed to load 'late_bad': .*cannot parse"):
-        await triton.load("late_bad", {})
-    [state] = [s for s in triton.index() if s.name == "late_bad"]
-    assert state.state == "UNAVAILABLE" and "cannot parse" in state.reason
+    try:
+        with pytest.raises(ModelNotReadyError, match=r"failed to load 'late_bad': .*cannot parse"):
+            await triton.load("late_bad", {})
+        [state] = [s for s in triton.index() if s.name == "late_bad"]
+        assert state.state == "UNAVAILABLE" and "cannot parse" in state.reason
+    finally:
+        shutil.rmtree(repository / "late_bad")  # the repository serves the next runtime of this module
 
 
 async def test_stop_completes_requests_in_flight(example_repository: Path, tmp_path: Path) -> None:
