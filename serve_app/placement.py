@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Placement:
         )
 
     def torch_device(self, preference: str) -> torch.device:
+        import torch  # here, not at import: the Triton runtime's replicas never load it (~1 s)
+
         if preference == "cpu" or (preference == "auto" and not self.gpu_ids):
             return torch.device("cpu")
         if torch.cuda.is_available():

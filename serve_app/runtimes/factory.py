@@ -7,7 +7,6 @@ import logging
 from serve_app.config import AppArgs
 from serve_app.placement import Placement
 from serve_app.runtimes.base import Runtime
-from serve_app.runtimes.torch import TorchRuntime
 from serve_app.storage import RepositoryMirror, RepositoryURL, StorageError
 
 logger = logging.getLogger(__name__)
@@ -24,6 +23,8 @@ async def start_runtime(args: AppArgs, placement: Placement) -> Runtime:
             if args.runtime == "triton":
                 raise
             logger.warning("runtime auto: Triton unavailable (%s); using the torch runtime", exc)
+    from serve_app.runtimes.torch import TorchRuntime  # imports torch (~1 s): only when it runs
+
     repository, fetch = args.model_repository, None
     if isinstance(repository, RepositoryURL):
         mirror = RepositoryMirror(repository)

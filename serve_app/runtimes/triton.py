@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from serve_app import triton_layout
 from serve_app.config import AppArgs
@@ -61,6 +60,12 @@ def _import_tritonserver() -> Any:
     except ImportError as exc:
         raise RuntimeError(f"runtime triton: cannot import tritonserver ({exc}); {INSTALL_HINT}") from exc
     return tritonserver
+
+
+def _cuda_available() -> bool:
+    import torch  # only on replicas that Ray gave a GPU
+
+    return torch.cuda.is_available()
 
 
 def _reason(text: str | None) -> str:
@@ -115,9 +120,13 @@ class TritonRuntime:
         self._errors = (tritonserver.TritonError,)
         options = self._options(tritonserver)
         os.environ.update(triton_layout.environment_for_stub())
-        # The CPU build's PyTorch backend shares this process's libtorch: its thread setting is the
-        # models' default when Triton reads the configs itself (a repository on object storage).
-        torch.set_num_threads(self._threads())
+        if self._remote:
+            # The CPU build's PyTorch backend shares this process's libtorch: its thread setting is
+            # the models' default when Triton reads the configs itself. (A local repository's
+            # models get theirs through a config override, and torch is not imported: ~1 s.)
+            import torch
+
+            torch.set_num_threads(self._threads())
         try:
             self._server = tritonserver.Server(options).start(wait_until_ready=True, timeout=60)
         except tritonserver.TritonError as exc:
@@ -154,7 +163,7 @@ class TritonRuntime:
             problem = triton_layout.pytorch_backend_problem()
             if problem:
                 raise RuntimeError(f"runtime triton: {problem}")
-        gpu = bool(self._placement.gpu_ids) and torch.cuda.is_available()
+        gpu = bool(self._placement.gpu_ids) and _cuda_available()
         return tritonserver.Options(
             model_repository=str(self._args.model_repository),
             model_control_mode=tritonserver.ModelControlMode.EXPLICIT,
