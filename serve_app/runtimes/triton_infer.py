@@ -37,8 +37,22 @@ class ModelCall:
 
     name: str
     version: int
-    input_types: Mapping[str, Any]  # input name → TRITONSERVER_DataType
+    input_types: Mapping[str, Any]  # input name → TRITONSERVER_DataType (enum or its int)
     output_dtypes: Mapping[str, np.dtype]
+
+    @classmethod
+    def build(cls, name: str, version: int, signature: ModelSignature, types: Mapping[str, Any]) -> ModelCall:
+        """`types`: wire datatype name → the caller's Triton datatype value."""
+        return cls(
+            name,
+            version,
+            {t.name: types[t.datatype] for t in signature.inputs},
+            {
+                t.name: np.dtype(NUMPY_BY_DATATYPE[t.datatype])
+                for t in signature.outputs
+                if t.datatype in NUMPY_BY_DATATYPE
+            },
+        )
 
 
 class BindingsCaller:
@@ -62,16 +76,7 @@ class BindingsCaller:
         )
 
     def model_call(self, name: str, version: int, signature: ModelSignature) -> ModelCall:
-        return ModelCall(
-            name,
-            version,
-            {t.name: self._types[t.datatype] for t in signature.inputs},
-            {
-                t.name: np.dtype(NUMPY_BY_DATATYPE[t.datatype])
-                for t in signature.outputs
-                if t.datatype in NUMPY_BY_DATATYPE
-            },
-        )
+        return ModelCall.build(name, version, signature, self._types)
 
     async def infer(self, call: ModelCall, inputs: dict[str, np.ndarray], options: InferOptions) -> Outputs:
         """Run one request; raises tritonserver's errors (the caller maps them)."""

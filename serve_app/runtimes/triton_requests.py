@@ -57,16 +57,7 @@ class ExtensionCaller:
         )
 
     def model_call(self, name: str, version: int, signature: ModelSignature) -> ModelCall:
-        return ModelCall(
-            name,
-            version,
-            {t.name: self._types[t.datatype] for t in signature.inputs},
-            {
-                t.name: np.dtype(NUMPY_BY_DATATYPE[t.datatype])
-                for t in signature.outputs
-                if t.datatype in NUMPY_BY_DATATYPE
-            },
-        )
+        return ModelCall.build(name, version, signature, self._types)
 
     async def infer(self, call: ModelCall, inputs: dict[str, np.ndarray], options: InferOptions) -> Outputs:
         """Run one request; raises tritonserver's errors (the caller maps them)."""
