@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import weakref
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,9 +70,7 @@ class BindingsCaller:
         # and a query function only when a backend asks where to put an output.
         self._allocator = _c.TRITONSERVER_ResponseAllocator(self._allocate, self._release)
         self._types = {name: getattr(_c.TRITONSERVER_DataType, name) for name in NUMPY_BY_DATATYPE}
-        self._completions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Completions] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._completions: dict[asyncio.AbstractEventLoop, _Completions] = {}  # a replica has one loop
 
     def model_call(self, name: str, version: int, signature: ModelSignature) -> ModelCall:
         return ModelCall.build(name, version, signature, self._types)

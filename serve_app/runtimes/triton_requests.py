@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import itertools
-import weakref
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -52,9 +51,7 @@ class ExtensionCaller:
         self._start_flag = int(_c.TRITONSERVER_RequestFlag.SEQUENCE_START)
         self._end_flag = int(_c.TRITONSERVER_RequestFlag.SEQUENCE_END)
         self._tokens = itertools.count(1)
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopRequests] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopRequests] = {}  # a replica has one loop
 
     def model_call(self, name: str, version: int, signature: ModelSignature) -> ModelCall:
         return ModelCall.build(name, version, signature, self._types)
