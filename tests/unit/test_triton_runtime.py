@@ -61,8 +61,8 @@ CASES: dict[str, tuple[dict[str, np.ndarray], list[str]]] = {
     "int_ops": ({"INPUT__0": RNG.integers(-9, 9, (2, 3), dtype=np.int32)}, ["OUTPUT__0", "OUTPUT__1"]),
 }
 
-# Models beside the examples in this module's repository, which only Triton serves as they are.
-TRITON_ONLY = ("double", "echo", "linear_twice", "picky")
+# Models beside the examples in this module's repository (`repository` adds them).
+ADDED_HERE = ("double", "echo", "linear_gathered", "linear_twice", "picky")
 PICKY_CONFIG = """
 platform: "pytorch_libtorch"
 max_batch_size: 8
@@ -155,6 +155,15 @@ def repository(mixed_repository: Path, tmp_path_factory: pytest.TempPathFactory)
     (path / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
     (path / "linear_twice" / "1").mkdir(parents=True)  # an ensemble's version directory is empty
     (path / "linear_twice" / "config.pbtxt").write_text(ENSEMBLE_CONFIG)
+    # linear whose batcher waits 100 ms to gather: a test of batching needs requests that meet
+    # (plain `linear` answers each request before the next is submitted when the machine is quiet).
+    shutil.copytree(path / "linear", path / "linear_gathered")
+    config = (path / "linear_gathered" / "config.pbtxt").read_text()
+    gathering = config.replace(
+        "dynamic_batching { }", "dynamic_batching { max_queue_delay_microseconds: 100000 }"
+    )
+    assert gathering != config
+    (path / "linear_gathered" / "config.pbtxt").write_text(gathering)
     return path
 
 
@@ -226,7 +235,7 @@ async def test_server_index_versions_and_health(triton: TritonRuntime) -> None:
     advertised = DataPlane(triton, model_control=False, placement={}).server_metadata()["extensions"]
     assert advertised == [*SERVED_EXTENSIONS, *RUNTIME_EXTENSIONS]  # not Triton core's whole list
     ready = [(s.name, s.version) for s in triton.index() if s.state == "READY"]
-    assert ready == [(name, "1") for name in sorted([*CASES, *TRITON_ONLY])]
+    assert ready == [(name, "1") for name in sorted([*CASES, *ADDED_HERE])]
     assert triton.resolve("linear", None) == "1"
     assert triton.resolve("linear", "01") == "1"
     for version in ("latest", "2", "²", "-1", ""):
@@ -236,7 +245,7 @@ async def test_server_index_versions_and_health(triton: TritonRuntime) -> None:
         triton.metadata("nope", None)
     assert triton.statistics("linear", "01")["model_stats"][0]["version"] == "1"
     everything = triton.statistics(None, None)["model_stats"]
-    assert sorted(s["name"] for s in everything) == sorted([*CASES, *TRITON_ONLY])
+    assert sorted(s["name"] for s in everything) == sorted([*CASES, *ADDED_HERE])
 
 
 async def test_broken_entries_are_unavailable_with_a_reason_while_the_others_serve(
@@ -400,16 +409,16 @@ async def test_cancelled_requests_leave_nothing_behind(triton: TritonRuntime) ->
 async def test_concurrent_requests_are_batched_by_triton(
     triton: TritonRuntime, torch_runtime: TorchRuntime
 ) -> None:
-    [before] = triton.statistics("linear", "1")["model_stats"]
+    [before] = triton.statistics("linear_gathered", "1")["model_stats"]
     rows = [RNG.standard_normal((1 + i % 2, 16), dtype=np.float32) for i in range(64)]
     with anyio.fail_after(60):
         results = await asyncio.gather(
-            *(triton.infer("linear", "1", {"input__0": r}, ["output__0"]) for r in rows)
+            *(triton.infer("linear_gathered", "1", {"input__0": r}, ["output__0"]) for r in rows)
         )
     for row, result in zip(rows, results, strict=True):
         want = await torch_runtime.infer("linear", "1", {"input__0": row}, ["output__0"])
         np.testing.assert_allclose(result["output__0"], want["output__0"], rtol=0, atol=TOLERANCE)
-    [after] = triton.statistics("linear", "1")["model_stats"]
+    [after] = triton.statistics("linear_gathered", "1")["model_stats"]
     executions = after["execution_count"] - before["execution_count"]
     requests = after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
     assert requests == len(rows)
