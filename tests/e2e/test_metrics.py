@@ -20,6 +20,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ MODELS = ("linear_a", "linear_b")
 GOOD = {"linear_a": 30, "linear_b": 20}  # successful requests (batch of 2 each)
 BAD = {"linear_a": 4, "linear_b": 3}  # wrong shape: refused before the runtime (REJECTED)
 WAIT_S = 60.0
+SUCCESS = "ray_nv_inference_request_success_total"
+TOP_UPS = 5  # bursts at most before "one replica never serves" is the test's failure
 
 
 class Prometheus:
@@ -113,6 +116,13 @@ def two_model_repository(example_repository_path: Path, tmp_path_factory: pytest
     return repository
 
 
+@dataclass(frozen=True)
+class Traffic:
+    app: str
+    good: dict[str, int]  # successful requests per model (batch of 2 each)
+    bad: dict[str, int]  # refused requests per model
+
+
 @pytest.fixture(scope="module", params=RUNTIMES)
 def traffic(
     request: pytest.FixtureRequest,
@@ -120,8 +130,9 @@ def traffic(
     two_model_repository: Path,
     prometheus: Prometheus,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    """Two replicas of an app of its own name, after GOOD and BAD requests; yields the app name."""
+) -> Iterator[Traffic]:
+    """Two replicas of an app of its own name, after GOOD and BAD requests (and, if one replica
+    got all of them, a few more until both served: see `_top_up`)."""
     app = f"metrics_{request.param}"
     config = app_config(
         free_port(),
@@ -138,10 +149,30 @@ def traffic(
     run = ServeRun(config, tmp_path_factory.mktemp("serve-metrics"), address=ray_address).start()
     try:
         wait_for("both replicas serving", lambda: _replicas_answering(run.url, 2))
-        send_traffic(run.url)
-        yield app
+        good, bad = dict(GOOD), dict(BAD)
+        send_traffic(run.url, good, bad)
+        _top_up(run.url, prometheus, Traffic(app, good, bad))
+        yield Traffic(app, good, bad)
     finally:
         run.stop()
+
+
+def _top_up(url: str, prometheus: Prometheus, traffic: Traffic) -> None:
+    """HAProxy's leastconn may give every request of a short burst to one replica (each ends
+    before the next begins): add bursts of concurrent requests, counted, until both served."""
+    for _ in range(TOP_UPS):
+        wait_for("the traffic counted", lambda: _counted(prometheus, traffic))
+        if len(prometheus.sum_by("replica", SUCCESS, traffic.app)) >= 2:
+            return
+        burst = {MODELS[0]: 16}
+        send_traffic(url, burst, {}, clients=8)
+        traffic.good[MODELS[0]] += burst[MODELS[0]]
+
+
+def _counted(prometheus: Prometheus, traffic: Traffic) -> None:
+    success = prometheus.sum_by("model", SUCCESS, traffic.app)
+    failure = prometheus.sum_by("model", "ray_nv_inference_request_failure_total", traffic.app)
+    assert success == traffic.good and failure == traffic.bad, (success, failure)
 
 
 def _replicas_answering(url: str, count: int) -> None:
@@ -150,13 +181,13 @@ def _replicas_answering(url: str, count: int) -> None:
     assert len(seen) >= count, seen
 
 
-def send_traffic(url: str) -> None:
-    """GOOD and BAD requests per model, 4 at a time so both replicas get some."""
+def send_traffic(url: str, good_counts: dict[str, int], bad_counts: dict[str, int], clients: int = 4) -> None:
+    """Good and bad requests per model, `clients` at a time."""
     good, _ = linear_body(batch=2)
     bad = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 15], "data": [0.0] * 15}]}
-    calls = [(m, good, 200) for m, n in GOOD.items() for _ in range(n)]
-    calls += [(m, bad, 400) for m, n in BAD.items() for _ in range(n)]
-    with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(4) as pool:
+    calls = [(m, good, 200) for m, n in good_counts.items() for _ in range(n)]
+    calls += [(m, bad, 400) for m, n in bad_counts.items() for _ in range(n)]
+    with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(clients) as pool:
 
         def call(model: str, body: dict[str, Any], status: int) -> None:
             response = http.post(f"/v2/models/{model}/infer", json=body)
@@ -178,24 +209,20 @@ def wait_for(what: str, check: Callable[[], Any]) -> None:
             time.sleep(0.5)
 
 
-def test_traffic_sums_over_replicas(traffic: str, prometheus: Prometheus) -> None:
-    def counted() -> None:
-        success = prometheus.sum_by("model", "ray_nv_inference_request_success_total", traffic)
-        failure = prometheus.sum_by("model", "ray_nv_inference_request_failure_total", traffic)
-        assert success == GOOD and failure == BAD, (success, failure)
-
-    wait_for("successes and failures per model", counted)
-    assert set(prometheus.sum_by("reason", "ray_nv_inference_request_failure_total", traffic)) == {"REJECTED"}
-    inferences = prometheus.sum_by("model", "ray_nv_inference_count_total", traffic)
-    assert inferences == {m: 2 * n for m, n in GOOD.items()}  # batch of 2 each
-    assert prometheus.sum_by("model", "ray_nv_inference_request_histogram_ms_count", traffic) == GOOD
+def test_traffic_sums_over_replicas(traffic: Traffic, prometheus: Prometheus) -> None:
+    app = traffic.app
+    wait_for("successes and failures per model", lambda: _counted(prometheus, traffic))
+    assert set(prometheus.sum_by("reason", "ray_nv_inference_request_failure_total", app)) == {"REJECTED"}
+    inferences = prometheus.sum_by("model", "ray_nv_inference_count_total", app)
+    assert inferences == {m: 2 * n for m, n in traffic.good.items()}  # batch of 2 each
+    assert prometheus.sum_by("model", "ray_nv_inference_request_histogram_ms_count", app) == traffic.good
     for name in ("request", "queue", "compute_input", "compute_infer", "compute_output"):
-        durations = prometheus.sum_by("model", f"ray_nv_inference_{name}_duration_us_total", traffic)
+        durations = prometheus.sum_by("model", f"ray_nv_inference_{name}_duration_us_total", app)
         assert set(durations) == set(MODELS) and all(v > 0 for v in durations.values()), (name, durations)
-    replicas = prometheus.sum_by("replica", "ray_nv_inference_request_success_total", traffic)
+    replicas = prometheus.sum_by("replica", SUCCESS, app)
     assert len(replicas) == 2, f"expected both replicas to have served: {replicas}"
-    print(f"\nsuccesses by replica ({traffic}): {replicas}")
-    print_scrape(prometheus, traffic, MODELS[0])
+    print(f"\nsuccesses by replica ({app}): {replicas}; requests per model {traffic.good}")
+    print_scrape(prometheus, app, MODELS[0])
 
 
 def print_scrape(prometheus: Prometheus, app: str, model: str) -> None:
@@ -213,9 +240,9 @@ def dashboard_expressions() -> list[str]:
     return [target["expr"] for panel in panels for target in panel.get("targets", [])]
 
 
-def test_dashboard_queries_parse_and_return_data(traffic: str, prometheus: Prometheus) -> None:
+def test_dashboard_queries_parse_and_return_data(traffic: Traffic, prometheus: Prometheus) -> None:
     """After the traffic: `$application` is the app, `$model` all models; GPU panels need a GPU."""
-    variables = {"$application": traffic, "$model": ".*", "$__rate_interval": "1m"}
+    variables = {"$application": traffic.app, "$model": ".*", "$__rate_interval": "1m"}
     expressions = dashboard_expressions()
     assert expressions
     checked = []
