@@ -99,25 +99,40 @@ def _stage_binaries(work: Path, layout: Path) -> str:
 
 
 def _build_bindings(source: Path, libs: Path, library: str, output: Path) -> None:
-    """Compile the official bindings against the pytriton core under its hashed name.
+    """Compile the official bindings against the pytriton core under its hashed name."""
+    installed_at = Path(sysconfig.get_paths()["platlib"]) / "tritonserver" / "_c"
+    compile_against_core(
+        source / _BINDINGS_SOURCE,
+        source / "include",
+        libs,
+        library,
+        output,
+        installed_at,
+        "the tritonserver bindings",
+    )
+
+
+def compile_against_core(
+    source_file: Path, include: Path, libs: Path, library: str, output: Path, installed_at: Path, what: str
+) -> None:
+    """Compile a pybind11 module that links the core under its hashed name.
 
     The hashed name keeps one core in the process, shared with the backends; an
-    $ORIGIN-relative DT_RPATH (not RUNPATH) also serves the core's own transitive
-    dependencies such as libcurl's.
+    $ORIGIN-relative DT_RPATH (not RUNPATH), from where the module is installed, also serves
+    the core's own transitive dependencies such as libcurl's.
     """
     import pybind11
 
-    installed_at = Path(sysconfig.get_paths()["platlib"]) / "tritonserver" / "_c"
     rpath = "$ORIGIN/" + os.path.relpath(install_root() / LIBS, installed_at)
     started = time.monotonic()
     run(
         [
             "g++", "-O2", "-shared", "-fPIC", "-std=c++17", "-fvisibility=hidden",
             f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
-            f"-I{source / 'include'}", str(source / _BINDINGS_SOURCE), "-o", str(output),
+            f"-I{include}", str(source_file), "-o", str(output),
             f"-L{libs}", f"-l:{library}", f"-Wl,--disable-new-dtags,-rpath,{rpath}",
         ],
-        "compiling the tritonserver bindings",
+        f"compiling {what}",
     )  # fmt: skip
     print(f"compiled {output.name} in {time.monotonic() - started:.0f} s")
 
