@@ -35,6 +35,7 @@ from serve_app.repository import (
     parse_config,
 )
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
+from serve_app.runtimes.niceness import match_process_niceness
 from serve_app.runtimes.triton_infer import BindingsCaller, ModelCall
 from serve_app.runtimes.triton_requests import ExtensionCaller, extension
 from serve_app.storage import RepositoryURL, unreadable
@@ -134,6 +135,7 @@ class TritonRuntime:
                 raise unreadable(self._remote, exc) from exc
             raise RuntimeError(f"runtime triton: Triton did not start ({exc}); {INSTALL_HINT}") from exc
         self._requests = self._caller_for(self._server)
+        match_process_niceness()
         try:
             await asyncio.gather(*(self._load(name) for name in self._repository_models()))
             self._refresh_versions()
@@ -226,6 +228,7 @@ class TritonRuntime:
                 failure = f"{failure}: {plan.config_problem}"
             self._load_errors[name] = failure
             logger.warning("model '%s' failed to load: %s", name, failure)
+        match_process_niceness()  # the load started the model's instance and scheduler threads
         self._forget_calls(name)
         # A failed reload can leave the previous versions serving.
         if server.model(name).ready():

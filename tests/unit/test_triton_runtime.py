@@ -8,7 +8,10 @@ does not import (`python -m serve_app.triton_install install`); CI installs it.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -504,3 +507,46 @@ async def test_without_tritonserver_the_error_says_how_to_install(
         RuntimeError, match=r"python -m serve_app\.triton_install install.*configs/Dockerfile"
     ):
         await runtime.start()
+
+
+# A replica's process as Ray starts it (nice 15, `RAY_worker_niceness`): Triton's model threads
+# must not outrank its event loop. A child of its own, since niceness can only go up.
+NICE_CHILD = """
+import asyncio, json, os, sys
+import numpy as np
+from serve_app.config import AppArgs
+from serve_app.placement import Placement
+from serve_app.runtimes import triton as triton_module
+from serve_app.runtimes.triton import TritonRuntime
+
+os.nice(10)
+changed = []
+real = triton_module.match_process_niceness
+triton_module.match_process_niceness = lambda: changed.append(real()) or changed[-1]
+
+async def main():
+    args = AppArgs.model_validate({"model_repository": sys.argv[1], "runtime": "triton"})
+    runtime = TritonRuntime(args, Placement((), None, 1.0, "test", ""))
+    await runtime.start()
+    await runtime.infer("linear", "1", {"input__0": np.ones((2, 16), np.float32)}, ["output__0"])
+    nices = [os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")]
+    await runtime.stop()
+    process = os.getpriority(os.PRIO_PROCESS, 0)
+    print(json.dumps({"process": process, "threads": nices, "changed": sum(changed)}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice values are Linux's")
+def test_triton_threads_run_at_the_replicas_niceness(example_repository: Path, tmp_path: Path) -> None:
+    shutil.copytree(example_repository / "linear", tmp_path / "linear")
+    completed = subprocess.run(
+        [sys.executable, "-c", NICE_CHILD, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    seen = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert seen["process"] >= 10
+    assert min(seen["threads"]) == seen["process"], seen
+    if os.geteuid() == 0:  # Triton may lower its threads' nice only with privilege: it did
+        assert seen["changed"] > 0, seen
