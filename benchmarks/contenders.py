@@ -100,13 +100,18 @@ def plain_application(repository: Path, models: list[str], shared: bool) -> dict
     }
 
 
-def noop_application(shared: bool) -> dict[str, Any]:
+def noop_application(shared: bool, overrides: str = "{}") -> dict[str, Any]:
+    """The no-op deployment in serve_app's deployment shape (replicas, autoscaling, CPUs, ongoing
+    requests): Ray Serve's floor for what serve_app's deployment does on the same request path."""
+    deployment = {**serve_app_deployment(overrides), "name": "Noop"}
+    if shared:
+        deployment["ray_actor_options"] = {"num_cpus": 0}
     return {
         "name": "noop",
         "route_prefix": "/noop",
         "import_path": "benchmarks.baselines:noop_app",
         "args": {},
-        "deployments": [_baseline_deployment("Noop", shared)],
+        "deployments": [deployment],
     }
 
 
@@ -152,5 +157,5 @@ def build_config(
         elif contender == PLAIN:
             config["applications"].append(plain_application(repository, run_models(repository), shared))
         elif contender == NOOP:
-            config["applications"].append(noop_application(shared))
+            config["applications"].append(noop_application(shared, overrides))
     return config

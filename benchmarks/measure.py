@@ -75,6 +75,40 @@ from benchmarks.workloads import (
     sample,
 )
 
+# A Ray contender's replica count counts as settled once unchanged for this long under load:
+# longer than configs/app.yaml's look_back_period_s (10) + upscale_delay_s (3), and enough for a
+# new replica to start and warm up (~8 s here).
+SETTLE_S = 15.0
+SETTLE_CHUNK_S = 5.0
+SETTLE_MAX_S = 120.0
+
+
+@dataclasses.dataclass
+class Autoscaling:
+    """Holds a Ray contender's heavy points back until autoscaling has settled under their load,
+    so that a point measures the deployment the load scaled to, not its scale-up on the same
+    cores (a starting Triton replica takes the CPU the serving one needs; scale-up has tests of
+    its own). Downscaling waits minutes (downscale_delay_s), so the count then holds."""
+
+    replicas: Callable[[], dict[str, int]]
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    stable_since: float | None = None  # None: no heavy load yet
+
+    def settle(self, load: Callable[[float], LoadResult]) -> None:
+        started = time.monotonic()
+        if self.stable_since is None:  # the first heavy point: its load counts from now
+            self.counts, self.stable_since = self.replicas(), started
+        while True:
+            counts = self.replicas()
+            if counts != self.counts:
+                self.counts, self.stable_since = counts, time.monotonic()
+            now = time.monotonic()
+            if now - self.stable_since >= SETTLE_S or now - started >= SETTLE_MAX_S:
+                break
+            load(SETTLE_CHUNK_S)
+        if time.monotonic() - started > 1:
+            log(f"autoscaling settled after {time.monotonic() - started:.0f} s of load: {self.counts}")
+
 
 def point(
     run: Run,
@@ -83,27 +117,38 @@ def point(
     concurrency: int,
     timeout_s: float = 30.0,
     kserve: tuple[str, str] | None = None,
+    autoscaling: Autoscaling | None = None,
 ) -> LoadResult:
     """One measured HTTP point after the warm-up; `kserve=(model, codec)`: --loadgen may use perf_analyzer."""
     if kserve is not None and run.args.loadgen == "perf_analyzer":
         target = url + request.path.split("/v2/models/", 1)[0]  # the route prefix, if any
         model, codec = kserve
-        return warmed(run, lambda s: run_perf_analyzer(target, model, codec, concurrency, s, timeout_s))
-    return warmed(run, lambda s: run_wrk(url, request, concurrency, s, timeout_s=timeout_s))
+        return warmed(
+            run, lambda s: run_perf_analyzer(target, model, codec, concurrency, s, timeout_s), autoscaling
+        )
+    return warmed(run, lambda s: run_wrk(url, request, concurrency, s, timeout_s=timeout_s), autoscaling)
 
 
-def grpc_point(run: Run, target: GrpcTarget, model: str, concurrency: int) -> LoadResult:
+def grpc_point(
+    run: Run, target: GrpcTarget, model: str, concurrency: int, autoscaling: Autoscaling | None = None
+) -> LoadResult:
     """One measured gRPC point after the warm-up: perf_analyzer -i grpc, whatever --loadgen says."""
     return warmed(
         run,
         lambda s: run_perf_analyzer(target.url, model, GRPC_CODEC, concurrency, s, headers=target.metadata),
+        autoscaling,
     )
 
 
-def warmed(run: Run, once: Callable[[float], LoadResult]) -> LoadResult:
-    """`once(seconds)` for the warm-up (unmeasured), then for the measured seconds."""
+def warmed(
+    run: Run, once: Callable[[float], LoadResult], autoscaling: Autoscaling | None = None
+) -> LoadResult:
+    """`once(seconds)` for the warm-up (unmeasured), until `autoscaling` has settled, then for
+    the measured seconds."""
     if run.args.warmup > 0:
         once(run.args.warmup)
+    if autoscaling is not None:
+        autoscaling.settle(once)
     return once(run.args.seconds)
 
 
@@ -279,15 +324,21 @@ def measure_contender(
     grpc: GrpcTarget | None = None,
 ) -> None:
     """All points of one contender (its HTTP app under route `prefix`, its gRPC API at `grpc`);
-    `replicas()` is recorded with each."""
+    `replicas()` is recorded with each, and the heaviest points wait for autoscaling to settle."""
     models = [m for m in run.args.models if m in run_models(repository)]
+    autoscaling = Autoscaling(replicas) if replicas is not None and not run.args.no_settle else None
+
+    def settled(concurrency: int) -> Autoscaling | None:
+        return autoscaling if concurrency == max(run.args.concurrency) else None
+
     if contender == NOOP:
         request = noop_request("/noop/")
         if (why := check(url, request)) is not None:
             run.fail(contender, mode.name, why)
             return
         for concurrency in run.args.concurrency:
-            run.add(contender, mode.name, "-", "json", point(run, url, request, concurrency), replicas)
+            result = point(run, url, request, concurrency, autoscaling=settled(concurrency))
+            run.add(contender, mode.name, "-", "json", result, replicas)
         return
     if contender == PLAIN:
         for name in models:
@@ -296,10 +347,10 @@ def measure_contender(
                 run.fail(contender, mode.name, f"{name}: {why}")
                 continue
             for concurrency in run.args.concurrency:
-                run.add(contender, mode.name, name, "json", point(run, url, request, concurrency), replicas)
+                result = point(run, url, request, concurrency, autoscaling=settled(concurrency))
+                run.add(contender, mode.name, name, "json", result, replicas)
         return
-    # KServe v2 servers (serve_app, any runtime; standalone Triton): small models first, so
-    # scale-up from the heavy one comes last.
+    # KServe v2 servers (serve_app, any runtime; standalone Triton): small models first.
     assert contender in KSERVE, contender
     codecs = run.args.codecs if "http" in run.args.protocols else []
     for name in sorted(models, key=lambda m: MODELS[m].width):
@@ -310,16 +361,17 @@ def measure_contender(
                 run.fail(contender, mode.name, f"{name} {codec}: {why}")
                 continue
             for concurrency in run.args.concurrency:
-                result = point(run, url, request, concurrency, kserve=(name, codec))
+                result = point(
+                    run, url, request, concurrency, kserve=(name, codec), autoscaling=settled(concurrency)
+                )
                 run.add(contender, mode.name, name, codec, result, replicas)
         if grpc is not None:
             if (why := check_grpc(grpc, name)) is not None:
                 run.fail(contender, mode.name, f"{name} gRPC: {why}")
                 continue
             for concurrency in run.args.concurrency:
-                run.add(
-                    contender, mode.name, name, GRPC_CODEC, grpc_point(run, grpc, name, concurrency), replicas
-                )
+                result = grpc_point(run, grpc, name, concurrency, settled(concurrency))
+                run.add(contender, mode.name, name, GRPC_CODEC, result, replicas)
     if not run.args.no_transport and (repository / "blob4m").is_dir():
         measure_transport(run, contender, mode.name, url, prefix)
 

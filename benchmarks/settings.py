@@ -78,6 +78,11 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each point")
     parser.add_argument("--shared", action="store_true", help="all Ray contenders in one serve run per mode")
     parser.add_argument("--no-transport", action="store_true", help="skip the 4 MiB round trip")
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="measure heavy points without first waiting for autoscaling to settle",
+    )
     parser.add_argument("--no-startup", action="store_true", help="skip `serve run configs/app.yaml` timing")
     parser.add_argument(
         "--kill-test", action="store_true", help="SIGKILL a haproxy-mode serve run, check orphans"
@@ -105,6 +110,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         args.shared = True
         args.no_transport = True
         args.no_startup = True
+        args.no_settle = True
     elif not args.quick:
         args.kill_test = True
     defaults = PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"]
