@@ -270,6 +270,13 @@ class StopReport:
     haproxy_left: int = 0
 
 
+def _take_ctrl_c() -> None:
+    """In the child before exec: SIGINT back to its default. A benchmark started in the background
+    (`... &` from a script) ignores SIGINT and its children inherit that, so `serve run` would
+    ignore the stop's Ctrl-C and every stop would run into its timeout (seen: 90 s, not graceful)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ServeProcess:
     """`serve run` of one config in one mode; a context manager."""
 
@@ -307,6 +314,7 @@ class ServeProcess:
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_take_ctrl_c,
         )
         try:
             self._wait(lambda: self._answers(self.proxy_url), timeout_s, started)
