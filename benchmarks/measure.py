@@ -67,6 +67,7 @@ from benchmarks.servers import (
 )
 from benchmarks.workloads import (
     MODELS,
+    build_repository,
     kserve_binary,
     kserve_json,
     model_file,
@@ -451,43 +452,60 @@ def measure_noray(run: Run, contender: str, repository: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def measure_startup(run: Run, modes: list[Mode]) -> None:
-    """`serve run configs/app.yaml` (the example repository, runtime auto) to /v2/health/ready."""
-    repository = ROOT / "model_repository"
-    scratch = None
-    if not (repository / "linear").is_dir():
-        from serve_app.examples import build_example_repository
+# Ready time with many models (the issue's target: 100 models within 3 s of one model's).
+MANY_MODELS = 100
 
-        scratch = make_workdir("brepo")
-        repository = scratch / "model_repository"
-        build_example_repository(repository)
-    for mode in modes:
-        config = serve_app_config(free_port(), repository, "auto")
-        workdir = make_workdir("bst")
-        process = ServeProcess(config, mode, workdir, "/v2/health/ready")
-        try:
-            process.start()
-            ready = process.ready_after_s
-            haproxy = len(process.haproxy_pids())
-        except Exception as exc:  # noqa: BLE001
-            run.fail("serve run configs/app.yaml", mode.name, f"startup failed: {str(exc)[-500:]}")
-            ready, haproxy = float("nan"), 0
-        report = process.stop()
-        run.startup.append(
-            {
-                "mode": mode.name,
-                "ready_s": round(ready, 2),
-                "haproxy_processes": haproxy,
-                "stop": vars(report),
-            }
-        )
-        log(
-            f"serve run configs/app.yaml ({mode.name}): ready after {ready:.1f} s; SIGINT stop "
-            f"{report.seconds:.1f} s, haproxy left {report.haproxy_left}, leftovers {len(report.leftovers)}"
-        )
-        shutil.rmtree(workdir, ignore_errors=True)
-    if scratch is not None:
+
+def measure_startup(run: Run, modes: list[Mode]) -> None:
+    """`serve run configs/app.yaml` (the example repository, runtime auto) to /v2/health/ready;
+    in the first mode also 1 and MANY_MODELS copies of the tiny model."""
+    scratch = make_workdir("brepo")
+    try:
+        repository = ROOT / "model_repository"
+        if not (repository / "linear").is_dir():
+            from serve_app.examples import build_example_repository
+
+            repository = scratch / "model_repository"
+            build_example_repository(repository)
+        for mode in modes:
+            time_serve_run(run, mode, repository, "configs/app.yaml")
+        tiny = build_repository(scratch / "tiny", ["tiny"]) / "tiny"
+        for count in (1, MANY_MODELS):
+            copies = scratch / f"tiny_x{count}"
+            for i in range(count):
+                shutil.copytree(tiny, copies / f"tiny{i}")
+            time_serve_run(run, modes[0], copies, f"{count} tiny model{'s' if count > 1 else ''}")
+    finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def time_serve_run(run: Run, mode: Mode, repository: Path, what: str) -> None:
+    """configs/app.yaml (runtime auto) over `repository`: time to ready, then a SIGINT stop."""
+    config = serve_app_config(free_port(), repository, "auto")
+    workdir = make_workdir("bst")
+    process = ServeProcess(config, mode, workdir, "/v2/health/ready")
+    try:
+        process.start()
+        ready = process.ready_after_s
+        haproxy = len(process.haproxy_pids())
+    except Exception as exc:  # noqa: BLE001
+        run.fail(f"serve run {what}", mode.name, f"startup failed: {str(exc)[-500:]}")
+        ready, haproxy = float("nan"), 0
+    report = process.stop()
+    run.startup.append(
+        {
+            "what": what,
+            "mode": mode.name,
+            "ready_s": round(ready, 2),
+            "haproxy_processes": haproxy,
+            "stop": vars(report),
+        }
+    )
+    log(
+        f"serve run {what} ({mode.name}): ready after {ready:.1f} s; SIGINT stop "
+        f"{report.seconds:.1f} s, haproxy left {report.haproxy_left}, leftovers {len(report.leftovers)}"
+    )
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def kill_test(run: Run) -> None:

@@ -166,8 +166,9 @@ def request_path_table(data: dict[str, Any]) -> str:
         )
     for s in data["startup"]:
         stop = s["stop"]
+        what = s.get("what", "configs/app.yaml")
         lines.append(
-            f"| {s['mode']} (configs/app.yaml) | serve_app | {s['ready_s']} | {stop['seconds']:.1f} "
+            f"| {s['mode']} ({what}) | serve_app | {s['ready_s']} | {stop['seconds']:.1f} "
             f"| {stop['graceful']} | {stop['haproxy_seen']}/{stop['haproxy_left']} "
             f"| {len(stop['leftovers'])} | |"
         )
@@ -243,7 +244,8 @@ def targets(data: dict[str, Any]) -> list[str]:
             )
     for s in data["startup"]:
         out.append(
-            f"T5 serve run configs/app.yaml [{s['mode']}]: ready after {s['ready_s']} s (target <= 15)"
+            f"T5 serve run {s.get('what', 'configs/app.yaml')} [{s['mode']}]: ready after {s['ready_s']} s "
+            "(target <= 15)"
         )
     for e in data["request_path"]:
         if e.get("mode") == STANDALONE_MODE:

@@ -83,7 +83,11 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         action="store_true",
         help="measure heavy points without first waiting for autoscaling to settle",
     )
-    parser.add_argument("--no-startup", action="store_true", help="skip `serve run configs/app.yaml` timing")
+    parser.add_argument(
+        "--no-startup",
+        action="store_true",
+        help="skip the `serve run` startup timings (configs/app.yaml; 1 and 100 tiny models)",
+    )
     parser.add_argument(
         "--kill-test", action="store_true", help="SIGKILL a haproxy-mode serve run, check orphans"
     )
