@@ -93,11 +93,15 @@ class Autoscaling:
 
     replicas: Callable[[], dict[str, int]]
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    stable_since: float | None = None  # None: no heavy load yet
+    stable_since: float = 0.0
+    workloads: set[str] = dataclasses.field(default_factory=set)  # those already settled
 
-    def settle(self, load: Callable[[float], LoadResult]) -> None:
+    def settle(self, load: Callable[[float], LoadResult], workload: str) -> None:
+        """Load until the count has held SETTLE_S; a workload not seen before (a heavier model
+        scales further) counts from now."""
         started = time.monotonic()
-        if self.stable_since is None:  # the first heavy point: its load counts from now
+        if workload not in self.workloads:
+            self.workloads.add(workload)
             self.counts, self.stable_since = self.replicas(), started
         while True:
             counts = self.replicas()
@@ -119,15 +123,21 @@ def point(
     timeout_s: float = 30.0,
     kserve: tuple[str, str] | None = None,
     autoscaling: Autoscaling | None = None,
+    workload: str = "-",
 ) -> LoadResult:
     """One measured HTTP point after the warm-up; `kserve=(model, codec)`: --loadgen may use perf_analyzer."""
     if kserve is not None and run.args.loadgen == "perf_analyzer":
         target = url + request.path.split("/v2/models/", 1)[0]  # the route prefix, if any
         model, codec = kserve
         return warmed(
-            run, lambda s: run_perf_analyzer(target, model, codec, concurrency, s, timeout_s), autoscaling
+            run,
+            lambda s: run_perf_analyzer(target, model, codec, concurrency, s, timeout_s),
+            autoscaling,
+            model,
         )
-    return warmed(run, lambda s: run_wrk(url, request, concurrency, s, timeout_s=timeout_s), autoscaling)
+    return warmed(
+        run, lambda s: run_wrk(url, request, concurrency, s, timeout_s=timeout_s), autoscaling, workload
+    )
 
 
 def grpc_point(
@@ -138,18 +148,22 @@ def grpc_point(
         run,
         lambda s: run_perf_analyzer(target.url, model, GRPC_CODEC, concurrency, s, headers=target.metadata),
         autoscaling,
+        model,
     )
 
 
 def warmed(
-    run: Run, once: Callable[[float], LoadResult], autoscaling: Autoscaling | None = None
+    run: Run,
+    once: Callable[[float], LoadResult],
+    autoscaling: Autoscaling | None = None,
+    workload: str = "-",
 ) -> LoadResult:
-    """`once(seconds)` for the warm-up (unmeasured), until `autoscaling` has settled, then for
-    the measured seconds."""
+    """`once(seconds)` for the warm-up (unmeasured), until `autoscaling` has settled under
+    `workload` (a model), then for the measured seconds."""
     if run.args.warmup > 0:
         once(run.args.warmup)
     if autoscaling is not None:
-        autoscaling.settle(once)
+        autoscaling.settle(once, workload)
     return once(run.args.seconds)
 
 
@@ -348,7 +362,9 @@ def measure_contender(
                 run.fail(contender, mode.name, f"{name}: {why}")
                 continue
             for concurrency in run.args.concurrency:
-                result = point(run, url, request, concurrency, autoscaling=settled(concurrency))
+                result = point(
+                    run, url, request, concurrency, autoscaling=settled(concurrency), workload=name
+                )
                 run.add(contender, mode.name, name, "json", result, replicas)
         return
     # KServe v2 servers (serve_app, any runtime; standalone Triton): small models first.
@@ -363,7 +379,13 @@ def measure_contender(
                 continue
             for concurrency in run.args.concurrency:
                 result = point(
-                    run, url, request, concurrency, kserve=(name, codec), autoscaling=settled(concurrency)
+                    run,
+                    url,
+                    request,
+                    concurrency,
+                    kserve=(name, codec),
+                    autoscaling=settled(concurrency),
+                    workload=name,
                 )
                 run.add(contender, mode.name, name, codec, result, replicas)
         if grpc is not None:
