@@ -83,8 +83,12 @@ def serve_app_deployment(overrides: str = "{}") -> dict[str, Any]:
     return serve_app_config(0, Path("."), "triton", overrides)["applications"][0]["deployments"][0]
 
 
-def _baseline_deployment(name: str, shared: bool) -> dict[str, Any]:
-    deployment: dict[str, Any] = {"name": name, "max_ongoing_requests": BASELINE_MAX_ONGOING}
+def _baseline_deployment(name: str, shared: bool, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`settings` (default: Serve's, with serve_app's max_ongoing_requests) under `name`."""
+    deployment: dict[str, Any] = {
+        **(settings or {"max_ongoing_requests": BASELINE_MAX_ONGOING}),
+        "name": name,
+    }
     if shared:
         deployment["ray_actor_options"] = {"num_cpus": 0}
     return deployment
@@ -103,15 +107,12 @@ def plain_application(repository: Path, models: list[str], shared: bool) -> dict
 def noop_application(shared: bool, overrides: str = "{}") -> dict[str, Any]:
     """The no-op deployment in serve_app's deployment shape (replicas, autoscaling, CPUs, ongoing
     requests): Ray Serve's floor for what serve_app's deployment does on the same request path."""
-    deployment = {**serve_app_deployment(overrides), "name": "Noop"}
-    if shared:
-        deployment["ray_actor_options"] = {"num_cpus": 0}
     return {
         "name": "noop",
         "route_prefix": "/noop",
         "import_path": "benchmarks.baselines:noop_app",
         "args": {},
-        "deployments": [deployment],
+        "deployments": [_baseline_deployment("Noop", shared, serve_app_deployment(overrides))],
     }
 
 

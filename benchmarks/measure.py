@@ -133,7 +133,7 @@ def point(
             run,
             lambda s: run_perf_analyzer(target, model, codec, concurrency, s, timeout_s),
             autoscaling,
-            model,
+            workload,
         )
     return warmed(
         run, lambda s: run_wrk(url, request, concurrency, s, timeout_s=timeout_s), autoscaling, workload

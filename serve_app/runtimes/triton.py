@@ -137,10 +137,9 @@ class TritonRuntime:
                 raise unreadable(self._remote, exc) from exc
             raise RuntimeError(f"runtime triton: Triton did not start ({exc}); {INSTALL_HINT}") from exc
         self._requests = self._caller_for(self._server)
-        match_process_niceness()
         try:
             await asyncio.gather(*(self._load(name) for name in self._repository_models()))
-            self._refresh_versions()
+            self._after_loads()
         except BaseException:  # e.g. cancelled: `auto` must not fall back beside a running Triton
             await self.stop()
             raise
@@ -230,7 +229,6 @@ class TritonRuntime:
                 failure = f"{failure}: {plan.config_problem}"
             self._load_errors[name] = failure
             logger.warning("model '%s' failed to load: %s", name, failure)
-        match_process_niceness()  # the load started the model's instance and scheduler threads
         self._forget_calls(name)
         # A failed reload can leave the previous versions serving.
         if server.model(name).ready():
@@ -241,8 +239,7 @@ class TritonRuntime:
             else:
                 self._on_gpu.discard(name)
         else:
-            self._signatures.pop(name, None)
-            self._on_gpu.discard(name)
+            self._forget(name)
         return failure
 
     async def stop(self) -> None:
@@ -310,6 +307,17 @@ class TritonRuntime:
             return "cpu"
         ray_ids = ",".join(self._placement.gpu_ids)
         return f"cuda:0 (GPU {ray_ids})" if ray_ids else "cuda:0"
+
+    def _after_loads(self) -> None:
+        """The versions Triton now has; the instance and scheduler threads the loads started
+        back at the replica's nice."""
+        self._refresh_versions()
+        match_process_niceness()
+
+    def _forget(self, model: str) -> None:
+        """A model that no longer serves (unloaded, or its reload left no version ready)."""
+        self._signatures.pop(model, None)
+        self._on_gpu.discard(model)
 
     def _refresh_versions(self) -> None:
         """Triton's index (every repository directory) → the versions it has loaded or tried."""
@@ -421,7 +429,7 @@ class TritonRuntime:
         if model not in self._repository_models():
             raise ModelNotFoundError(f"no directory '{model}' in the model repository")
         failure = await self._load(model)
-        self._refresh_versions()
+        self._after_loads()
         if failure is not None:
             raise ModelNotReadyError(f"failed to load '{model}': {failure}")
 
@@ -434,8 +442,7 @@ class TritonRuntime:
             await asyncio.to_thread(server.unload, model, wait_until_unloaded=True)
         except self._errors as exc:
             raise from_triton(exc) from None
-        self._signatures.pop(model, None)
-        self._on_gpu.discard(model)
+        self._forget(model)
         self._forget_calls(model)
 
     def _forget_calls(self, model: str) -> None:
