@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 from serve_app.config import AppArgs, InvalidArgsError, parse_args
 from serve_app.dataplane import DataPlane
 from serve_app.grpc_api import GRPCIngress
-from serve_app.http import build_http_app
+from serve_app.http_api import build_http_app
 from serve_app.metrics import ReplicaMetrics
 from serve_app.placement import Placement
 from serve_app.runtimes.factory import start_runtime

@@ -27,7 +27,7 @@ from serve_app.config import AppArgs
 from serve_app.dataplane import DataPlane
 from serve_app.errors import ModelNotFoundError, ModelNotReadyError, ServeAppError, grpc_code_for
 from serve_app.grpc_codec import decode_infer_request, encode_infer_response, parameter_values, to_message
-from serve_app.protocol import Limits
+from serve_app.infer_types import Limits
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from serve_app.grpc_codec import (
     set_parameter,
     to_message,
 )
-from serve_app.protocol import InferResponse, Limits, RequestedOutput
+from serve_app.infer_types import InferResponse, Limits, RequestedOutput
 from serve_app.repository import load_model_spec
 
 LIMITS = Limits(max_bytes=2**20)

@@ -36,8 +36,8 @@ from serve_app.errors import (
     status_for,
 )
 from serve_app.examples import EXAMPLES
+from serve_app.infer_types import InferRequest, InputTensor
 from serve_app.placement import Placement
-from serve_app.protocol import InferRequest, InputTensor
 from serve_app.runtimes import triton as triton_module
 from serve_app.runtimes.base import Runtime
 from serve_app.runtimes.torch import TorchRuntime

@@ -30,11 +30,8 @@ from starlette.types import Receive, Scope, Send
 
 from serve_app.dataplane import DataPlane
 from serve_app.errors import InvalidInputError, PayloadTooLargeError, ServeAppError, status_for
-from serve_app.protocol import (
+from serve_app.http_codec import (
     HEADER_LENGTH,
-    Buffer,
-    InferResponse,
-    Limits,
     ModelControlBody,
     RepositoryIndexBody,
     decode_body,
@@ -43,6 +40,7 @@ from serve_app.protocol import (
     encode_response,
     json_length,
 )
+from serve_app.infer_types import Buffer, InferResponse, Limits
 
 logger = logging.getLogger(__name__)
 
