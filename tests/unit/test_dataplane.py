@@ -33,7 +33,7 @@ from serve_app.http_codec import decode_request
 from serve_app.infer_types import InferRequest, InputTensor, Limits, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions
-from serve_app.runtimes.torch import TorchRuntime
+from serve_app.runtimes.torch.runtime import TorchRuntime
 from tests.unit.http_bodies import decode, json_input
 
 BATCHED = ModelSignature(

@@ -35,9 +35,10 @@ from serve_app.repository import (
     parse_config,
 )
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
-from serve_app.runtimes.niceness import match_process_niceness
-from serve_app.runtimes.triton_infer import BindingsCaller, ModelCall
-from serve_app.runtimes.triton_requests import ExtensionCaller, extension
+from serve_app.runtimes.triton.bindings_caller import BindingsCaller
+from serve_app.runtimes.triton.extension_caller import ExtensionCaller, extension
+from serve_app.runtimes.triton.model_call import ModelCall
+from serve_app.runtimes.triton.niceness import match_process_niceness
 from serve_app.storage import RepositoryURL, unreadable
 
 if TYPE_CHECKING:
@@ -115,6 +116,13 @@ class TritonRuntime:
         # Python-backend loads fork a stub each; concurrent forks have aborted replicas inside
         # gRPC's fork handlers, so those load one at a time (everything else loads in parallel).
         self._fork_lock = asyncio.Lock()
+
+    @classmethod
+    async def create(cls, args: AppArgs, placement: Placement) -> TritonRuntime:
+        """Triton started over the app's repository, local or on object storage (Triton reads it)."""
+        runtime = cls(args, placement)
+        await runtime.start()
+        return runtime
 
     # --- lifecycle --------------------------------------------------------------------------
 

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serve_app.errors import InternalError, ModelNotReadyError, ServeAppError, summarize
-from serve_app.repository import DynamicBatching
-from serve_app.runtimes.statistics import ModelStatistics
-from serve_app.runtimes.torchscript import Timings, concatenate, split_batch
+from serve_app.runtimes.torch.admission import DynamicBatching
+from serve_app.runtimes.torch.statistics import ModelStatistics
+from serve_app.runtimes.torch.torchscript import Timings, concatenate, split_batch
 
 logger = logging.getLogger(__name__)
 

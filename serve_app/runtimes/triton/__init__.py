@@ -1,0 +1,2 @@
+"""The Triton runtime: Triton embedded in-process (`runtime.TritonRuntime`), with its two request
+paths (`extension_caller`, and `bindings_caller` where the extension is not built)."""
