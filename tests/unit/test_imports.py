@@ -6,7 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-LIGHT_MODULES = ("serve_app.app", "serve_app.runtimes.factory", "serve_app.runtimes.triton.runtime")
+LIGHT_MODULES = (
+    "serve_app.app",
+    "serve_app.preflight",
+    "serve_app.runtimes.factory",
+    "serve_app.runtimes.triton.runtime",
+)
 
 
 def test_the_app_and_the_triton_runtime_import_no_torch() -> None:
