@@ -308,8 +308,8 @@ ROUTES: list[tuple[str, Handler, str]] = [
 class _App(Starlette):
     """Starlette, with a request to an infer route handed to it before the middleware and router.
 
-    Those cost a tiny request ~8 µs: the router matches the path against route after route, and
-    each middleware layer wraps `send`. Matching the infer routes first picks the route the
+    Both are a noticeable share of a tiny request: the router matches the path against route after
+    route, and each middleware layer wraps `send`. Matching the infer routes first picks the route the
     router would (see ROUTES). Of the middleware only ServerErrorMiddleware can act on them (the
     endpoints raise nothing ExceptionMiddleware handles), so it wraps them here as well; the
     scope gets the keys Starlette's routing sets.

@@ -68,8 +68,8 @@ def _well_formed(document: dict[str, Any]) -> bool:
     """Whether `InferRequestBody` takes this parsed JSON document as it is.
 
     Exactly pydantic's rules for what JSON can hold (where pydantic would coerce, JSON has no
-    such value), so a well-formed request skips its validation (~3 µs a tiny request) and only
-    a malformed one goes through it, for its message.
+    such value), so a well-formed request skips its validation (a cost on every tiny request)
+    and only a malformed one goes through it, for its message.
     """
     inputs = document.get("inputs")
     outputs = document.get("outputs")

@@ -1,8 +1,8 @@
 """One inference through tritonserver's bindings: what `Model.async_infer` does, leaner.
 
 The Python API builds a request object, a `Tensor` per input and output, a response allocator
-and an asyncio queue per request, and looks up pybind enums in dicts on the way (~0.3 ms a
-request on 2 cores, more than the model). Here a model's datatypes are resolved once, one
+and an asyncio queue per request, and looks up pybind enums in dicts on the way (more work per
+request than a small model's own). Here a model's datatypes are resolved once, one
 allocator serves every request (numpy buffers for outputs), and each request costs one Triton
 request and its input appends. Responses come back through one queue per event loop: the
 first response into an empty queue wakes the loop, which then settles every response queued

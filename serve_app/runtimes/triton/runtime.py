@@ -299,15 +299,15 @@ class TritonRuntime:
     # --- repository and metadata ------------------------------------------------------------
 
     def server_metadata(self) -> dict[str, Any]:
-        """Triton's name, version and extensions: fixed for the server's life, asked once (the
-        call took ~0.4 ms, GET /v2 twice the cost of a health check)."""
+        """Triton's name, version and extensions: fixed for the server's life, asked once (the call
+        costs more than a health check's whole request, and GET /v2 would make it every time)."""
         if self._metadata is None:
             self._metadata = self._triton().metadata()
         return self._metadata
 
     def device(self) -> str:
         """Where Triton runs the models: a loaded model with a KIND_GPU instance group is on the GPU
-        (kept at each load: asking Triton for every config took ~0.2 ms a model, on each GET /v2).
+        (kept at each load: GET /v2 would otherwise ask Triton for every model's config).
 
         With num_gpus: 1 Ray sets CUDA_VISIBLE_DEVICES to the replica's GPU, so Triton's GPU 0 is it.
         """
