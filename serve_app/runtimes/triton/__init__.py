@@ -1,2 +1,3 @@
-"""The Triton runtime: Triton embedded in-process (`runtime.TritonRuntime`), with its two request
-paths (`extension_caller`, and `bindings_caller` where the extension is not built)."""
+"""The Triton runtime: Triton embedded in-process (`runtime.TritonRuntime`, its server configured
+in `server`), with its two request paths (`extension_caller`, and `bindings_caller` where the
+extension is not built)."""

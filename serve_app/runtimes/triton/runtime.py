@@ -39,6 +39,7 @@ from serve_app.runtimes.triton.bindings_caller import BindingsCaller
 from serve_app.runtimes.triton.extension_caller import ExtensionCaller, extension
 from serve_app.runtimes.triton.model_call import ModelCall
 from serve_app.runtimes.triton.niceness import match_process_niceness
+from serve_app.runtimes.triton.server import INSTALL_HINT, import_tritonserver, server_options
 from serve_app.storage import RepositoryURL, unreadable
 
 if TYPE_CHECKING:
@@ -46,28 +47,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NGC_BACKENDS = Path("/opt/tritonserver/backends")
-INSTALL_HINT = (
-    f"install Triton's in-process Python API into this environment with `{triton_layout.INSTALL_COMMAND}` "
-    "(CPU build), or run the NGC tritonserver image (configs/Dockerfile); or set args.runtime: torch"
-)
 # The PyTorch backend's thread setting (at::set_num_threads, process-wide). Its inter-op
 # counterpart is left alone: libtorch refuses to set it twice, and every model would.
 INTRA_OP_THREADS = "INTRA_OP_THREAD_COUNT"
-
-
-def _import_tritonserver() -> Any:
-    try:
-        import tritonserver
-    except ImportError as exc:
-        raise RuntimeError(f"runtime triton: cannot import tritonserver ({exc}); {INSTALL_HINT}") from exc
-    return tritonserver
-
-
-def _cuda_available() -> bool:
-    import torch  # only on replicas that Ray gave a GPU
-
-    return torch.cuda.is_available()
 
 
 def _reason(text: str | None) -> str:
@@ -127,14 +109,14 @@ class TritonRuntime:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        tritonserver = _import_tritonserver()
+        tritonserver = import_tritonserver()
         self._errors = (tritonserver.TritonError,)
-        options = self._options(tritonserver)
+        options = server_options(tritonserver, self._args, self._placement)
         os.environ.update(triton_layout.environment_for_stub())
         if self._remote:
             # The CPU build's PyTorch backend shares this process's libtorch: its thread setting is
             # the models' default when Triton reads the configs itself. (A local repository's
-            # models get theirs through a config override, and torch is not imported: ~1 s.)
+            # models get theirs through a config override, and torch is not imported.)
             import torch
 
             torch.set_num_threads(self._threads())
@@ -161,39 +143,6 @@ class TritonRuntime:
 
     def _threads(self) -> int:
         return self._args.torch_threads or self._placement.threads()
-
-    def _options(self, tritonserver: Any) -> tritonserver.Options:
-        triton = self._args.triton
-        backends = triton.backend_directory
-        if backends is None and NGC_BACKENDS.is_dir():
-            backends = str(NGC_BACKENDS)
-        elif backends is None:
-            backends = triton_layout.backend_directory()
-            if backends is None:
-                raise RuntimeError(f"runtime triton: no Triton backend directory found; {INSTALL_HINT}")
-            problem = triton_layout.pytorch_backend_problem()
-            if problem:
-                raise RuntimeError(f"runtime triton: {problem}")
-        gpu = bool(self._placement.gpu_ids) and _cuda_available()
-        return tritonserver.Options(
-            model_repository=str(self._args.model_repository),
-            model_control_mode=tritonserver.ModelControlMode.EXPLICIT,
-            strict_model_config=triton.strict_model_config,
-            # Strict readiness makes the server unready while any model is UNAVAILABLE, and
-            # check_health would then replace every replica of a repository with a broken entry.
-            strict_readiness=False,
-            exit_timeout=triton.exit_timeout_s,
-            log_verbose=triton.log_verbose,
-            log_info=triton.log_info,
-            log_warn=True,
-            log_error=True,
-            metrics=triton.metrics,
-            cpu_metrics=triton.metrics,
-            gpu_metrics=triton.metrics and gpu,
-            # Pinned host memory only helps copies to a GPU; without CUDA Triton cannot allocate it.
-            pinned_memory_pool_size=(1 << 28) if gpu else 0,
-            backend_directory=backends,
-        )
 
     def _load_plan(self, name: str) -> _LoadPlan:
         """How to hand a model directory to Triton.
