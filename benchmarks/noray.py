@@ -15,8 +15,8 @@ import torch
 import uvicorn
 
 from serve_app.dataplane import DataPlane
-from serve_app.http import build_http_app
-from serve_app.runtimes.torch import TorchRuntime
+from serve_app.http_api import build_http_app
+from serve_app.runtimes.torch.runtime import TorchRuntime
 
 
 async def serve(repository: Path, port: int, threads: int) -> None:

@@ -18,12 +18,34 @@ from starlette.types import ASGIApp
 from serve_app.config import AppArgs, InvalidArgsError, parse_args
 from serve_app.dataplane import DataPlane
 from serve_app.grpc_api import GRPCIngress
-from serve_app.http import build_http_app
+from serve_app.http_api import build_http_app
 from serve_app.metrics import ReplicaMetrics
 from serve_app.placement import Placement
 from serve_app.runtimes.factory import start_runtime
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger(__name__)
+# The logger Serve configures in a replica: its log file, and stderr (so `serve run`'s output)
+# under RAY_SERVE_LOG_TO_STDERR.
+SERVE_LOGGER = "ray.serve"
+
+
+class ToServeLogger(logging.Handler):
+    """Hands serve_app's records to Serve's logger, to be written where the replica's own go."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(SERVE_LOGGER).handle(record)
+
+
+def log_through_serve() -> None:
+    """serve_app's loggers (named by module) at Serve's level, through Serve's handlers.
+
+    Serve configures only its own logger; without this the package's INFO records would meet
+    the root logger's WARNING level, and its warnings would print without the replica's tag.
+    """
+    package = logging.getLogger("serve_app")
+    package.setLevel(logging.getLogger(SERVE_LOGGER).getEffectiveLevel())
+    if not any(isinstance(handler, ToServeLogger) for handler in package.handlers):
+        package.addHandler(ToServeLogger())
 
 
 @serve.deployment(
@@ -38,6 +60,7 @@ class InferenceServer(GRPCIngress):
     (the gRPC methods, named like the RPCs, come from `GRPCIngress`)."""
 
     async def __init__(self, args: AppArgs) -> None:
+        log_through_serve()
         self._args = args
         keep_haproxy_directory_private()  # this replica's node
         placement = Placement.detect()

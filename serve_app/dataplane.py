@@ -2,18 +2,22 @@
 
 Every request is checked against the model's signature (names, datatypes, shapes,
 batch size) before any model runs, so a bad request is a 400 of its own and never
-reaches a batch.
+reaches a batch. A raw binary request (the body is the model's one input) is shaped here,
+once the model's signature is known.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
+from serve_app.datatypes import numpy_dtype
 from serve_app.errors import InvalidInputError, ModelControlDisabledError
-from serve_app.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput, resolve_raw_input
+from serve_app.infer_types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions, Runtime
 
@@ -198,6 +202,45 @@ def infer_options(parameters: dict[str, Any]) -> InferOptions:
         sequence_start=scheduling.get("sequence_start", False),
         sequence_end=scheduling.get("sequence_end", False),
         parameters=tuple(others),
+    )
+
+
+def resolve_raw_input(request: InferRequest, signature: ModelSignature) -> InferRequest:
+    """A raw binary request's body as the model's one input (Triton's rules); others pass through.
+
+    The model must have exactly one input with at most one variable dimension, which the
+    byte count decides; a batching model gets a batch of 1. (Triton also takes a BYTES input
+    of shape [1]; BYTES is refused here as everywhere.)
+    """
+    raw = request.raw_input
+    if raw is None:
+        return request
+    if len(signature.inputs) != 1:
+        raise InvalidInputError(
+            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; "
+            f"model '{signature.name}' has {len(signature.inputs)}"
+        )
+    [spec] = signature.inputs
+    dtype = numpy_dtype(spec.datatype)
+    dims = list(spec.dims)
+    variable = [i for i, dim in enumerate(dims) if dim == -1]
+    element_bytes = math.prod(dim for dim in dims if dim != -1) * dtype.itemsize
+    if len(variable) > 1:
+        raise InvalidInputError(
+            f"a raw binary request needs an input with at most one variable dimension; "
+            f"input '{spec.name}' of model '{signature.name}' has dims {dims}"
+        )
+    if variable and element_bytes and len(raw) % element_bytes == 0:
+        dims[variable[0]] = len(raw) // element_bytes
+    elif variable or len(raw) != element_bytes:
+        raise InvalidInputError(
+            f"a raw binary request of {len(raw)} bytes does not fill input '{spec.name}' of model "
+            f"'{signature.name}' (dims {list(spec.dims)} of {spec.datatype})"
+        )
+    shape = (1, *dims) if signature.max_batch_size > 0 else tuple(dims)
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return dataclasses.replace(
+        request, inputs=[InputTensor(spec.name, spec.datatype, shape, array)], raw_input=None
     )
 
 

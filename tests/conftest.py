@@ -31,8 +31,8 @@ with warnings.catch_warnings():
 
 from serve_app.dataplane import DataPlane
 from serve_app.examples import build_example_repository
-from serve_app.http import build_http_app
-from serve_app.runtimes.torch import TorchRuntime
+from serve_app.http_api import build_http_app
+from serve_app.runtimes.torch.runtime import TorchRuntime
 from tests.object_store import S3Server
 
 CPU = torch.device("cpu")

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "install":
             install(args.force, args.gpu)
         else:
-            from serve_app.triton_install.check import check
+            from serve_app.triton_install.smoke import check
 
             check()
     except InstallError as error:

@@ -1,4 +1,4 @@
-"""serve_app's own extension into the core: `serve_app/runtimes/triton_requests.cc`.
+"""serve_app's own extension into the core: `serve_app/runtimes/triton/request_extension.cc`.
 
 Compiled against the installed core (its headers from the core sources, its library under the
 hashed name the bindings use, so the process holds one core) and rebuilt whenever its source
@@ -13,7 +13,7 @@ from pathlib import Path
 from serve_app.triton_install.core import compile_against_core
 from serve_app.triton_layout import LIBS, install_root, requests_extension_path
 
-SOURCE = Path(__file__).resolve().parents[1] / "runtimes" / "triton_requests.cc"
+SOURCE = Path(__file__).resolve().parents[1] / "runtimes" / "triton" / "request_extension.cc"
 
 
 def source_digest() -> str:

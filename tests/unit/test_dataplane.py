@@ -1,4 +1,5 @@
-"""Request validation against the model signature, before any model runs; the error table."""
+"""Request validation against the model signature, before any model runs; raw binary requests
+shaped to the model's one input; the error table."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from serve_app.dataplane import (
     Expected,
     infer_options,
     requested_outputs,
+    resolve_raw_input,
     validate_inputs,
 )
 from serve_app.errors import (
@@ -27,10 +29,12 @@ from serve_app.errors import (
     status_for,
     summarize,
 )
-from serve_app.protocol import InferRequest, InputTensor, Limits, RequestedOutput, decode_request
+from serve_app.http_codec import decode_request
+from serve_app.infer_types import InferRequest, InputTensor, Limits, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions
-from serve_app.runtimes.torch import TorchRuntime
+from serve_app.runtimes.torch.runtime import TorchRuntime
+from tests.unit.http_bodies import decode, json_input
 
 BATCHED = ModelSignature(
     name="batched",
@@ -337,3 +341,58 @@ async def test_a_raw_binary_request_is_the_models_one_input(runtime: TorchRuntim
     two_inputs = decode_request("multi_io", None, x.tobytes(), "0", limits=Limits(max_bytes=1 << 20))
     with pytest.raises(InvalidInputError, match="needs a model with one input"):
         await dataplane.infer(two_inputs)
+
+
+# --- raw binary requests (Inference-Header-Content-Length: 0) -----------------------------
+
+
+def signature(max_batch_size: int, *inputs: tuple[str, str, tuple[int, ...]]) -> ModelSignature:
+    return ModelSignature(
+        "raw", max_batch_size, tuple(TensorSpec(*spec) for spec in inputs), (TensorSpec("y", "FP32", (1,)),)
+    )
+
+
+@pytest.mark.parametrize(
+    ("max_batch_size", "dims", "datatype", "array", "shape"),
+    [
+        (0, (2, 3), "INT32", np.arange(6, dtype=np.int32), (2, 3)),
+        (64, (16,), "FP32", np.linspace(0, 1, 16, dtype=np.float32), (1, 16)),  # batch of 1
+        (4, (-1,), "FP32", np.ones(5, np.float32), (1, 5)),
+        (0, (2, -1), "FP16", np.arange(6, dtype=np.float16), (2, 3)),
+        (0, (-1,), "UINT8", np.zeros(0, np.uint8), (0,)),
+        (0, (), "BOOL", np.array([True]), ()),
+    ],
+)
+def test_raw_input_takes_the_models_one_input(
+    max_batch_size: int, dims: tuple[int, ...], datatype: str, array: np.ndarray, shape: tuple[int, ...]
+) -> None:
+    raw = decode(array.tobytes(), 0)
+    request = resolve_raw_input(raw, signature(max_batch_size, ("x", datatype, dims)))
+    [tensor] = request.inputs
+    assert (tensor.name, tensor.datatype, tensor.shape) == ("x", datatype, shape)
+    np.testing.assert_array_equal(tensor.array, array.reshape(shape))
+    assert tensor.array.dtype == array.dtype
+    assert request.raw_input is None and request.binary_output is True
+
+
+def test_requests_with_a_json_header_pass_through_unchanged() -> None:
+    request = decode({"inputs": [json_input("x", "FP32", [1], [1])]})
+    assert resolve_raw_input(request, signature(0, ("a", "FP32", (1,)), ("b", "FP32", (1,)))) is request
+
+
+@pytest.mark.parametrize(
+    ("inputs", "nbytes", "message"),
+    [
+        ((("a", "FP32", (1,)), ("b", "FP32", (1,))), 4, "needs a model with one input; model 'raw' has 2"),
+        ((), 4, "needs a model with one input; model 'raw' has 0"),
+        ((("x", "FP32", (-1, -1)),), 16, "at most one variable dimension; input 'x' of model 'raw' has dims"),
+        ((("x", "FP32", (4,)),), 12, "request of 12 bytes does not fill input 'x' of model 'raw' (dims [4]"),
+        ((("x", "FP32", (-1, 2)),), 12, "request of 12 bytes does not fill input 'x'"),
+        ((("x", "FP32", (-1, 0)),), 8, "does not fill"),  # zero-sized rows cannot decide the dim
+        ((("x", "BYTES", (1,)),), 8, "unsupported datatype 'BYTES'"),
+    ],
+)
+def test_raw_input_refusals_name_the_rule(inputs: tuple, nbytes: int, message: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        resolve_raw_input(decode(bytes(nbytes), 0), signature(0, *inputs))
+    assert message in str(info.value)

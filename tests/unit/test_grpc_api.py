@@ -21,7 +21,7 @@ from serve_app import grpc_api
 from serve_app.config import AppArgs
 from serve_app.dataplane import DataPlane
 from serve_app.grpc_api import GRPCIngress
-from serve_app.runtimes.torch import TorchRuntime
+from serve_app.runtimes.torch.runtime import TorchRuntime
 
 pytestmark = pytest.mark.anyio
 

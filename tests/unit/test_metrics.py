@@ -13,9 +13,9 @@ import pytest
 from serve_app.config import parse_args
 from serve_app.dataplane import DataPlane
 from serve_app.errors import InvalidInputError
+from serve_app.infer_types import InferRequest, InputTensor
 from serve_app.metrics import LATENCY, PENDING, ReplicaMetrics, Sample, _Histogram
-from serve_app.protocol import InferRequest, InputTensor
-from serve_app.runtimes.torch import TorchRuntime
+from serve_app.runtimes.torch.runtime import TorchRuntime
 
 pytestmark = pytest.mark.anyio
 

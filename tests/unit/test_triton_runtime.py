@@ -36,14 +36,14 @@ from serve_app.errors import (
     status_for,
 )
 from serve_app.examples import EXAMPLES
+from serve_app.infer_types import InferRequest, InputTensor
 from serve_app.placement import Placement
-from serve_app.protocol import InferRequest, InputTensor
-from serve_app.runtimes import triton as triton_module
 from serve_app.runtimes.base import Runtime
-from serve_app.runtimes.torch import TorchRuntime
-from serve_app.runtimes.triton import TritonRuntime
-from serve_app.runtimes.triton_infer import BindingsCaller
-from serve_app.runtimes.triton_requests import ExtensionCaller, extension
+from serve_app.runtimes.torch.runtime import TorchRuntime
+from serve_app.runtimes.triton import runtime as triton_module
+from serve_app.runtimes.triton.bindings_caller import BindingsCaller
+from serve_app.runtimes.triton.extension_caller import ExtensionCaller, extension
+from serve_app.runtimes.triton.runtime import TritonRuntime
 
 pytest.importorskip("tritonserver", reason="needs `python -m serve_app.triton_install install`")
 
@@ -516,8 +516,8 @@ import asyncio, json, os, sys
 import numpy as np
 from serve_app.config import AppArgs
 from serve_app.placement import Placement
-from serve_app.runtimes import triton as triton_module
-from serve_app.runtimes.triton import TritonRuntime
+from serve_app.runtimes.triton import runtime as triton_module
+from serve_app.runtimes.triton.runtime import TritonRuntime
 
 os.nice(10)
 changed = []

@@ -3,7 +3,7 @@
 Same semantics as Triton with its PyTorch backend (config.pbtxt, version policy,
 implicit batch dim, reshape, dynamic batching, instance counts), so the app runs and is
 tested where no Triton build or GPU exists; what it cannot execute as Triton would is
-UNAVAILABLE (see repository.py). Each model version executes off the replica's event
+UNAVAILABLE (see admission.py). Each model version executes off the replica's event
 loop on its own threads, one per model instance (`instance_group` counts), so a slow
 model never stalls another; loads run on a thread of their own. torch's intra-op threads
 use the replica's CPU allotment. The runtime reports itself unhealthy (Serve then
@@ -29,20 +29,15 @@ from serve_app import __version__
 from serve_app.config import AppArgs
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, summarize
-from serve_app.repository import (
-    ModelEntryError,
-    ModelSignature,
-    ModelSpec,
-    RepositoryEntry,
-    discover,
-    load_model_spec,
-)
+from serve_app.placement import Placement
+from serve_app.repository import ModelEntryError, ModelSignature
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
-from serve_app.runtimes.batching import Scheduler, Tensors
-from serve_app.runtimes.instances import InstanceThreads
-from serve_app.runtimes.statistics import ModelStatistics
-from serve_app.runtimes.torchscript import Timings, TorchScriptModel
-from serve_app.storage import StorageError
+from serve_app.runtimes.torch.admission import ModelSpec, RepositoryEntry, discover, load_model_spec
+from serve_app.runtimes.torch.batching import Scheduler, Tensors
+from serve_app.runtimes.torch.instances import InstanceThreads
+from serve_app.runtimes.torch.statistics import ModelStatistics
+from serve_app.runtimes.torch.torchscript import Timings, TorchScriptModel
+from serve_app.storage import RepositoryMirror, RepositoryURL, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +131,25 @@ class TorchRuntime:
         self._models: dict[str, _Model] = {}
         self._draining: list[tuple[str, _Version]] = []  # replaced or unloaded, still answering
         self._stopped = False
+
+    @classmethod
+    async def create(cls, args: AppArgs, placement: Placement) -> TorchRuntime:
+        """The runtime the app's args describe, started. A repository on object storage is
+        mirrored to local disk first, and each load fetches its model again."""
+        repository, fetch = args.model_repository, None
+        if isinstance(repository, RepositoryURL):
+            mirror = RepositoryMirror(repository)
+            await mirror.fetch()
+            repository, fetch = mirror.root, mirror.fetch
+        runtime = cls(
+            repository,
+            placement.torch_device(args.device),
+            args.torch_threads or placement.threads(),
+            args.execution_timeout_s,
+            fetch=fetch,
+        )
+        await runtime.start()
+        return runtime
 
     async def start(self) -> None:
         for entry in discover(self._repository):

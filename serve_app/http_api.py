@@ -30,11 +30,8 @@ from starlette.types import Receive, Scope, Send
 
 from serve_app.dataplane import DataPlane
 from serve_app.errors import InvalidInputError, PayloadTooLargeError, ServeAppError, status_for
-from serve_app.protocol import (
+from serve_app.http_codec import (
     HEADER_LENGTH,
-    Buffer,
-    InferResponse,
-    Limits,
     ModelControlBody,
     RepositoryIndexBody,
     decode_body,
@@ -43,6 +40,7 @@ from serve_app.protocol import (
     encode_response,
     json_length,
 )
+from serve_app.infer_types import Buffer, InferResponse, Limits
 
 logger = logging.getLogger(__name__)
 
@@ -310,8 +308,8 @@ ROUTES: list[tuple[str, Handler, str]] = [
 class _App(Starlette):
     """Starlette, with a request to an infer route handed to it before the middleware and router.
 
-    Those cost a tiny request ~8 µs: the router matches the path against route after route, and
-    each middleware layer wraps `send`. Matching the infer routes first picks the route the
+    Both are a noticeable share of a tiny request: the router matches the path against route after
+    route, and each middleware layer wraps `send`. Matching the infer routes first picks the route the
     router would (see ROUTES). Of the middleware only ServerErrorMiddleware can act on them (the
     endpoints raise nothing ExceptionMiddleware handles), so it wraps them here as well; the
     scope gets the keys Starlette's routing sets.

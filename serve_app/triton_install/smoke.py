@@ -61,7 +61,7 @@ def check() -> None:
         raise InstallError("TorchScript output through Triton's PyTorch backend differs from torch")
     print(f"tritonserver {tritonserver.__version__}, server {server_version}, backends {backends}")
     print(f"numpy {np.__version__}, torch {torch.__version__}: Triton's PyTorch backend OK")
-    from serve_app.runtimes.triton_requests import extension
+    from serve_app.runtimes.triton.extension_caller import extension
 
     if extension() is None:
         print("serve_app's request extension is not built: requests take the bindings' slower path")
