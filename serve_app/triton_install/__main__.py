@@ -156,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         help="an existing Triton core for --extension-only: DIR or DIR/lib holds libtritonserver*.so "
         "(the NGC image: /opt/tritonserver)",
     )
-    commands.add_parser("check", help="start a server and run a TorchScript model through it")
+    check_command = commands.add_parser("check", help="start a server and run a TorchScript model through it")
+    check_command.add_argument(
+        "--backends",
+        metavar="DIR",
+        help="another install's backends (the NGC image: /opt/tritonserver/backends)",
+    )
     args = parser.parse_args(argv)
     if args.command == "install" and args.extension_only != (args.core is not None):
         parser.error("--extension-only and --core go together")
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from serve_app.triton_install.check import check
 
-            check()
+            check(args.backends)
     except InstallError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
