@@ -135,17 +135,13 @@ def prepare(venv: GpuVenv) -> None:
         facts = venv.torch_facts()
     if facts.get("cuda") is None:
         raise RuntimeError(f"pip installed torch {facts.get('torch')}, not a CUDA build, into {venv.path}")
-    nvcc = (
-        venv.run(
-            "-c",
-            "import torch; from serve_app.triton_install.pytorch_backend import _wheels; "
-            "print(_wheels(torch.version.cuda)[1])",
-        )
-        .strip()
-        .splitlines()[-1]
+    downloaded += venv.pip("-e", f"{ROOT}[test,bench]")  # before anything imports serve_app
+    code = (
+        "import torch; from serve_app.triton_install.pytorch_backend import _wheels; "
+        "print(_wheels(torch.version.cuda)[1])"
     )
+    nvcc = venv.run("-c", code).strip().splitlines()[-1]
     downloaded += venv.pip(nvcc, isolated=True)
-    downloaded += venv.pip("-e", f"{ROOT}[test,bench]")
     venv.report["prepare"] = {
         **facts,
         "nvcc_requirement": nvcc,
