@@ -14,6 +14,7 @@ import os
 # run` children, which inherit this) on 127.0.0.1 instead of the machine's eth0 address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+import re
 import shutil
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -53,6 +54,22 @@ BROKEN_ENTRIES: dict[str, tuple[str, str]] = {
         "failed to load TorchScript",
     ),
 }
+
+
+# Markers whose tests run only when `-m` names them: a GPU, or GBs of downloads.
+OPT_IN_MARKERS = ("gpu_build", "gpu")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect opt-in tests unless the -m expression names their marker (`-m gpu_build`)."""
+    named = set(re.findall(r"[\w-]+", config.getoption("markexpr") or ""))
+    left_out = [m for m in OPT_IN_MARKERS if m not in named]
+    kept, deselected = [], []
+    for item in items:
+        (deselected if any(item.get_closest_marker(m) for m in left_out) else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
