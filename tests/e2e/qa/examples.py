@@ -9,7 +9,10 @@ with QA's command line (`-v`, the default URL: here the endpoint's).
 from __future__ import annotations
 
 import asyncio
+import queue
 import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -323,7 +326,7 @@ def grpc_async_infer_client(endpoint: Endpoint) -> None:
     while not answers and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(answers) == 1, "no answer within 10 s"
-    assert not isinstance(answers[0], InferenceServerException), answers[0]
+    assert not isinstance(answers[0], InferenceServerException), str(answers[0])
     _check_add_sub(answers[0], input0, input1)
     client.close()
 
@@ -495,3 +498,119 @@ def grpc_client(endpoint: Endpoint) -> None:
         )
         request.raw_input_contents.extend([bytes(1072812 * "a", "utf-8")])
         stub.ModelInfer(request, metadata=metadata)
+
+
+# --- sequences (simple_*_sequence_*_client.py, without -d: `simple_sequence`) --------------------
+# The examples' INPUT and OUTPUT are INPUT__0 and OUTPUT__0 in the TorchScript `simple_sequence`.
+SEQUENCE_INPUT, SEQUENCE_OUTPUT = "INPUT__0", "OUTPUT__0"
+
+SEQUENCE_VALUES = [11, 7, 5, 3, 2, 0, 1]
+
+
+def _sequences() -> list[tuple[int | str, list[int]]]:
+    """The examples' three sequences: two integer ids and a UUID string id (without -d)."""
+    negated = [-v for v in SEQUENCE_VALUES]
+    return [(1000, [0, *SEQUENCE_VALUES]), (1001, [100, *negated]), (str(uuid.uuid4()), [20, *negated])]
+
+
+def _check_sequences(results: list[list[np.ndarray]]) -> None:
+    """Each answer is its input, plus 1 for the first of a sequence (1, 101, 21)."""
+    int0, int1, text0 = results
+    for i in range(len(int0)):
+        expected = (
+            (1, 101, 21)
+            if i == 0
+            else (SEQUENCE_VALUES[i - 1], -SEQUENCE_VALUES[i - 1], -SEQUENCE_VALUES[i - 1])
+        )
+        got = (int0[i][0][0], int1[i][0][0], text0[i][0][0])
+        assert got == expected, f"[{i}] got {got}, expected {expected}"
+
+
+def _sequence_requests(module: Any, sequence_id: int | str, values: list[int]) -> Iterator[dict[str, Any]]:
+    for count, value in enumerate(values, start=1):
+        tensor = module.InferInput(SEQUENCE_INPUT, [1, 1], "INT32")
+        tensor.set_data_from_numpy(np.full([1, 1], value, dtype=np.int32))
+        yield {
+            "model_name": "simple_sequence",
+            "inputs": [tensor],
+            "outputs": [module.InferRequestedOutput(SEQUENCE_OUTPUT)],
+            "request_id": f"{sequence_id}_{count}",
+            "sequence_id": sequence_id,
+            "sequence_start": count == 1,
+            "sequence_end": count == len(values),
+        }
+
+
+def _sync_sequences(client: Any, module: Any) -> None:
+    results = []
+    for sequence_id, values in _sequences():
+        answers = []
+        for request in _sequence_requests(module, sequence_id, values):
+            request.pop("request_id")
+            answers.append(client.infer(**request).as_numpy(SEQUENCE_OUTPUT))
+        results.append(answers)
+    _check_sequences(results)
+
+
+def http_sequence_sync_infer_client(endpoint: Endpoint) -> None:
+    """simple_http_sequence_sync_infer_client.py: three sequences, one request at a time."""
+    with endpoint.http_client(verbose=True) as client:
+        _sync_sequences(client, httpclient)
+
+
+def grpc_sequence_sync_infer_client(endpoint: Endpoint) -> None:
+    """simple_grpc_sequence_sync_infer_client.py: three sequences, one request at a time."""
+    with endpoint.grpc_client(verbose=True) as client:
+        _sync_sequences(client, grpcclient)
+
+
+def _sort_stream_answers(
+    answers: list[Any], sequences: list[tuple[int | str, list[int]]]
+) -> list[list[np.ndarray]]:
+    """The stream examples' sorting of answers by the sequence id their request id starts with."""
+    by_id: dict[str, list[np.ndarray]] = {str(sequence_id): [] for sequence_id, _ in sequences}
+    for answer in answers:
+        assert not isinstance(answer, InferenceServerException), str(answer)
+        sequence_id = answer.get_response().id.split("_")[0]
+        assert sequence_id in by_id, f"unexpected sequence id returned by the server: {sequence_id}"
+        by_id[sequence_id].append(answer.as_numpy(SEQUENCE_OUTPUT))
+    return [by_id[str(sequence_id)] for sequence_id, _ in sequences]
+
+
+def grpc_sequence_stream_infer_client(endpoint: Endpoint) -> None:
+    """simple_grpc_sequence_stream_infer_client.py: the three sequences on one stream, answers
+    matched to their sequence by request id."""
+    sequences = _sequences()
+    answers: queue.Queue = queue.Queue()
+    with endpoint.grpc_client(verbose=True) as client:
+        client.start_stream(callback=lambda result, error: answers.put(error or result))
+        for sequence_id, values in sequences:
+            for request in _sequence_requests(grpcclient, sequence_id, values):
+                client.async_stream_infer(**request)
+        received = [answers.get(timeout=60) for _ in range(sum(len(v) for _, v in sequences))]
+        client.stop_stream()
+    _check_sequences(_sort_stream_answers(received, sequences))
+
+
+async def _grpc_aio_sequence_stream(endpoint: Endpoint) -> list[Any]:
+    import tritonclient.grpc.aio as aio
+
+    sequences = _sequences()
+
+    async def requests() -> Any:
+        for sequence_id, values in sequences:
+            for request in _sequence_requests(aio, sequence_id, values):
+                yield request
+
+    received = []
+    async with endpoint.grpc_aio_client(verbose=True) as client:
+        async for result, error in client.stream_infer(inputs_iterator=requests()):
+            received.append(error or result)
+            if len(received) == sum(len(v) for _, v in sequences):
+                break
+    return _sort_stream_answers(received, sequences)
+
+
+def grpc_aio_sequence_stream_infer_client(endpoint: Endpoint) -> None:
+    """simple_grpc_aio_sequence_stream_infer_client.py: the three sequences on one asyncio stream."""
+    _check_sequences(asyncio.run(_grpc_aio_sequence_stream(endpoint)))

@@ -1,16 +1,18 @@
-"""The TorchScript model repositories Triton's QA tests run against, generated at test time.
+"""The model repositories Triton's QA tests run against, generated at test time (TorchScript).
 
 A port of the libtorch branches of triton-inference-server/server r24.10 `qa/common/`:
 `gen_qa_models.py` (`create_libtorch_modelfile`/`_modelconfig`: add/sub nets, `libtorch_*` and
 `libtorch_nobatch_*`, versions 2 and 3 swapped), `gen_qa_identity_models.py` (identity nets,
 `libtorch_zero_*`) and the models QA's L0 directories hold for the client examples (`simple`,
-`simple_int8`, `simple_string`, `simple_identity` of `docs/examples/model_repository`), the
-input-validation models of `qa/L0_input_validation` and `pt_identity` of its `test.sh`.
+`simple_int8`, `simple_string`, `simple_identity`, `simple_sequence` of
+`docs/examples/model_repository`), the input-validation models of `qa/L0_input_validation` and
+`pt_identity` of its `test.sh`.
 
-Where QA uses another backend (TensorFlow for `simple*`, ONNX for `onnx_zero_*`, Python for the
-input-validation models) the model here computes the same thing in TorchScript. Triton's PyTorch
-backend passes BYTES tensors only as 1-D `List[str]`, so the string examples are non-batching with
-a `reshape` from the `[1, 16]` their clients send to the `[16]` the model sees.
+Where QA uses another backend (TensorFlow for `simple*`, ONNX for `onnx_zero_*`) the model here
+computes the same thing in TorchScript. Two input-validation models stay Python-backend models as
+in QA: Triton's PyTorch backend refuses `optional: true` inputs. Triton's PyTorch backend passes
+BYTES tensors only as 1-D `List[str]`, so the string examples are non-batching with a `reshape`
+from the `[1, 16]` their clients send to the `[16]` the model sees.
 """
 
 from __future__ import annotations
@@ -169,6 +171,15 @@ class One(nn.Module):
 
     def forward(self, INPUT0: Tensor, INPUT1: Tensor, INPUT2: Tensor) -> Tensor:
         return torch.ones(1)
+
+
+class Sequence(nn.Module):
+    """`simple_sequence` of the examples as its clients check it: the input, plus 1 on the request
+    that starts a sequence (START is the sequence batcher's control input `START__1`, 1 at the
+    start; READY is `READY__2`)."""
+
+    def forward(self, INPUT: Tensor, START: Tensor, READY: Tensor) -> Tensor:
+        return INPUT + START
 
 
 class Inception(nn.Module):
@@ -412,6 +423,26 @@ def build_example_models(repository: Path) -> None:
             0,
             [IO("INPUT0", STRING, (1, -1), reshape=(-1,))],
             [IO("OUTPUT0", STRING, (1, -1), reshape=(-1,))],
+        ),
+    )
+    # Triton's PyTorch backend wants every tensor of a sequence model named `<name>__<forward()
+    # position>` (the examples' INPUT and OUTPUT are INPUT__0 and OUTPUT__0 here).
+    controls = ", ".join(
+        f'{{ name: "{kind}__{index}" control [ {{ kind: CONTROL_SEQUENCE_{kind} '
+        "int32_false_true: [ 0, 1 ] } ] }"
+        for index, kind in enumerate(("START", "READY"), start=1)
+    )
+    save(
+        repository,
+        "simple_sequence",
+        Sequence(),
+        config_text(
+            "simple_sequence",
+            8,
+            [IO("INPUT__0", np.int32, (1,))],
+            [IO("OUTPUT__0", np.int32, (1,))],
+            tail=f"sequence_batching {{ control_input [ {controls} ] }}\n"
+            + "instance_group [{ kind: KIND_CPU }]",
         ),
     )
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
-"""qa/L0_grpc (r24.10) test.sh: the Python gRPC client examples it runs (`-v`), and its
-compression step (`simple_grpc_infer_client.py -v -C deflate` with GRPC_TRACE=compression).
+"""qa/L0_grpc (r24.10) test.sh: the Python gRPC client examples it runs (`-v`; the sequence ones
+also without `-d`), and its compression step (`simple_grpc_infer_client.py -v -C deflate` with
+GRPC_TRACE=compression).
 
 The examples' models are this package's TorchScript ones; grpc_client.py's `inception_graphdef`
 is `inception_libtorch`, a stand-in with the same inputs and outputs.
@@ -32,6 +33,9 @@ EXAMPLES: dict[str, Callable[[Endpoint], None]] = {
     "grpc_explicit_int_content_client": examples.grpc_explicit_int_content_client,
     "grpc_explicit_int8_content_client": examples.grpc_explicit_int8_content_client,
     "grpc_client": examples.grpc_client,
+    "simple_grpc_aio_sequence_stream_infer_client": examples.grpc_aio_sequence_stream_infer_client,
+    "simple_grpc_sequence_stream_infer_client": examples.grpc_sequence_stream_infer_client,
+    "simple_grpc_sequence_sync_infer_client": examples.grpc_sequence_sync_infer_client,
 }
 
 

@@ -270,3 +270,8 @@ def test_simple_http_async_infer_client(server: Endpoint) -> None:
 def test_simple_http_string_infer_client(server: Endpoint) -> None:
     """test.sh: simple_http_string_infer_client.py -v (BYTES)."""
     examples.http_string_infer_client(server)
+
+
+def test_simple_http_sequence_sync_infer_client(server: Endpoint) -> None:
+    """test.sh: simple_http_sequence_sync_infer_client.py -v (sequence batching)."""
+    examples.http_sequence_sync_infer_client(server)
