@@ -22,7 +22,7 @@ from ray.exceptions import RayActorError
 from ray.experimental import internal_kv
 from ray.serve.config import DeploymentActorConfig
 
-from serve_app.config import AppArgs
+from serve_app.config import parse_args
 from serve_app.errors import ModelNotReadyError
 from serve_app.model_state.fingerprint import fingerprinter
 from serve_app.model_state.holder import ModelStateHolder, ReplicaRecord
@@ -61,9 +61,10 @@ async def _alive(record: ReplicaRecord) -> bool:
 
 @ray.remote(num_cpus=0)
 class ModelStateActor(ModelStateHolder):
-    def __init__(self, args: AppArgs) -> None:
+    def __init__(self, raw_args: dict[str, Any]) -> None:
+        args = parse_args(raw_args)
         context = serve.get_deployment_actor_context()
-        digest = hashlib.sha256(args.model_dump_json().encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps(raw_args, sort_keys=True, default=str).encode()).hexdigest()[:16]
         key = f"model_state/{context.app_name}/{context.deployment}/{digest}"
         poll_s = args.repository_poll_s
         super().__init__(
@@ -71,9 +72,12 @@ class ModelStateActor(ModelStateHolder):
         )
 
 
-def actor_config(args: AppArgs) -> DeploymentActorConfig:
-    """The deployment's `deployment_actors` entry for the holder."""
-    return DeploymentActorConfig(name=ACTOR_NAME, actor_class=ModelStateActor, init_kwargs={"args": args})
+def actor_config(raw_args: dict[str, Any]) -> DeploymentActorConfig:
+    """The deployment's `deployment_actors` entry for the holder (Serve passes the app's args on as
+    plain data, so the actor gets them as the Serve config gave them)."""
+    return DeploymentActorConfig(
+        name=ACTOR_NAME, actor_class=ModelStateActor, init_kwargs={"raw_args": raw_args}
+    )
 
 
 class ActorHolder:

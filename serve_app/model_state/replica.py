@@ -1,7 +1,7 @@
 """A replica's side of the deployment's model state.
 
-At start the replica loads the deployment's current model set (not the repository's whole
-list), then registers with the holder and follows it: every change of the state is reconciled
+A replica's runtime starts with the deployment's current model set (not the repository's whole
+list); the replica then registers with the holder and follows it: every change of the state is reconciled
 into the runtime, one task per model so a slow load never holds up another model, and reported
 back; questions (statistics, index) are answered from the runtime. Load, unload, statistics and
 index calls of the API go through the holder, so they apply to, and answer for, every replica.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from serve_app.errors import (
@@ -23,6 +22,7 @@ from serve_app.errors import (
     summarize,
 )
 from serve_app.model_state.desired import Answer, Applied, Command, DesiredState, Update
+from serve_app.model_state.holder import InProcessHolder, MemoryStore, ModelStateHolder, always_alive
 from serve_app.model_state.merge import merge_index, merge_statistics
 from serve_app.runtimes.base import Runtime
 
@@ -62,19 +62,17 @@ class DeploymentModels:
         self._answering: set[asyncio.Task[None]] = set()
         self._follower: asyncio.Task[None] | None = None
         self._unreported = False  # a report failed: register again, which sends every outcome
-        self._questions: dict[str, Callable[..., Any]] = {
-            "statistics": runtime.statistics,
-            "index": lambda: [row.as_dict() for row in runtime.index()],
-        }
 
-    @property
-    def replica(self) -> str:
-        return self._replica
+    @classmethod
+    def in_process(cls, runtime: Runtime) -> DeploymentModels:
+        """A deployment of this one replica, its holder in this process: no Ray (tests,
+        benchmarks). It follows once `join`ed, after the runtime started."""
+        return cls(runtime, InProcessHolder(ModelStateHolder(MemoryStore(), always_alive)), "local")
 
-    async def start(self) -> None:
-        """Start the runtime with the deployment's models, then follow the deployment's state."""
-        self._state = await self._holder.call("snapshot")
-        await self._runtime.start(wanted=self._state.wants)
+    async def join(self, state: DesiredState | None = None) -> None:
+        """Follow the deployment's state from `state`, the snapshot whose `wants` the runtime
+        started with (`holder.call("snapshot")`; None: a fresh deployment's, everything)."""
+        self._state = state or DesiredState()
         failed = {row.name: row.reason for row in self._runtime.index() if row.state != "READY"}
         self._applied = {
             model: Applied(target.generation, failed.get(model, "") if target.loaded else "")
@@ -167,13 +165,18 @@ class DeploymentModels:
 
     async def _answer(self, command: Command) -> None:
         try:
-            answer = Answer(self._questions[command.kind](*command.args))
+            answer = Answer(self._value_of(command))
         except ServeAppError as exc:
             answer = Answer(error_type=type(exc).__name__, error=str(exc))
         try:
             await self._holder.call("reply", self._replica, command.id, answer)
         except Exception as exc:  # noqa: BLE001 - the asker times out and says which replica was silent
             logger.warning("could not answer the model state: %s", summarize(exc))
+
+    def _value_of(self, command: Command) -> Any:
+        if command.kind == "statistics":
+            return self._runtime.statistics(*command.args)
+        return [row.as_dict() for row in self._runtime.index()]
 
     # --- the API's calls, for the whole deployment --------------------------------------------
 
@@ -185,6 +188,9 @@ class DeploymentModels:
         await self._change(model, loaded=True)
 
     async def unload(self, model: str) -> None:
+        known = any(row.name == model for row in self._runtime.index())
+        if not known and not await self._runtime.in_repository(model):
+            raise ModelNotFoundError(f"unknown model '{model}'")
         await self._change(model, loaded=False)
 
     async def _change(self, model: str, loaded: bool) -> None:

@@ -102,8 +102,11 @@ class Deployment:
         self.replicas: list[DeploymentModels] = []
 
     async def add(self, name: str, repository: dict[str, bool]) -> DeploymentModels:
-        replica = DeploymentModels(StandInRuntime(repository), InProcessHolder(self.holder), name)
-        await replica.start()
+        state = await self.holder.snapshot()
+        runtime = StandInRuntime(repository)
+        await runtime.start(state.wants)
+        replica = DeploymentModels(runtime, InProcessHolder(self.holder), name)
+        await replica.join(state)
         self.replicas.append(replica)
         return replica
 
