@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serve_app.datatypes import numpy_dtype
-from serve_app.errors import InvalidInputError, ModelControlDisabledError
+from serve_app.errors import InvalidInputError, ModelControlDisabledError, ModelNotReadyError
 from serve_app.infer_types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions, Runtime
@@ -157,8 +157,20 @@ class DataPlane:
             raise InvalidInputError(f"'{model}' is not a model directory name")
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        version = self._runtime.resolve(request.model_name, request.model_version)
+        try:
+            return await self._infer(request, version)
+        except ModelNotReadyError:
+            # A version roll: the latest version, resolved a moment ago, was replaced before it ran.
+            if request.model_version is not None:
+                raise
+            latest = self._runtime.resolve(request.model_name, None)
+            if latest == version:
+                raise
+            return await self._infer(request, latest)
+
+    async def _infer(self, request: InferRequest, version: str) -> InferResponse:
         model = request.model_name
-        version = self._runtime.resolve(model, request.model_version)
         expected = self._expected_of(model, version)
         try:
             request = resolve_raw_input(request, expected.signature)

@@ -303,10 +303,12 @@ class TritonRuntime:
         return reasons[0] if reasons else "not ready"
 
     def resolve(self, model: str, version: str | None) -> str:
-        server = self._triton()
+        ready = self._ready_versions(model)
+        if not ready:  # a reload may have replaced the versions known here: ask Triton again
+            self._refresh_versions()
+            ready = self._ready_versions(model)
         if model not in self._versions:
             raise ModelNotFoundError(f"unknown model '{model}'")
-        ready = [v for v in self._versions[model] if server.model(model, v).ready()]
         if not ready:
             raise ModelNotReadyError(f"model '{model}' is not ready: {self._why_not_ready(model)}")
         if version is None:
@@ -315,6 +317,10 @@ class TritonRuntime:
         if not version.isdecimal() or int(version) not in ready:
             raise ModelNotFoundError(f"model '{model}' has no ready version '{version}'")
         return str(int(version))
+
+    def _ready_versions(self, model: str) -> list[int]:
+        server = self._triton()
+        return [v for v in self._versions.get(model, ()) if server.model(model, v).ready()]
 
     def signature(self, model: str, version: str) -> ModelSignature:
         try:
