@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serve_app.datatypes import numpy_dtype
-from serve_app.errors import InvalidInputError, ModelControlDisabledError
+from serve_app.errors import InvalidInputError, ModelControlDisabledError, ModelNotReadyError
 from serve_app.infer_types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions, Runtime
@@ -57,6 +57,19 @@ class InferObserver(Protocol):
         """Await the runtime's answer to one validated request."""
 
 
+class Deployment(Protocol):
+    """The models of the whole deployment (serve_app.model_state.DeploymentModels): a load or an
+    unload applies to every replica before it returns, statistics and the index cover them all."""
+
+    async def load(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+    async def statistics(self, model: str | None, version: str | None) -> dict[str, Any]: ...
+
+    async def index(self) -> list[dict[str, Any]]: ...
+
+
 class Expected:
     """What a model version takes and returns, indexed once per signature for every request's checks."""
 
@@ -76,12 +89,14 @@ class DataPlane:
     def __init__(
         self,
         runtime: Runtime,
+        deployment: Deployment,
         *,
         model_control: bool,
         placement: dict[str, Any],
         observer: InferObserver | None = None,
     ) -> None:
         self._runtime = runtime
+        self._deployment = deployment
         self._model_control = model_control
         self._placement = placement
         self._observer = observer
@@ -112,11 +127,12 @@ class DataPlane:
         self._runtime.resolve(model, version)
         return {"name": model, "ready": True}
 
-    def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
-        return self._runtime.statistics(model, version)
+    async def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics summed over the deployment's replicas."""
+        return await self._deployment.statistics(model, version)
 
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        rows = [state.as_dict() for state in self._runtime.index()]
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        rows = await self._deployment.index()
         return [r for r in rows if r["state"] == "READY"] if ready_only else rows
 
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
@@ -126,11 +142,11 @@ class DataPlane:
                 f"load parameters {sorted(parameters)} (config or file overrides) are not supported; "
                 "edit the model in the repository and load it again"
             )
-        await self._runtime.load(model, parameters)
+        await self._deployment.load(model)
 
     async def unload(self, model: str) -> None:
         self._check_model_control(model)
-        await self._runtime.unload(model)
+        await self._deployment.unload(model)
 
     def _check_model_control(self, model: str) -> None:
         if not self._model_control:
@@ -141,8 +157,20 @@ class DataPlane:
             raise InvalidInputError(f"'{model}' is not a model directory name")
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        version = self._runtime.resolve(request.model_name, request.model_version)
+        try:
+            return await self._infer(request, version)
+        except ModelNotReadyError:
+            # A version roll: the latest version, resolved a moment ago, was replaced before it ran.
+            if request.model_version is not None:
+                raise
+            latest = self._runtime.resolve(request.model_name, None)
+            if latest == version:
+                raise
+            return await self._infer(request, latest)
+
+    async def _infer(self, request: InferRequest, version: str) -> InferResponse:
         model = request.model_name
-        version = self._runtime.resolve(model, request.model_version)
         expected = self._expected_of(model, version)
         try:
             request = resolve_raw_input(request, expected.signature)

@@ -144,12 +144,12 @@ class GRPCIngress:
 
     @_rpc(pb.ModelStatisticsResponse)
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
-        statistics = self._dataplane.statistics(request.name or None, _version(request.version))
+        statistics = await self._dataplane.statistics(request.name or None, _version(request.version))
         return to_message(statistics, pb.ModelStatisticsResponse)
 
     @_rpc(pb.RepositoryIndexResponse)
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
-        models = self._dataplane.repository_index(ready_only=request.ready)
+        models = await self._dataplane.repository_index(ready_only=request.ready)
         return to_message({"models": models}, pb.RepositoryIndexResponse)
 
     @_rpc(pb.RepositoryModelLoadResponse)

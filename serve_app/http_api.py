@@ -176,7 +176,7 @@ async def model_config(dataplane: DataPlane, request: Request) -> Response:
 
 
 async def model_stats(dataplane: DataPlane, request: Request) -> Response:
-    return json_response(dataplane.statistics(request.path_params.get("model"), _version(request)))
+    return json_response(await dataplane.statistics(request.path_params.get("model"), _version(request)))
 
 
 def _json_output_bytes(response: InferResponse) -> int:
@@ -228,7 +228,7 @@ async def _control_body(request: Request, schema: type[_Control], what: str) -> 
 
 async def repository_index(dataplane: DataPlane, request: Request) -> Response:
     body = await _control_body(request, RepositoryIndexBody, "repository index request")
-    return json_response(dataplane.repository_index(ready_only=body.ready))
+    return json_response(await dataplane.repository_index(ready_only=body.ready))
 
 
 async def load_model(dataplane: DataPlane, request: Request) -> Response:

@@ -33,6 +33,7 @@ with warnings.catch_warnings():
 from serve_app.dataplane import DataPlane
 from serve_app.examples import build_example_repository
 from serve_app.http_api import build_http_app
+from serve_app.model_state.replica import DeploymentModels
 from serve_app.runtimes.torch.runtime import TorchRuntime
 from tests.object_store import S3Server
 
@@ -160,10 +161,13 @@ def serve(mixed_repository: Path) -> Iterator[ServeFactory]:
             max_request_bytes: int = 8 * 2**20,
         ) -> tuple[TestClient, TorchRuntime]:
             runtime = TorchRuntime(repository, CPU, 1)
-            dataplane = DataPlane(runtime, model_control=model_control, placement={"replica": "test"})
+            models = DeploymentModels.in_process(runtime)
+            dataplane = DataPlane(runtime, models, model_control=model_control, placement={"replica": "test"})
             client = stack.enter_context(TestClient(build_http_app(dataplane, max_request_bytes)))
             client.portal.call(runtime.start)
+            client.portal.call(models.join)
             stack.callback(client.portal.call, runtime.stop)
+            stack.callback(client.portal.call, models.stop)
             return client, runtime
 
         yield factory

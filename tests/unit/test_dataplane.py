@@ -31,6 +31,7 @@ from serve_app.errors import (
 )
 from serve_app.http_codec import decode_request
 from serve_app.infer_types import InferRequest, InputTensor, Limits, RequestedOutput
+from serve_app.model_state.replica import DeploymentModels
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions
 from serve_app.runtimes.torch.runtime import TorchRuntime
@@ -199,7 +200,9 @@ def test_triton_errors_map_by_class_name_and_summaries_drop_tracebacks() -> None
 async def test_dataplane_infers_and_shapes_the_response(
     runtime: TorchRuntime, example_repository: Path, torch_reference
 ) -> None:
-    dataplane = DataPlane(runtime, model_control=False, placement={"gpu_ids": []})
+    dataplane = DataPlane(
+        runtime, DeploymentModels.in_process(runtime), model_control=False, placement={"gpu_ids": []}
+    )
     x = np.arange(6, dtype=np.int32).reshape(2, 3) - 3
     response = await dataplane.infer(
         InferRequest(
@@ -224,7 +227,7 @@ async def test_dataplane_infers_and_shapes_the_response(
 
 @pytest.mark.anyio
 async def test_dataplane_validates_before_the_model_runs(runtime: TorchRuntime) -> None:
-    dataplane = DataPlane(runtime, model_control=False, placement={})
+    dataplane = DataPlane(runtime, DeploymentModels.in_process(runtime), model_control=False, placement={})
     bad = InferRequest(
         "linear", None, [InputTensor("input__0", "FP32", (1, 15), np.zeros((1, 15), np.float32))]
     )
@@ -239,14 +242,16 @@ async def test_dataplane_validates_before_the_model_runs(runtime: TorchRuntime) 
 
 @pytest.mark.anyio
 async def test_dataplane_metadata_and_model_control(runtime: TorchRuntime) -> None:
-    dataplane = DataPlane(runtime, model_control=False, placement={"gpu_ids": [3]})
+    models = DeploymentModels.in_process(runtime)
+    await models.join()
+    dataplane = DataPlane(runtime, models, model_control=False, placement={"gpu_ids": [3]})
     assert dataplane.live() and dataplane.ready()
     metadata = dataplane.server_metadata()
     assert metadata["serve_app"] == {"runtime": "torch", "device": "cpu", "gpu_ids": [3]}
     # Exactly what is served: the torch runtime honours neither priorities nor sequences.
     assert metadata["extensions"] == list(SERVED_EXTENSIONS)
     assert dataplane.model_ready("linear", "1") == {"name": "linear", "ready": True}
-    assert [r["name"] for r in dataplane.repository_index(ready_only=True)] == [
+    assert [r["name"] for r in await dataplane.repository_index(ready_only=True)] == [
         "image_classifier",
         "int_ops",
         "linear",
@@ -256,14 +261,19 @@ async def test_dataplane_metadata_and_model_control(runtime: TorchRuntime) -> No
         await dataplane.load("linear", {})
     with pytest.raises(ModelControlDisabledError):
         await dataplane.unload("linear")
-    controlled = DataPlane(runtime, model_control=True, placement={})
+    controlled = DataPlane(runtime, models, model_control=True, placement={})
     with pytest.raises(ModelNotFoundError, match="unknown model 'nope'"):
         await controlled.unload("nope")
     await controlled.unload("linear")
     with pytest.raises(ModelNotReadyError):
         dataplane.model_ready("linear", None)
-    assert {"name": "linear", "state": "UNAVAILABLE", "reason": "unloaded"} in controlled.repository_index()
-    assert "linear" not in [r["name"] for r in controlled.repository_index(ready_only=True)]
+    assert {
+        "name": "linear",
+        "state": "UNAVAILABLE",
+        "reason": "unloaded",
+    } in await controlled.repository_index()
+    assert "linear" not in [r["name"] for r in await controlled.repository_index(ready_only=True)]
+    await models.stop()
 
 
 class ReloadingRuntime:
@@ -287,7 +297,7 @@ class ReloadingRuntime:
 @pytest.mark.anyio
 async def test_a_reloaded_signature_is_validated_against_anew() -> None:
     runtime = ReloadingRuntime(UNBATCHED)
-    dataplane = DataPlane(runtime, model_control=False, placement={})  # type: ignore[arg-type]
+    dataplane = DataPlane(runtime, DeploymentModels.in_process(runtime), model_control=False, placement={})  # type: ignore[arg-type]
     request = InferRequest("m", None, [tensor("x", (2, 3), "INT32")])
     assert [o.name for o, _ in (await dataplane.infer(request)).outputs] == ["y"]
     runtime.signature_now = ModelSignature("m", 0, (TensorSpec("z", "INT32", (2, -1)),), UNBATCHED.outputs)
@@ -332,7 +342,7 @@ def test_parameters_of_the_wrong_type_are_invalid(parameters: dict[str, object],
 @pytest.mark.anyio
 async def test_a_raw_binary_request_is_the_models_one_input(runtime: TorchRuntime) -> None:
     """Triton's Inference-Header-Content-Length: 0 request, shaped from the model's signature."""
-    dataplane = DataPlane(runtime, model_control=False, placement={})
+    dataplane = DataPlane(runtime, DeploymentModels.in_process(runtime), model_control=False, placement={})
     x = np.arange(16, dtype=np.float32)
     request = decode_request("linear", None, x.tobytes(), "0", limits=Limits(max_bytes=1 << 20))
     response = await dataplane.infer(request)

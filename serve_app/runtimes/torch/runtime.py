@@ -31,7 +31,7 @@ from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, summarize
 from serve_app.placement import Placement
 from serve_app.repository import ModelEntryError, ModelSignature
-from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
+from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState, Wanted, everything
 from serve_app.runtimes.torch.admission import ModelSpec, RepositoryEntry, discover, load_model_spec
 from serve_app.runtimes.torch.batching import Scheduler, Tensors
 from serve_app.runtimes.torch.instances import InstanceThreads
@@ -133,7 +133,7 @@ class TorchRuntime:
         self._stopped = False
 
     @classmethod
-    async def create(cls, args: AppArgs, placement: Placement) -> TorchRuntime:
+    async def create(cls, args: AppArgs, placement: Placement, wanted: Wanted = everything) -> TorchRuntime:
         """The runtime the app's args describe, started. A repository on object storage is
         mirrored to local disk first, and each load fetches its model again."""
         repository, fetch = args.model_repository, None
@@ -148,12 +148,15 @@ class TorchRuntime:
             args.execution_timeout_s,
             fetch=fetch,
         )
-        await runtime.start()
+        await runtime.start(wanted)
         return runtime
 
-    async def start(self) -> None:
+    async def start(self, wanted: Wanted = everything) -> None:
         for entry in discover(self._repository):
-            self._models[entry.name] = await self._load_entry(entry)
+            if wanted(entry.name):
+                self._models[entry.name] = await self._load_entry(entry)
+            else:
+                self._models[entry.name] = _Model(entry.name, entry.spec, entry.error or "unloaded")
         ready = [m.name for m in self._models.values() if m.versions]
         logger.info("torch runtime on %s serving %s", self._device, ready)
 
@@ -322,12 +325,20 @@ class TorchRuntime:
         outputs = await loaded.scheduler.submit(inputs)
         return {name: outputs[name] for name in output_names}
 
-    async def load(self, model: str, parameters: dict[str, Any]) -> None:
+    async def in_repository(self, model: str) -> bool:
+        await self._refresh(model)
+        return (self._repository / model).is_dir()
+
+    async def _refresh(self, model: str) -> None:
+        """The mirror's copy of `model` brought up to date (a repository on object storage)."""
         if self._fetch is not None:
             try:
                 await self._fetch(model)
             except StorageError as exc:
                 raise ModelNotReadyError(f"failed to load '{model}': {exc}") from None
+
+    async def load(self, model: str, parameters: dict[str, Any]) -> None:
+        await self._refresh(model)
         model_dir = self._repository / model
         if not model_dir.is_dir():
             raise ModelNotFoundError(f"no directory '{model}' in the model repository")

@@ -34,7 +34,7 @@ from serve_app.repository import (
     message_to_dict,
     parse_config,
 )
-from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
+from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState, Wanted, everything
 from serve_app.runtimes.triton.bindings_caller import BindingsCaller
 from serve_app.runtimes.triton.extension_caller import ExtensionCaller, extension
 from serve_app.runtimes.triton.model_call import ModelCall
@@ -100,15 +100,15 @@ class TritonRuntime:
         self._fork_lock = asyncio.Lock()
 
     @classmethod
-    async def create(cls, args: AppArgs, placement: Placement) -> TritonRuntime:
+    async def create(cls, args: AppArgs, placement: Placement, wanted: Wanted = everything) -> TritonRuntime:
         """Triton started over the app's repository, local or on object storage (Triton reads it)."""
         runtime = cls(args, placement)
-        await runtime.start()
+        await runtime.start(wanted)
         return runtime
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, wanted: Wanted = everything) -> None:
         tritonserver = import_tritonserver()
         self._errors = (tritonserver.TritonError,)
         options = server_options(tritonserver, self._args, self._placement)
@@ -128,7 +128,8 @@ class TritonRuntime:
             raise RuntimeError(f"runtime triton: Triton did not start ({exc}); {INSTALL_HINT}") from exc
         self._requests = self._caller_for(self._server)
         try:
-            await asyncio.gather(*(self._load(name) for name in self._repository_models()))
+            models = [name for name in self._repository_models() if wanted(name)]
+            await asyncio.gather(*(self._load(name) for name in models))
             self._after_loads()
         except BaseException:  # e.g. cancelled: `auto` must not fall back beside a running Triton
             await self.stop()
@@ -302,10 +303,12 @@ class TritonRuntime:
         return reasons[0] if reasons else "not ready"
 
     def resolve(self, model: str, version: str | None) -> str:
-        server = self._triton()
+        ready = self._ready_versions(model)
+        if not ready:  # a reload may have replaced the versions known here: ask Triton again
+            self._refresh_versions()
+            ready = self._ready_versions(model)
         if model not in self._versions:
             raise ModelNotFoundError(f"unknown model '{model}'")
-        ready = [v for v in self._versions[model] if server.model(model, v).ready()]
         if not ready:
             raise ModelNotReadyError(f"model '{model}' is not ready: {self._why_not_ready(model)}")
         if version is None:
@@ -314,6 +317,10 @@ class TritonRuntime:
         if not version.isdecimal() or int(version) not in ready:
             raise ModelNotFoundError(f"model '{model}' has no ready version '{version}'")
         return str(int(version))
+
+    def _ready_versions(self, model: str) -> list[int]:
+        server = self._triton()
+        return [v for v in self._versions.get(model, ()) if server.model(model, v).ready()]
 
     def signature(self, model: str, version: str) -> ModelSignature:
         try:
@@ -380,6 +387,9 @@ class TritonRuntime:
         self._triton()  # not stopped
         assert self._requests is not None
         return self._requests
+
+    async def in_repository(self, model: str) -> bool:
+        return model in await asyncio.to_thread(self._repository_models)
 
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
         """Triton (re)loads the directory; a failed reload leaves the loaded versions serving."""
