@@ -304,7 +304,7 @@ class TritonRuntime:
 
     def resolve(self, model: str, version: str | None) -> str:
         ready = self._ready_versions(model)
-        if not ready:  # a reload may have replaced the versions known here: ask Triton again
+        if not ready and model in self._versions:  # a reload may have replaced them: ask Triton
             self._refresh_versions()
             ready = self._ready_versions(model)
         if model not in self._versions:
