@@ -19,8 +19,8 @@ import torch
 from serve_app.config import AppArgs
 from serve_app.metrics import ReplicaMetrics
 from serve_app.placement import Placement
-from serve_app.runtimes.torch import TorchRuntime
-from serve_app.runtimes.triton import TritonRuntime
+from serve_app.runtimes.torch.runtime import TorchRuntime
+from serve_app.runtimes.triton.runtime import TritonRuntime
 
 pytestmark = [
     pytest.mark.gpu,
