@@ -17,27 +17,18 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.harness import (
-    RUNTIMES,
-    ServeRun,
-    app_config,
-    assert_error,
-    assert_matches,
-    free_port,
-    linear_body,
-    run_torchscript,
-)
+from tests.conftest import reference
+from tests.e2e.checks import assert_error, assert_matches, linear_body
+from tests.e2e.serve_run import ServeRun, app_config, fixed_replicas
 from tests.e2e.test_http_api import (  # noqa: F401 - collected here, against the bucket
     test_async_infer,
     test_health,
-    test_image_classifier_batch_2,
+    test_infer,
     test_inference_statistics,
-    test_int_ops,
     test_linear_batches,
     test_model_config,
     test_model_metadata,
     test_model_ready,
-    test_multi_io,
     test_repository_index,
     test_server_metadata,
 )
@@ -51,47 +42,45 @@ FIELD = "applications[].args.model_repository"
 
 def s3_app(s3_server: S3Server, url: str, runtime: str, secret: str | None = None) -> dict:
     config = app_config(
-        free_port(),
-        args={"model_repository": url, "runtime": runtime, "model_control": True},
-        deployment={"autoscaling_config": None, "num_replicas": 1},
+        {"model_repository": url, "runtime": runtime, "model_control": True}, fixed_replicas(1)
     )
     config["applications"][0]["runtime_env"] = {"env_vars": s3_server.credentials(secret)}
     return config
 
 
 @pytest.fixture(scope="module")
-def bucket_url(s3_server: S3Server, example_repository_path: Path) -> str:
-    return s3_server.upload(example_repository_path, BUCKET, "repo")
+def bucket_url(s3_server: S3Server, example_repository: Path) -> str:
+    return s3_server.upload(example_repository, BUCKET, "repo")
 
 
-@pytest.fixture(scope="module", params=RUNTIMES)
+@pytest.fixture(scope="module")
 def served(
-    request: pytest.FixtureRequest,
+    runtime: str,
     ray_address: str,
     s3_server: S3Server,
     bucket_url: str,
-    example_repository_path: Path,
+    example_repository: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServeRun]:
-    """The app serving the examples from the bucket with the parametrised runtime."""
-    config = s3_app(s3_server, bucket_url, request.param)
-    workdir = tmp_path_factory.mktemp("serve-s3")
-    run = ServeRun(config, workdir, address=ray_address, local_copy=example_repository_path).start()
-    print(f"\n{request.param} runtime from {bucket_url}: ready after {run.ready_after_s:.1f} s")
-    yield run
-    run.stop()
+    """The app serving the examples from the bucket (the local copy is the outputs' reference)."""
+    config = s3_app(s3_server, bucket_url, runtime)
+    with ServeRun(
+        config, tmp_path_factory.mktemp("serve-s3"), ray_address, local_copy=example_repository
+    ) as run:
+        print(f"\n{runtime} runtime from {bucket_url}: ready after {run.ready_after_s:.1f} s")
+        yield run
 
 
 def test_model_added_to_the_bucket_loads(
-    served: ServeRun, http: httpx.Client, s3_server: S3Server, example_repository_path: Path
+    served: ServeRun, http: httpx.Client, s3_server: S3Server, example_repository: Path
 ) -> None:
     """Put a model into the bucket, load it with model control, serve it; a newer version follows."""
     prefix = f"repo/added_{served.config['applications'][0]['args']['runtime']}"
     name = prefix.removeprefix("repo/")
-    linear = example_repository_path / "linear"
+    linear = example_repository / "linear"
     config = (linear / "config.pbtxt").read_text().replace('"linear"', f'"{name}"')
     body, data = linear_body()
-    (expected,) = run_torchscript(example_repository_path, "linear", data)
+    (expected,) = reference(example_repository, "linear", data)
     try:
         assert_error(http.post(f"/v2/models/{name}/infer", json=body), 404)
         s3_server.upload(linear / "1", BUCKET, f"{prefix}/1")
