@@ -111,6 +111,26 @@ def reference(repository: Path, model: str, *inputs: np.ndarray, version: int = 
     return [r.numpy() for r in results]
 
 
+# model → (inputs by name, in forward order; output names in tuple order)
+ExampleCases = dict[str, tuple[dict[str, np.ndarray], list[str]]]
+
+
+def example_cases(rng: np.random.Generator) -> ExampleCases:
+    """A request of every example model (serve_app.examples); batched models get several rows."""
+    return {
+        "image_classifier": ({"input__0": rng.random((2, 3, 224, 224), dtype=np.float32)}, ["output__0"]),
+        "multi_io": (
+            {
+                "x": rng.standard_normal((3, 7), dtype=np.float32),
+                "scale": rng.random((3, 1), dtype=np.float32),
+            },
+            ["output__0", "output__1"],
+        ),
+        "linear": ({"input__0": rng.standard_normal((5, 16), dtype=np.float32)}, ["output__0"]),
+        "int_ops": ({"INPUT__0": rng.integers(-9, 9, (2, 3), dtype=np.int32)}, ["OUTPUT__0", "OUTPUT__1"]),
+    }
+
+
 @pytest.fixture
 def torch_reference() -> Callable[..., list[np.ndarray]]:
     return reference

@@ -8,7 +8,6 @@ Runtime-agnostic: the `served` fixture is parametrised by runtime.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from http.client import HTTPResponse
 from typing import Any
 
@@ -21,7 +20,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from devtools.processes import http_get
 from serve_app.dataplane import RUNTIME_EXTENSIONS, SERVED_EXTENSIONS
-from tests.conftest import reference
+from tests.conftest import example_cases, reference
 from tests.e2e.checks import (
     EXAMPLE_MODELS,
     assert_error,
@@ -142,19 +141,11 @@ BINARY_MODES = [
     pytest.param(True, False, id="binary-in-json-out"),
     pytest.param(False, True, id="json-in-binary-out"),
 ]
-# model → its inputs by name (from the test's rng), in forward order
-INPUTS: dict[str, Callable[[np.random.Generator], dict[str, np.ndarray]]] = {
-    "image_classifier": lambda rng: {"input__0": rng.random((2, 3, 224, 224), dtype=np.float32)},
-    "multi_io": lambda rng: {
-        "x": rng.standard_normal((3, 7), dtype=np.float32),
-        "scale": rng.random((3, 1), dtype=np.float32),
-    },
-    "int_ops": lambda rng: {"INPUT__0": rng.integers(-5, 5, size=(2, 3), dtype=np.int32)},
-}
-# Every model in every mode, but the image only all binary or all JSON (a JSON image is megabytes).
+# The example models but linear (its batches: below) in every mode; the image only all binary or
+# all JSON (a JSON image is megabytes).
 INFER_CASES = [
     pytest.param(model, *mode.values, id=f"{model}-{mode.id}")
-    for model in INPUTS
+    for model in ("image_classifier", "multi_io", "int_ops")
     for mode in BINARY_MODES
     if model != "image_classifier" or mode in BINARY_MODES[:2]
 ]
@@ -170,8 +161,7 @@ def test_infer(
     binary_out: bool,
 ) -> None:
     """Every output named, each as binary data or JSON as asked; the request id comes back."""
-    inputs = INPUTS[model](rng)
-    names = [name for name, _, _ in SIGNATURES[model][2]]
+    inputs, names = example_cases(rng)[model]
     result = client.infer(
         model,
         [infer_input(name, array, binary_in) for name, array in inputs.items()],

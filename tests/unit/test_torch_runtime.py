@@ -22,6 +22,7 @@ from serve_app.runtimes.base import ModelState
 from serve_app.runtimes.statistics import ModelStatistics
 from serve_app.runtimes.torch import TorchRuntime
 from serve_app.runtimes.torchscript import Timings, TorchScriptModel
+from tests.conftest import example_cases
 
 pytestmark = pytest.mark.anyio
 
@@ -29,16 +30,7 @@ CPU = torch.device("cpu")
 Reference = Callable[..., list[np.ndarray]]
 RNG = np.random.default_rng(0)
 
-# model → (inputs by name, in forward order; output names in tuple order)
-CASES: dict[str, tuple[dict[str, np.ndarray], list[str]]] = {
-    "image_classifier": ({"input__0": RNG.random((2, 3, 224, 224), dtype=np.float32)}, ["output__0"]),
-    "multi_io": (
-        {"x": RNG.random((3, 7), dtype=np.float32), "scale": RNG.random((3, 1), dtype=np.float32)},
-        ["output__0", "output__1"],
-    ),
-    "linear": ({"input__0": RNG.standard_normal((5, 16), dtype=np.float32)}, ["output__0"]),
-    "int_ops": ({"INPUT__0": RNG.integers(-9, 9, (2, 3), dtype=np.int32)}, ["OUTPUT__0", "OUTPUT__1"]),
-}
+CASES = example_cases(RNG)
 
 
 @pytest.mark.parametrize("model", sorted(CASES))

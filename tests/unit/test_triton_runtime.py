@@ -44,6 +44,7 @@ from serve_app.runtimes.torch import TorchRuntime
 from serve_app.runtimes.triton import TritonRuntime
 from serve_app.runtimes.triton_infer import BindingsCaller
 from serve_app.runtimes.triton_requests import ExtensionCaller, extension
+from tests.conftest import example_cases
 
 pytest.importorskip("tritonserver", reason="needs `python -m serve_app.triton_install install`")
 
@@ -53,26 +54,25 @@ CPU_PLACEMENT = Placement(gpu_ids=(), cuda_visible_devices=None, num_cpus=1.0, r
 TOLERANCE = 1e-5
 RNG = np.random.default_rng(4)
 
-# Every example model → (inputs by name, output names). Batched models get several rows.
-CASES: dict[str, tuple[dict[str, np.ndarray], list[str]]] = {
-    "image_classifier": ({"input__0": RNG.random((3, 3, 224, 224), dtype=np.float32)}, ["output__0"]),
-    "multi_io": (
-        {"x": RNG.standard_normal((4, 9), dtype=np.float32), "scale": RNG.random((4, 1), dtype=np.float32)},
-        ["output__0", "output__1"],
-    ),
-    "linear": ({"input__0": RNG.standard_normal((5, 16), dtype=np.float32)}, ["output__0"]),
-    "int_ops": ({"INPUT__0": RNG.integers(-9, 9, (2, 3), dtype=np.int32)}, ["OUTPUT__0", "OUTPUT__1"]),
-}
+CASES = example_cases(RNG)
 
 # Models beside the examples in this module's repository (`repository` adds them).
 ADDED_HERE = ("double", "echo", "linear_gathered", "linear_twice", "picky")
-PICKY_CONFIG = """
+
+
+def fp32_config(max_batch_size: int, width: int, batching: str = "") -> str:
+    """config.pbtxt of a TorchScript model from one FP32 `input__0` to an `output__0` as wide."""
+    tensor = f"data_type: TYPE_FP32 dims: [ {width} ]"
+    return f"""
 platform: "pytorch_libtorch"
-max_batch_size: 8
-input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
-output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
-dynamic_batching { max_queue_delay_microseconds: 50000 }
-"""
+max_batch_size: {max_batch_size}
+input [ {{ name: "input__0" {tensor} }} ]
+output [ {{ name: "output__0" {tensor} }} ]
+{batching}"""
+
+
+PICKY_CONFIG = fp32_config(8, 2, "dynamic_batching { max_queue_delay_microseconds: 50000 }")
+DOUBLE_CONFIG = fp32_config(64, 4)
 
 
 # A python-backend model that reports what Triton handed it: the request's correlation id, flags,
@@ -100,12 +100,6 @@ class TritonPythonModel:
             )
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("fields", fields)]))
         return responses
-"""
-DOUBLE_CONFIG = """
-platform: "pytorch_libtorch"
-max_batch_size: 64
-input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
-output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
 """
 # linear (16 → 4) then double: an ensemble of two TorchScript models, run by Triton's scheduler.
 ENSEMBLE_CONFIG = """
@@ -477,7 +471,7 @@ async def test_stop_completes_requests_in_flight(example_repository: Path, tmp_p
         await runtime.stop()
         took = time.monotonic() - started
     assert not runtime.healthy()
-    assert all(p.done() and p.result()["output__0"].shape == (3, 10) for p in pending)
+    assert all(p.done() and p.result()["output__0"].shape == (2, 10) for p in pending)
     assert took < args.stop_timeout_s
     with pytest.raises(ModelNotReadyError, match="stopped"):
         runtime.resolve("image_classifier", None)
