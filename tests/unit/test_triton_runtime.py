@@ -44,7 +44,7 @@ from serve_app.runtimes.torch import TorchRuntime
 from serve_app.runtimes.triton import TritonRuntime
 from serve_app.runtimes.triton_infer import BindingsCaller
 from serve_app.runtimes.triton_requests import ExtensionCaller, extension
-from tests.conftest import example_cases
+from tests.conftest import add_picky, example_cases, infer_picky
 
 pytest.importorskip("tritonserver", reason="needs `python -m serve_app.triton_install install`")
 
@@ -60,19 +60,12 @@ CASES = example_cases(RNG)
 ADDED_HERE = ("double", "echo", "linear_gathered", "linear_twice", "picky")
 
 
-def fp32_config(max_batch_size: int, width: int, batching: str = "") -> str:
-    """config.pbtxt of a TorchScript model from one FP32 `input__0` to an `output__0` as wide."""
-    tensor = f"data_type: TYPE_FP32 dims: [ {width} ]"
-    return f"""
+DOUBLE_CONFIG = """
 platform: "pytorch_libtorch"
-max_batch_size: {max_batch_size}
-input [ {{ name: "input__0" {tensor} }} ]
-output [ {{ name: "output__0" {tensor} }} ]
-{batching}"""
-
-
-PICKY_CONFIG = fp32_config(8, 2, "dynamic_batching { max_queue_delay_microseconds: 50000 }")
-DOUBLE_CONFIG = fp32_config(64, 4)
+max_batch_size: 64
+input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+"""
 
 
 # A python-backend model that reports what Triton handed it: the request's correlation id, flags,
@@ -121,15 +114,6 @@ class Double(nn.Module):
         return x * 2
 
 
-class Picky(nn.Module):
-    """Fails on negative inputs: a fault only one request of a batch triggers."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x < 0).any()):
-            raise ValueError("negative input")
-        return x * 2
-
-
 def triton_args(repository: Path, **overrides: object) -> AppArgs:
     return AppArgs.model_validate(
         {"model_repository": repository, "runtime": "triton", "torch_threads": 1, **overrides}
@@ -141,9 +125,7 @@ def repository(mixed_repository: Path, tmp_path_factory: pytest.TempPathFactory)
     """The examples, the broken entries (tests/conftest.py) and `picky`; writable, this module's."""
     path = tmp_path_factory.mktemp("triton") / "repo"
     shutil.copytree(mixed_repository, path)
-    (path / "picky" / "1").mkdir(parents=True)
-    torch.jit.script(Picky()).save(str(path / "picky" / "1" / "model.pt"))
-    (path / "picky" / "config.pbtxt").write_text(PICKY_CONFIG)
+    add_picky(path, 50000)
     (path / "double" / "1").mkdir(parents=True)
     torch.jit.script(Double()).save(str(path / "double" / "1" / "model.pt"))
     (path / "double" / "config.pbtxt").write_text(DOUBLE_CONFIG)
@@ -322,13 +304,7 @@ async def test_a_request_that_breaks_the_model_fails_its_execution_only(triton: 
     one-line reason; requests after it serve. (The torch runtime retries batch-mates alone.)"""
     values = [1.0, -1.0, 2.0, 3.0]
     with anyio.fail_after(60):
-        results = await asyncio.gather(
-            *(
-                triton.infer("picky", "1", {"input__0": np.full((1, 2), v, np.float32)}, ["output__0"])
-                for v in values
-            ),
-            return_exceptions=True,
-        )
+        results = await infer_picky(triton, values)
     assert isinstance(results[1], InternalError), results[1]
     assert "negative input" in str(results[1]) and "Traceback" not in str(results[1])
     assert "\n" not in str(results[1])
