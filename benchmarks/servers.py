@@ -38,7 +38,6 @@ from devtools.processes import (
     interrupt_group,
     kill,
     spawn,
-    take_ctrl_c,
     tcp_listeners,
     wait_gone,
     wait_ready,
@@ -211,9 +210,7 @@ class ServeProcess:
         config = {k: v for k, v in self.config.items() if k != "controller_options"}
         path.write_text(yaml.safe_dump(config))
         started = time.monotonic()
-        self.process = spawn(
-            [SERVE, "run", str(path)], self.log_path, cwd=self.workdir, env=self.env, preexec_fn=take_ctrl_c
-        )
+        self.process = spawn([SERVE, "run", str(path)], self.log_path, cwd=self.workdir, env=self.env)
         try:
             self._wait(lambda: answers(self.proxy_url + self.probe_path), timeout_s)
             self.ready_after_s = time.monotonic() - started

@@ -257,17 +257,23 @@ def log_tail(path: Path, chars: int = 4000) -> str:
 
 
 def spawn(command: Sequence[str], log_path: Path, **popen: Any) -> subprocess.Popen:
-    """`command` in a session (and process group) of its own, stdout and stderr into `log_path`."""
+    """`command` in a session (and process group) of its own, stdout and stderr into `log_path`,
+    and SIGINT at its default action: a parent started in the background (`... &` from a script)
+    ignores SIGINT and its children inherit that, so the Ctrl-C of `interrupt_group` would go
+    unheard and every such stop run into its timeout."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            list(command), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen
+            list(command),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+            **popen,
         )
 
 
-def take_ctrl_c() -> None:
-    """A `preexec_fn`: SIGINT back to its default in the child. A parent started in the background
-    (`... &` from a script) ignores SIGINT and its children inherit that, so a child would ignore
-    the Ctrl-C of `interrupt_group` and every stop would run into its timeout."""
+def _default_sigint() -> None:
+    """Runs in the child between fork and exec."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
