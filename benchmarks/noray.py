@@ -15,14 +15,17 @@ import torch
 import uvicorn
 
 from serve_app.dataplane import DataPlane
-from serve_app.http import build_http_app
-from serve_app.runtimes.torch import TorchRuntime
+from serve_app.http_api import build_http_app
+from serve_app.model_state.replica import DeploymentModels
+from serve_app.runtimes.torch.runtime import TorchRuntime
 
 
 async def serve(repository: Path, port: int, threads: int) -> None:
     runtime = TorchRuntime(repository, torch.device("cpu"), threads)
     await runtime.start()
-    dataplane = DataPlane(runtime, model_control=False, placement={"replica": "noray"})
+    dataplane = DataPlane(
+        runtime, DeploymentModels.in_process(runtime), model_control=False, placement={"replica": "noray"}
+    )
     app = build_http_app(dataplane, 64 * 2**20)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     try:

@@ -6,6 +6,10 @@ Models (TorchScript, traced by serve_app.examples.write_model into a temp reposi
 * `mlp1024`: the same at width 1024 — lighter; the request path's per-request cost dominates.
 * `tiny`: Linear(16, 4) — latency of the path itself.
 * `blob4m`: identity over 1,048,576 FP32 (4 MiB) — tensor transport (binary vs JSON).
+* `resnet50`: ResNet-50's layers (random weights), a flat FP32 3x224x224 image in, 1000 scores
+  out, max_batch_size 64 — the GPU rows' heavy model (benchmarks.gpu).
+
+`build_repository(..., gpu=True)` gives every model a KIND_GPU instance group (the GPU rows).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ MODELS = {
         Model("mlp1024", 1024, 64, "4x(Linear 1024→1024+ReLU) FP32, lighter"),
         Model("tiny", 16, 64, "Linear(16→4) FP32, latency"),
         Model("blob4m", 1 << 20, 4, "identity over 4 MiB FP32, transport"),
+        Model("resnet50", 3 * 224 * 224, 64, "ResNet-50-sized CNN FP32 (GPU rows)"),
     )
 }
 
@@ -50,18 +55,59 @@ class _Identity(nn.Module):
         return x
 
 
-def _config(model: Model, out_width: int, batching: bool) -> str:
+class _Bottleneck(nn.Module):
+    def __init__(self, inputs: int, width: int, stride: int) -> None:
+        super().__init__()
+        outputs = width * 4
+        self.body = nn.Sequential(
+            nn.Conv2d(inputs, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, outputs, 1, bias=False), nn.BatchNorm2d(outputs),
+        )  # fmt: skip
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and inputs == outputs
+            else nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class _ResNet50(nn.Module):
+    """ResNet-50's layer shapes (torchvision's resnet50, 25.6 M parameters) over a flat input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+        ]  # fmt: skip
+        inputs = 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for block in range(blocks):
+                layers.append(_Bottleneck(inputs, width, stride if block == 0 else 1))
+                inputs = width * 4
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(inputs, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x.reshape(-1, 3, 224, 224))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1))
+
+
+def _config(model: Model, out_width: int, batching: bool, gpu: bool) -> str:
     return f"""
 platform: "pytorch_libtorch"
 max_batch_size: {model.max_batch_size}
 input [ {{ name: "input__0" data_type: TYPE_FP32 dims: [ {model.width} ] }} ]
 output [ {{ name: "output__0" data_type: TYPE_FP32 dims: [ {out_width} ] }} ]
 {"dynamic_batching { }" if batching else ""}
+{"instance_group [ { kind: KIND_GPU count: 1 } ]" if gpu else ""}
 """
 
 
-def build_repository(path: Path, names: list[str]) -> Path:
-    """A Triton model repository holding the named benchmark models."""
+def build_repository(path: Path, names: list[str], gpu: bool = False) -> Path:
+    """A Triton model repository holding the named benchmark models (`gpu`: on KIND_GPU)."""
     torch.manual_seed(0)
     path.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -70,9 +116,11 @@ def build_repository(path: Path, names: list[str]) -> Path:
             module, out, batching = mlp(model.width, 4), model.width, True
         elif name == "tiny":
             module, out, batching = nn.Linear(16, 4), 4, True
+        elif name == "resnet50":
+            module, out, batching = _ResNet50(), 1000, True
         else:
             module, out, batching = _Identity(), model.width, False
-        write_model(path, name, module, (torch.rand(1, model.width),), _config(model, out, batching))
+        write_model(path, name, module, (torch.rand(1, model.width),), _config(model, out, batching, gpu))
     return path
 
 

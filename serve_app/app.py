@@ -11,6 +11,7 @@ import os
 import stat
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Application
 from starlette.types import ASGIApp
@@ -18,12 +19,36 @@ from starlette.types import ASGIApp
 from serve_app.config import AppArgs, InvalidArgsError, parse_args
 from serve_app.dataplane import DataPlane
 from serve_app.grpc_api import GRPCIngress
-from serve_app.http import build_http_app
+from serve_app.http_api import build_http_app
 from serve_app.metrics import ReplicaMetrics
+from serve_app.model_state.actor import ActorHolder, actor_config
+from serve_app.model_state.replica import DeploymentModels
 from serve_app.placement import Placement
 from serve_app.runtimes.factory import start_runtime
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger(__name__)
+# The logger Serve configures in a replica: its log file, and stderr (so `serve run`'s output)
+# under RAY_SERVE_LOG_TO_STDERR.
+SERVE_LOGGER = "ray.serve"
+
+
+class ToServeLogger(logging.Handler):
+    """Hands serve_app's records to Serve's logger, to be written where the replica's own go."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(SERVE_LOGGER).handle(record)
+
+
+def log_through_serve() -> None:
+    """serve_app's loggers (named by module) at Serve's level, through Serve's handlers.
+
+    Serve configures only its own logger; without this the package's INFO records would meet
+    the root logger's WARNING level, and its warnings would print without the replica's tag.
+    """
+    package = logging.getLogger("serve_app")
+    package.setLevel(logging.getLogger(SERVE_LOGGER).getEffectiveLevel())
+    if not any(isinstance(handler, ToServeLogger) for handler in package.handlers):
+        package.addHandler(ToServeLogger())
 
 
 @serve.deployment(
@@ -38,6 +63,7 @@ class InferenceServer(GRPCIngress):
     (the gRPC methods, named like the RPCs, come from `GRPCIngress`)."""
 
     async def __init__(self, args: AppArgs) -> None:
+        log_through_serve()
         self._args = args
         keep_haproxy_directory_private()  # this replica's node
         placement = Placement.detect()
@@ -51,13 +77,21 @@ class InferenceServer(GRPCIngress):
                 f"GPU {','.join(placement.gpu_ids)}: set device: auto (or cuda) to use it, or remove "
                 "num_gpus so the GPU stays free"
             )
-        self._runtime = await start_runtime(args, placement)
+        # The deployment's model set, not the repository's whole list: loads and unloads made
+        # through any replica before this one started apply here too.
+        holder = ActorHolder()
+        state = await holder.call("snapshot")
+        self._runtime = await start_runtime(args, placement, state.wants)
+        context = ray.get_runtime_context()
+        self._models = DeploymentModels(self._runtime, holder, context.get_actor_name(), context.namespace)
+        await self._models.join(state)
         self._metrics: ReplicaMetrics | None = None
         if args.metrics.enabled:
             self._metrics = ReplicaMetrics(self._runtime, args.metrics.interval_s, placement.gpu_ids)
             self._metrics.start()
         self._dataplane = DataPlane(
             self._runtime,
+            self._models,
             model_control=args.model_control,
             placement=placement.as_dict(),
             observer=self._metrics,
@@ -83,6 +117,8 @@ class InferenceServer(GRPCIngress):
         """Stop the runtime after Serve drained this replica; a hung stop is cut short."""
         if not hasattr(self, "_runtime"):  # __init__ failed before the runtime started
             return
+        if hasattr(self, "_models"):
+            await self._models.stop()
         if getattr(self, "_metrics", None) is not None:
             await self._metrics.stop()
         try:
@@ -124,4 +160,5 @@ def build_app(args: dict[str, Any]) -> Application:
     which names the YAML path, instead of pydantic's default rendering.
     """
     keep_haproxy_directory_private()  # on the node that builds the app, before any replica
-    return InferenceServer.bind(parse_args(args))
+    parsed = parse_args(args)
+    return InferenceServer.options(deployment_actors=[actor_config(args)]).bind(parsed)

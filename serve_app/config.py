@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 from ray.serve.exceptions import RayServeException
 
 from serve_app.storage import RepositoryURL, is_url, parse_url
@@ -63,7 +71,15 @@ class AppArgs(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: the replica's GPU when Ray assigned one and CUDA works, else CPU."
     )
-    model_control: bool = Field(False, description="Enable POST /v2/repository/models/{m}/load and /unload.")
+    model_control: bool = Field(
+        False,
+        description="Enable POST /v2/repository/models/{m}/load and /unload, for the whole deployment.",
+    )
+    repository_poll_s: PositiveFloat | None = Field(
+        None,
+        description="Poll the repository this often (Triton's POLL mode, for the deployment): models "
+        "added, changed or removed are loaded, reloaded or unloaded on every replica. Off by default.",
+    )
     max_request_bytes: PositiveInt = Field(64 * 2**20, description="Larger request bodies get 413.")
     torch_threads: PositiveInt | None = Field(
         None, description="torch intra-op threads; default: the replica's num_cpus."

@@ -2,18 +2,22 @@
 
 Every request is checked against the model's signature (names, datatypes, shapes,
 batch size) before any model runs, so a bad request is a 400 of its own and never
-reaches a batch.
+reaches a batch. A raw binary request (the body is the model's one input) is shaped here,
+once the model's signature is known.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from serve_app.errors import InvalidInputError, ModelControlDisabledError
-from serve_app.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput, resolve_raw_input
+from serve_app.datatypes import numpy_dtype
+from serve_app.errors import InvalidInputError, ModelControlDisabledError, ModelNotReadyError
+from serve_app.infer_types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions, Runtime
 
@@ -53,6 +57,19 @@ class InferObserver(Protocol):
         """Await the runtime's answer to one validated request."""
 
 
+class Deployment(Protocol):
+    """The models of the whole deployment (serve_app.model_state.DeploymentModels): a load or an
+    unload applies to every replica before it returns, statistics and the index cover them all."""
+
+    async def load(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+    async def statistics(self, model: str | None, version: str | None) -> dict[str, Any]: ...
+
+    async def index(self) -> list[dict[str, Any]]: ...
+
+
 class Expected:
     """What a model version takes and returns, indexed once per signature for every request's checks."""
 
@@ -72,12 +89,14 @@ class DataPlane:
     def __init__(
         self,
         runtime: Runtime,
+        deployment: Deployment,
         *,
         model_control: bool,
         placement: dict[str, Any],
         observer: InferObserver | None = None,
     ) -> None:
         self._runtime = runtime
+        self._deployment = deployment
         self._model_control = model_control
         self._placement = placement
         self._observer = observer
@@ -108,11 +127,12 @@ class DataPlane:
         self._runtime.resolve(model, version)
         return {"name": model, "ready": True}
 
-    def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
-        return self._runtime.statistics(model, version)
+    async def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics summed over the deployment's replicas."""
+        return await self._deployment.statistics(model, version)
 
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        rows = [state.as_dict() for state in self._runtime.index()]
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        rows = await self._deployment.index()
         return [r for r in rows if r["state"] == "READY"] if ready_only else rows
 
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
@@ -122,11 +142,11 @@ class DataPlane:
                 f"load parameters {sorted(parameters)} (config or file overrides) are not supported; "
                 "edit the model in the repository and load it again"
             )
-        await self._runtime.load(model, parameters)
+        await self._deployment.load(model)
 
     async def unload(self, model: str) -> None:
         self._check_model_control(model)
-        await self._runtime.unload(model)
+        await self._deployment.unload(model)
 
     def _check_model_control(self, model: str) -> None:
         if not self._model_control:
@@ -137,8 +157,20 @@ class DataPlane:
             raise InvalidInputError(f"'{model}' is not a model directory name")
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        version = self._runtime.resolve(request.model_name, request.model_version)
+        try:
+            return await self._infer(request, version)
+        except ModelNotReadyError:
+            # A version roll: the latest version, resolved a moment ago, was replaced before it ran.
+            if request.model_version is not None:
+                raise
+            latest = self._runtime.resolve(request.model_name, None)
+            if latest == version:
+                raise
+            return await self._infer(request, latest)
+
+    async def _infer(self, request: InferRequest, version: str) -> InferResponse:
         model = request.model_name
-        version = self._runtime.resolve(model, request.model_version)
         expected = self._expected_of(model, version)
         try:
             request = resolve_raw_input(request, expected.signature)
@@ -198,6 +230,45 @@ def infer_options(parameters: dict[str, Any]) -> InferOptions:
         sequence_start=scheduling.get("sequence_start", False),
         sequence_end=scheduling.get("sequence_end", False),
         parameters=tuple(others),
+    )
+
+
+def resolve_raw_input(request: InferRequest, signature: ModelSignature) -> InferRequest:
+    """A raw binary request's body as the model's one input (Triton's rules); others pass through.
+
+    The model must have exactly one input with at most one variable dimension, which the
+    byte count decides; a batching model gets a batch of 1. (Triton also takes a BYTES input
+    of shape [1]; BYTES is refused here as everywhere.)
+    """
+    raw = request.raw_input
+    if raw is None:
+        return request
+    if len(signature.inputs) != 1:
+        raise InvalidInputError(
+            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; "
+            f"model '{signature.name}' has {len(signature.inputs)}"
+        )
+    [spec] = signature.inputs
+    dtype = numpy_dtype(spec.datatype)
+    dims = list(spec.dims)
+    variable = [i for i, dim in enumerate(dims) if dim == -1]
+    element_bytes = math.prod(dim for dim in dims if dim != -1) * dtype.itemsize
+    if len(variable) > 1:
+        raise InvalidInputError(
+            f"a raw binary request needs an input with at most one variable dimension; "
+            f"input '{spec.name}' of model '{signature.name}' has dims {dims}"
+        )
+    if variable and element_bytes and len(raw) % element_bytes == 0:
+        dims[variable[0]] = len(raw) // element_bytes
+    elif variable or len(raw) != element_bytes:
+        raise InvalidInputError(
+            f"a raw binary request of {len(raw)} bytes does not fill input '{spec.name}' of model "
+            f"'{signature.name}' (dims {list(spec.dims)} of {spec.datatype})"
+        )
+    shape = (1, *dims) if signature.max_batch_size > 0 else tuple(dims)
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return dataclasses.replace(
+        request, inputs=[InputTensor(spec.name, spec.datatype, shape, array)], raw_input=None
     )
 
 

@@ -1,6 +1,6 @@
 """Typed errors and the one table that gives each its HTTP status and gRPC code.
 
-Everything below the transports raises these; `http.py` renders them as
+Everything below the transports raises these; `http_api.py` renders them as
 `{"error": message}` with `status_for(exc)`, `grpc_api.py` as a gRPC status with
 `grpc_code_for(exc)`. One row per error type holds both, so the transports cannot drift
 apart. gRPC codes are `grpc.StatusCode` names and Triton's errors are mapped by class

@@ -3,7 +3,7 @@
 Serve's gRPC ingress (`grpc_options` in configs/app.yaml, registering the service through
 `add_servicer_to_server`) calls the deployment method named like the RPC
 with the request message and, where the method has a `grpc_context` parameter, a
-`RayServegRPCContext`. `GRPCIngress` is those methods, over the same `DataPlane` as `http.py`:
+`RayServegRPCContext`. `GRPCIngress` is those methods, over the same `DataPlane` as `http_api.py`:
 decode → dataplane → encode. An error becomes a gRPC status from `errors.grpc_code_for` (set on
 the context; the empty message returned with it is never read), and an unexpected exception
 INTERNAL without a stack trace, as over HTTP.
@@ -27,7 +27,7 @@ from serve_app.config import AppArgs
 from serve_app.dataplane import DataPlane
 from serve_app.errors import ModelNotFoundError, ModelNotReadyError, ServeAppError, grpc_code_for
 from serve_app.grpc_codec import decode_infer_request, encode_infer_response, parameter_values, to_message
-from serve_app.protocol import Limits
+from serve_app.infer_types import Limits
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +144,12 @@ class GRPCIngress:
 
     @_rpc(pb.ModelStatisticsResponse)
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
-        statistics = self._dataplane.statistics(request.name or None, _version(request.version))
+        statistics = await self._dataplane.statistics(request.name or None, _version(request.version))
         return to_message(statistics, pb.ModelStatisticsResponse)
 
     @_rpc(pb.RepositoryIndexResponse)
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
-        models = self._dataplane.repository_index(ready_only=request.ready)
+        models = await self._dataplane.repository_index(ready_only=request.ready)
         return to_message({"models": models}, pb.RepositoryIndexResponse)
 
     @_rpc(pb.RepositoryModelLoadResponse)

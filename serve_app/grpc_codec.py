@@ -4,7 +4,7 @@ Input tensors arrive either as `raw_input_contents` (one little-endian buffer pe
 input order: what tritonclient sends; decoded without copying) or as typed `contents`
 (`fp32_contents`, `int_contents`, ...). Outputs always go back as `raw_output_contents`, as
 Triton's own gRPC server returns them. The tensor rules the HTTP codec applies (bounded shapes,
-refused extension parameters) come from `protocol.py`, so both wire formats accept the same
+refused extension parameters) come from `infer_types.py`, so both wire formats accept the same
 requests; everything about the model (names, datatypes, shapes) is the dataplane's to check.
 """
 
@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from serve_app.datatypes import DATATYPE_BY_NUMPY, numpy_dtype
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
-from serve_app.protocol import (
+from serve_app.infer_types import (
     InferRequest,
     InferResponse,
     InputTensor,

@@ -15,8 +15,8 @@ Two sources, merged every `interval_s` by one background task:
   metrics are only touched by the background task.
 
 The latency histogram is counted here, in cumulative buckets, and exported as Prometheus
-histogram series (`_bucket{le}`, `_sum`, `_count`) held in Ray gauges: one Ray `Histogram.observe`
-costs ~4 µs in Ray's recorder, a fifth of a tiny model's request in-process.
+histogram series (`_bucket{le}`, `_sum`, `_count`) held in Ray gauges: a Ray `Histogram.observe`
+per request would cost a sizeable share of a tiny model's request in Ray's recorder.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ray.serve import metrics as serve_metrics
 
 from serve_app.runtimes.base import Runtime
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Key = tuple[str, str]  # (model, version)

@@ -27,7 +27,7 @@ def install_root() -> Path:
 
 
 def requests_extension_path() -> Path:
-    """serve_app's compiled request path into the core (serve_app/runtimes/triton_requests.cc)."""
+    """serve_app's compiled request path into the core (serve_app/runtimes/triton/request_extension.cc)."""
     return install_root() / "python" / f"serve_app_triton_requests{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 

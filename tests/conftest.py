@@ -15,6 +15,7 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import asyncio
+import re
 import shutil
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -33,9 +34,10 @@ with warnings.catch_warnings():
 
 from serve_app.dataplane import DataPlane
 from serve_app.examples import build_example_repository
-from serve_app.http import build_http_app
+from serve_app.http_api import build_http_app
+from serve_app.model_state.replica import DeploymentModels
 from serve_app.runtimes.base import Runtime
-from serve_app.runtimes.torch import TorchRuntime
+from serve_app.runtimes.torch.runtime import TorchRuntime
 from tests.object_store import S3Server
 
 CPU = torch.device("cpu")
@@ -56,6 +58,22 @@ BROKEN_ENTRIES: dict[str, tuple[str, str]] = {
         "failed to load TorchScript",
     ),
 }
+
+
+# Markers whose tests run only when `-m` names them: a GPU, or GBs of downloads.
+OPT_IN_MARKERS = ("gpu_build", "gpu")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect opt-in tests unless the -m expression names their marker (`-m gpu_build`)."""
+    named = set(re.findall(r"[\w-]+", config.getoption("markexpr") or ""))
+    left_out = [m for m in OPT_IN_MARKERS if m not in named]
+    kept, deselected = [], []
+    for item in items:
+        (deselected if any(item.get_closest_marker(m) for m in left_out) else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
@@ -197,10 +215,13 @@ def serve(mixed_repository: Path) -> Iterator[ServeFactory]:
             max_request_bytes: int = 8 * 2**20,
         ) -> tuple[TestClient, TorchRuntime]:
             runtime = TorchRuntime(repository, CPU, 1)
-            dataplane = DataPlane(runtime, model_control=model_control, placement={"replica": "test"})
+            models = DeploymentModels.in_process(runtime)
+            dataplane = DataPlane(runtime, models, model_control=model_control, placement={"replica": "test"})
             client = stack.enter_context(TestClient(build_http_app(dataplane, max_request_bytes)))
             client.portal.call(runtime.start)
+            client.portal.call(models.join)
             stack.callback(client.portal.call, runtime.stop)
+            stack.callback(client.portal.call, models.stop)
             return client, runtime
 
         yield factory

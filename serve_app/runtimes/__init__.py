@@ -1,1 +1,2 @@
-"""Runtimes behind the dataplane; `factory.start_runtime` picks one."""
+"""Runtimes behind the dataplane (`base.Runtime`), a package per family (`torch/`, `triton/`);
+`factory.start_runtime` picks one."""

@@ -6,6 +6,7 @@ which runtime serves the models. A runtime owns devices, threads and batching.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +30,13 @@ class InferOptions:
 
 NO_OPTIONS = InferOptions()
 
+# Which of the repository's models a runtime loads at start (by name): the deployment's set.
+Wanted = Callable[[str], bool]
+
+
+def everything(model: str) -> bool:
+    return True
+
 
 @dataclass(frozen=True)
 class ModelState:
@@ -51,8 +59,8 @@ class Runtime(Protocol):
 
     name: str
 
-    async def start(self) -> None:
-        """Load the repository's models; a broken entry must not fail the start."""
+    async def start(self, wanted: Wanted = everything) -> None:
+        """Load the repository's `wanted` models; a broken entry must not fail the start."""
 
     async def stop(self) -> None:
         """Finish requests in flight, then release models and devices."""
@@ -93,6 +101,9 @@ class Runtime(Protocol):
         options: InferOptions = NO_OPTIONS,
     ) -> dict[str, np.ndarray]:
         """Run validated inputs; return the named outputs."""
+
+    async def in_repository(self, model: str) -> bool:
+        """Whether the repository has a directory `model` (loaded or not)."""
 
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
         """(Re)load a model from the repository."""

@@ -56,7 +56,7 @@ def core_library() -> str:
     return next((install_root() / LIBS).glob("libtritonserver-*.so")).name
 
 
-def _ensure_pybind11() -> None:
+def ensure_pybind11() -> None:
     """pybind11 is a build-only dependency: install it when missing."""
     try:
         metadata.version("pybind11")
@@ -104,33 +104,44 @@ def _build_bindings(source: Path, libs: Path, library: str, output: Path) -> Non
     compile_against_core(
         source / _BINDINGS_SOURCE,
         source / "include",
-        libs,
-        library,
+        libs / library,
         output,
         installed_at,
         "the tritonserver bindings",
+        runtime_libs=install_root() / LIBS,
     )
 
 
 def compile_against_core(
-    source_file: Path, include: Path, libs: Path, library: str, output: Path, installed_at: Path, what: str
+    source_file: Path,
+    include: Path,
+    library: Path,
+    output: Path,
+    installed_at: Path,
+    what: str,
+    runtime_libs: Path | None = None,
 ) -> None:
-    """Compile a pybind11 module that links the core under its hashed name.
+    """Compile a pybind11 module that links the core `library` by its file name.
 
-    The hashed name keeps one core in the process, shared with the backends; an
-    $ORIGIN-relative DT_RPATH (not RUNPATH), from where the module is installed, also serves
-    the core's own transitive dependencies such as libcurl's.
+    Linked by name (the pytriton core's is hashed), the module binds to the core the process
+    already holds, shared with the backends. Its DT_RPATH (not RUNPATH), which also serves the
+    core's own dependencies such as libcurl, names `runtime_libs`, the folder the core is in at
+    run time (default: where `library` is): relative to `installed_at`, where the module is
+    installed, when that folder is in this environment's install root, else absolute (an
+    existing core such as the NGC image's /opt/tritonserver/lib).
     """
     import pybind11
 
-    rpath = "$ORIGIN/" + os.path.relpath(install_root() / LIBS, installed_at)
+    folder = runtime_libs or library.parent
+    inside = folder.resolve().is_relative_to(install_root().resolve())
+    rpath = "$ORIGIN/" + os.path.relpath(folder, installed_at) if inside else str(folder)
     started = time.monotonic()
     run(
         [
             "g++", "-O2", "-shared", "-fPIC", "-std=c++17", "-fvisibility=hidden",
             f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
             f"-I{include}", str(source_file), "-o", str(output),
-            f"-L{libs}", f"-l:{library}", f"-Wl,--disable-new-dtags,-rpath,{rpath}",
+            f"-L{library.parent}", f"-l:{library.name}", f"-Wl,--disable-new-dtags,-rpath,{rpath}",
         ],
         f"compiling {what}",
     )  # fmt: skip
@@ -209,7 +220,7 @@ def _build_wheel(source: Path, bindings: Path, work: Path) -> Path:
 
 def install_core(source: Path, work: Path) -> None:
     """Replace the install root with a fresh core + python backend; pip-install `tritonserver`."""
-    _ensure_pybind11()
+    ensure_pybind11()
     layout = work / "layout"
     library = _stage_binaries(work, layout)
     bindings = work / f"triton_bindings{sysconfig.get_config_var('EXT_SUFFIX')}"

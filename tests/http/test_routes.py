@@ -345,7 +345,8 @@ def test_model_control_unload_and_load(serve, repository: Path) -> None:
     )
     assert client.post("/v2/repository/models/int_ops/load").status_code == 200
 
-    assert client.post("/v2/repository/models/nope/load").status_code == 404
+    response = client.post("/v2/repository/models/nope/load")  # changes nothing
+    assert response.status_code == 400 and "no model directory 'nope'" in response.json()["error"]
     assert client.post("/v2/repository/models/nope/unload").status_code == 404
     (repository / "linear" / "config.pbtxt").write_text("garbage {")
     response = client.post("/v2/repository/models/linear/load")

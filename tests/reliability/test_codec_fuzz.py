@@ -18,21 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from serve_app.dataplane import resolve_raw_input
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
-from serve_app.protocol import (
-    InferRequest,
-    InferResponse,
-    Limits,
+from serve_app.http_codec import (
     ModelControlBody,
     RepositoryIndexBody,
-    RequestedOutput,
     decode_body,
     decode_request,
     decompress,
     encode_response,
-    resolve_raw_input,
 )
+from serve_app.infer_types import InferRequest, InferResponse, Limits, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
 
 # JSON floats past FP16/FP32's range become inf, as in Triton; numpy's warning about it is expected.

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from serve_app import http
+from serve_app import http_api
 
 CODEC_THREAD = "serve_app-codec"
 FAILSAFE_S = 30  # only bounds how long a failing test waits for the held decode
@@ -30,11 +30,11 @@ def linear_body(rows: int) -> bytes:
     return orjson.dumps({"inputs": [tensor]})
 
 
-LARGE = linear_body(64) + b" " * http.OFFLOAD_BYTES  # a JSON part past the threshold (whitespace pads it)
+LARGE = linear_body(64) + b" " * http_api.OFFLOAD_BYTES  # a JSON part past the threshold (whitespace pads it)
 
 
 class Spy:
-    """Wraps a codec function in `serve_app.http`: records the threads it runs on, and can hold
+    """Wraps a codec function in `serve_app.http_api`: records the threads it runs on, and can hold
     its first call until released (`started`/`finished` are that call's)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str, hold_first: bool = False) -> None:
@@ -42,7 +42,7 @@ class Spy:
         self.started = threading.Event()
         self.release = threading.Event()
         self.finished = threading.Event()
-        original: Callable[..., Any] = getattr(http, name)
+        original: Callable[..., Any] = getattr(http_api, name)
 
         def spy(*args: Any, **kwargs: Any) -> Any:
             first = not self.threads
@@ -57,7 +57,7 @@ class Spy:
             finally:
                 self.finished.set()
 
-        monkeypatch.setattr(http, name, spy)
+        monkeypatch.setattr(http_api, name, spy)
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_tiny_requests_are_decoded_and_encoded_inline(
     assert client.post("/v2/models/linear/infer", content=linear_body(2)).status_code == 200
     # A binary tensor behind a small JSON header is only wrapped, never parsed: inline at any size.
     image = np.ones((1, 3, 224, 224), np.float32)
-    assert image.nbytes > http.OFFLOAD_BYTES
+    assert image.nbytes > http_api.OFFLOAD_BYTES
     tensor = {"name": "input__0", "datatype": "FP32", "shape": list(image.shape)}
     header = orjson.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": image.nbytes}}]})
     response = client.post(
@@ -120,7 +120,7 @@ def test_compressed_bodies_are_inflated_off_the_loop(
 def test_large_json_responses_are_encoded_off_the_loop(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, binary: bool, offloaded: bool
 ) -> None:
-    monkeypatch.setattr(http, "OFFLOAD_BYTES", 512)  # linear's 64x4 FP32 output is 1 KiB
+    monkeypatch.setattr(http_api, "OFFLOAD_BYTES", 512)  # linear's 64x4 FP32 output is 1 KiB
     encode = Spy(monkeypatch, "encode_response")
     request = orjson.loads(linear_body(64))
     request["parameters"] = {"binary_data_output": binary}

@@ -12,17 +12,17 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from starlette.testclient import TestClient
 
-from serve_app import http
+from serve_app import http_api
 from tests.conftest import ServeFactory
 
-DOCUMENT = json.loads((Path(http.__file__).parent / "openapi.json").read_text())
+DOCUMENT = json.loads((Path(http_api.__file__).parent / "openapi.json").read_text())
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 
 
 def test_the_description_lists_exactly_the_routes() -> None:
     paths = DOCUMENT["paths"].items()
     described = {(path, method.upper()) for path, item in paths for method in item if method != "parameters"}
-    assert described == {(path, method) for path, _, method in http.ROUTES}
+    assert described == {(path, method) for path, _, method in http_api.ROUTES}
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from serve_app.errors import InternalError, ModelNotReadyError
-from serve_app.repository import DynamicBatching
-from serve_app.runtimes import batching
-from serve_app.runtimes.batching import Scheduler, Tensors
-from serve_app.runtimes.statistics import ModelStatistics
-from serve_app.runtimes.torchscript import Timings
+from serve_app.runtimes.torch import batching
+from serve_app.runtimes.torch.admission import DynamicBatching
+from serve_app.runtimes.torch.batching import Scheduler, Tensors
+from serve_app.runtimes.torch.statistics import ModelStatistics
+from serve_app.runtimes.torch.torchscript import Timings
 
 pytestmark = pytest.mark.anyio
 

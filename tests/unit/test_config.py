@@ -39,7 +39,7 @@ def test_every_field_is_documented() -> None:
 
 
 def test_preflight_check_reports_each_problem(example_repository: Path) -> None:
-    from serve_app.check import check_config
+    from serve_app.preflight import check_config
 
     config = {
         "applications": [

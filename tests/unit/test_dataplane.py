@@ -1,4 +1,5 @@
-"""Request validation against the model signature, before any model runs; the error table."""
+"""Request validation against the model signature, before any model runs; raw binary requests
+shaped to the model's one input; the error table."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from serve_app.dataplane import (
     Expected,
     infer_options,
     requested_outputs,
+    resolve_raw_input,
     validate_inputs,
 )
 from serve_app.errors import (
@@ -27,10 +29,13 @@ from serve_app.errors import (
     status_for,
     summarize,
 )
-from serve_app.protocol import InferRequest, InputTensor, Limits, RequestedOutput, decode_request
+from serve_app.http_codec import decode_request
+from serve_app.infer_types import InferRequest, InputTensor, Limits, RequestedOutput
+from serve_app.model_state.replica import DeploymentModels
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions
-from serve_app.runtimes.torch import TorchRuntime
+from serve_app.runtimes.torch.runtime import TorchRuntime
+from tests.unit.http_bodies import decode, json_input
 
 BATCHED = ModelSignature(
     name="batched",
@@ -195,7 +200,9 @@ def test_triton_errors_map_by_class_name_and_summaries_drop_tracebacks() -> None
 async def test_dataplane_infers_and_shapes_the_response(
     runtime: TorchRuntime, example_repository: Path, torch_reference
 ) -> None:
-    dataplane = DataPlane(runtime, model_control=False, placement={"gpu_ids": []})
+    dataplane = DataPlane(
+        runtime, DeploymentModels.in_process(runtime), model_control=False, placement={"gpu_ids": []}
+    )
     x = np.arange(6, dtype=np.int32).reshape(2, 3) - 3
     response = await dataplane.infer(
         InferRequest(
@@ -220,7 +227,7 @@ async def test_dataplane_infers_and_shapes_the_response(
 
 @pytest.mark.anyio
 async def test_dataplane_validates_before_the_model_runs(runtime: TorchRuntime) -> None:
-    dataplane = DataPlane(runtime, model_control=False, placement={})
+    dataplane = DataPlane(runtime, DeploymentModels.in_process(runtime), model_control=False, placement={})
     bad = InferRequest(
         "linear", None, [InputTensor("input__0", "FP32", (1, 15), np.zeros((1, 15), np.float32))]
     )
@@ -235,14 +242,16 @@ async def test_dataplane_validates_before_the_model_runs(runtime: TorchRuntime) 
 
 @pytest.mark.anyio
 async def test_dataplane_metadata_and_model_control(runtime: TorchRuntime) -> None:
-    dataplane = DataPlane(runtime, model_control=False, placement={"gpu_ids": [3]})
+    models = DeploymentModels.in_process(runtime)
+    await models.join()
+    dataplane = DataPlane(runtime, models, model_control=False, placement={"gpu_ids": [3]})
     assert dataplane.live() and dataplane.ready()
     metadata = dataplane.server_metadata()
     assert metadata["serve_app"] == {"runtime": "torch", "device": "cpu", "gpu_ids": [3]}
     # Exactly what is served: the torch runtime honours neither priorities nor sequences.
     assert metadata["extensions"] == list(SERVED_EXTENSIONS)
     assert dataplane.model_ready("linear", "1") == {"name": "linear", "ready": True}
-    assert [r["name"] for r in dataplane.repository_index(ready_only=True)] == [
+    assert [r["name"] for r in await dataplane.repository_index(ready_only=True)] == [
         "image_classifier",
         "int_ops",
         "linear",
@@ -252,14 +261,19 @@ async def test_dataplane_metadata_and_model_control(runtime: TorchRuntime) -> No
         await dataplane.load("linear", {})
     with pytest.raises(ModelControlDisabledError):
         await dataplane.unload("linear")
-    controlled = DataPlane(runtime, model_control=True, placement={})
+    controlled = DataPlane(runtime, models, model_control=True, placement={})
     with pytest.raises(ModelNotFoundError, match="unknown model 'nope'"):
         await controlled.unload("nope")
     await controlled.unload("linear")
     with pytest.raises(ModelNotReadyError):
         dataplane.model_ready("linear", None)
-    assert {"name": "linear", "state": "UNAVAILABLE", "reason": "unloaded"} in controlled.repository_index()
-    assert "linear" not in [r["name"] for r in controlled.repository_index(ready_only=True)]
+    assert {
+        "name": "linear",
+        "state": "UNAVAILABLE",
+        "reason": "unloaded",
+    } in await controlled.repository_index()
+    assert "linear" not in [r["name"] for r in await controlled.repository_index(ready_only=True)]
+    await models.stop()
 
 
 class ReloadingRuntime:
@@ -283,7 +297,7 @@ class ReloadingRuntime:
 @pytest.mark.anyio
 async def test_a_reloaded_signature_is_validated_against_anew() -> None:
     runtime = ReloadingRuntime(UNBATCHED)
-    dataplane = DataPlane(runtime, model_control=False, placement={})  # type: ignore[arg-type]
+    dataplane = DataPlane(runtime, DeploymentModels.in_process(runtime), model_control=False, placement={})  # type: ignore[arg-type]
     request = InferRequest("m", None, [tensor("x", (2, 3), "INT32")])
     assert [o.name for o, _ in (await dataplane.infer(request)).outputs] == ["y"]
     runtime.signature_now = ModelSignature("m", 0, (TensorSpec("z", "INT32", (2, -1)),), UNBATCHED.outputs)
@@ -328,7 +342,7 @@ def test_parameters_of_the_wrong_type_are_invalid(parameters: dict[str, object],
 @pytest.mark.anyio
 async def test_a_raw_binary_request_is_the_models_one_input(runtime: TorchRuntime) -> None:
     """Triton's Inference-Header-Content-Length: 0 request, shaped from the model's signature."""
-    dataplane = DataPlane(runtime, model_control=False, placement={})
+    dataplane = DataPlane(runtime, DeploymentModels.in_process(runtime), model_control=False, placement={})
     x = np.arange(16, dtype=np.float32)
     request = decode_request("linear", None, x.tobytes(), "0", limits=Limits(max_bytes=1 << 20))
     response = await dataplane.infer(request)
@@ -337,3 +351,58 @@ async def test_a_raw_binary_request_is_the_models_one_input(runtime: TorchRuntim
     two_inputs = decode_request("multi_io", None, x.tobytes(), "0", limits=Limits(max_bytes=1 << 20))
     with pytest.raises(InvalidInputError, match="needs a model with one input"):
         await dataplane.infer(two_inputs)
+
+
+# --- raw binary requests (Inference-Header-Content-Length: 0) -----------------------------
+
+
+def signature(max_batch_size: int, *inputs: tuple[str, str, tuple[int, ...]]) -> ModelSignature:
+    return ModelSignature(
+        "raw", max_batch_size, tuple(TensorSpec(*spec) for spec in inputs), (TensorSpec("y", "FP32", (1,)),)
+    )
+
+
+@pytest.mark.parametrize(
+    ("max_batch_size", "dims", "datatype", "array", "shape"),
+    [
+        (0, (2, 3), "INT32", np.arange(6, dtype=np.int32), (2, 3)),
+        (64, (16,), "FP32", np.linspace(0, 1, 16, dtype=np.float32), (1, 16)),  # batch of 1
+        (4, (-1,), "FP32", np.ones(5, np.float32), (1, 5)),
+        (0, (2, -1), "FP16", np.arange(6, dtype=np.float16), (2, 3)),
+        (0, (-1,), "UINT8", np.zeros(0, np.uint8), (0,)),
+        (0, (), "BOOL", np.array([True]), ()),
+    ],
+)
+def test_raw_input_takes_the_models_one_input(
+    max_batch_size: int, dims: tuple[int, ...], datatype: str, array: np.ndarray, shape: tuple[int, ...]
+) -> None:
+    raw = decode(array.tobytes(), 0)
+    request = resolve_raw_input(raw, signature(max_batch_size, ("x", datatype, dims)))
+    [tensor] = request.inputs
+    assert (tensor.name, tensor.datatype, tensor.shape) == ("x", datatype, shape)
+    np.testing.assert_array_equal(tensor.array, array.reshape(shape))
+    assert tensor.array.dtype == array.dtype
+    assert request.raw_input is None and request.binary_output is True
+
+
+def test_requests_with_a_json_header_pass_through_unchanged() -> None:
+    request = decode({"inputs": [json_input("x", "FP32", [1], [1])]})
+    assert resolve_raw_input(request, signature(0, ("a", "FP32", (1,)), ("b", "FP32", (1,)))) is request
+
+
+@pytest.mark.parametrize(
+    ("inputs", "nbytes", "message"),
+    [
+        ((("a", "FP32", (1,)), ("b", "FP32", (1,))), 4, "needs a model with one input; model 'raw' has 2"),
+        ((), 4, "needs a model with one input; model 'raw' has 0"),
+        ((("x", "FP32", (-1, -1)),), 16, "at most one variable dimension; input 'x' of model 'raw' has dims"),
+        ((("x", "FP32", (4,)),), 12, "request of 12 bytes does not fill input 'x' of model 'raw' (dims [4]"),
+        ((("x", "FP32", (-1, 2)),), 12, "request of 12 bytes does not fill input 'x'"),
+        ((("x", "FP32", (-1, 0)),), 8, "does not fill"),  # zero-sized rows cannot decide the dim
+        ((("x", "BYTES", (1,)),), 8, "unsupported datatype 'BYTES'"),
+    ],
+)
+def test_raw_input_refusals_name_the_rule(inputs: tuple, nbytes: int, message: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        resolve_raw_input(decode(bytes(nbytes), 0), signature(0, *inputs))
+    assert message in str(info.value)

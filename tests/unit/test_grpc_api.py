@@ -21,7 +21,8 @@ from serve_app import grpc_api
 from serve_app.config import AppArgs
 from serve_app.dataplane import DataPlane
 from serve_app.grpc_api import GRPCIngress
-from serve_app.runtimes.torch import TorchRuntime
+from serve_app.model_state.replica import DeploymentModels
+from serve_app.runtimes.torch.runtime import TorchRuntime
 
 pytestmark = pytest.mark.anyio
 
@@ -40,13 +41,21 @@ class Ingress(GRPCIngress):
 async def make_ingress(mixed_repository: Path) -> AsyncIterator[Callable[..., Ingress]]:
     runtime = TorchRuntime(mixed_repository, torch.device("cpu"), 1)
     await runtime.start()
+    models = DeploymentModels.in_process(runtime)
+    await models.join()
 
     def make(model_control: bool = False, max_request_bytes: int = 2**20) -> Ingress:
-        dataplane = DataPlane(runtime, model_control=model_control, placement={"replica": "test"})
+        dataplane = DataPlane(
+            runtime,
+            models,
+            model_control=model_control,
+            placement={"replica": "test"},
+        )
         args = AppArgs(model_repository=mixed_repository, max_request_bytes=max_request_bytes)
         return Ingress(dataplane, args)
 
     yield make
+    await models.stop()
     await runtime.stop()
 
 

@@ -22,8 +22,8 @@ from serve_app.grpc_codec import (
     set_parameter,
     to_message,
 )
-from serve_app.protocol import InferResponse, Limits, RequestedOutput
-from serve_app.repository import load_model_spec
+from serve_app.infer_types import InferResponse, Limits, RequestedOutput
+from serve_app.runtimes.torch.admission import load_model_spec
 
 LIMITS = Limits(max_bytes=2**20)
 DATATYPES = sorted(NUMPY_BY_DATATYPE)

@@ -9,7 +9,7 @@ import threading
 import anyio
 import pytest
 
-from serve_app.runtimes.instances import InstanceThreads
+from serve_app.runtimes.torch.instances import InstanceThreads
 
 pytestmark = pytest.mark.anyio
 

@@ -13,9 +13,10 @@ import pytest
 from serve_app.config import parse_args
 from serve_app.dataplane import DataPlane
 from serve_app.errors import InvalidInputError
+from serve_app.infer_types import InferRequest, InputTensor
 from serve_app.metrics import LATENCY, PENDING, ReplicaMetrics, Sample, _Histogram
-from serve_app.protocol import InferRequest, InputTensor
-from serve_app.runtimes.torch import TorchRuntime
+from serve_app.model_state.replica import DeploymentModels
+from serve_app.runtimes.torch.runtime import TorchRuntime
 
 pytestmark = pytest.mark.anyio
 
@@ -38,7 +39,9 @@ def linear_request(width: int = 16, batch: int = 2) -> InferRequest:
 
 async def test_good_and_bad_requests_become_triton_metrics(runtime: TorchRuntime) -> None:
     metrics = ReplicaMetrics(runtime, interval_s=1.0)
-    dataplane = DataPlane(runtime, model_control=False, placement={}, observer=metrics)
+    dataplane = DataPlane(
+        runtime, DeploymentModels.in_process(runtime), model_control=False, placement={}, observer=metrics
+    )
     for _ in range(3):
         await dataplane.infer(linear_request())
     for _ in range(2):

@@ -1,4 +1,5 @@
-"""Repository discovery, config.pbtxt validation, version policy and the /config rendering."""
+"""Repository parsing (repository.py) and the torch runtime's admission of entries (admission.py):
+discovery, config.pbtxt validation, version policy and the /config rendering."""
 
 from __future__ import annotations
 
@@ -9,15 +10,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from serve_app.repository import (
-    DynamicBatching,
-    ModelEntryError,
-    ModelSignature,
-    TensorSpec,
-    discover,
-    load_model_spec,
-    message_to_dict,
-)
+from serve_app.repository import ModelEntryError, ModelSignature, TensorSpec, message_to_dict
+from serve_app.runtimes.torch.admission import DynamicBatching, discover, load_model_spec
 
 TENSORS = """
 input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 4 ] } ]

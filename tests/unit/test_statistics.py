@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from serve_app.runtimes.statistics import ModelStatistics
-from serve_app.runtimes.torchscript import Timings
+from serve_app.runtimes.torch.statistics import ModelStatistics
+from serve_app.runtimes.torch.torchscript import Timings
 
 # Triton's model_stats entry (server/docs/protocol/extension_statistics.md).
 ENTRY_KEYS = {

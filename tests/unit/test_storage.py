@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.check import check_config
 from serve_app.config import AppArgs, InvalidArgsError, parse_args
 from serve_app.errors import ModelNotFoundError, ModelNotReadyError
 from serve_app.placement import Placement
+from serve_app.preflight import check_config
 from serve_app.runtimes.base import Runtime
 from serve_app.runtimes.factory import start_runtime
 from serve_app.storage import RepositoryMirror, RepositoryURL, StorageError, parse_url, probe

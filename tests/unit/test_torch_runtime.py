@@ -17,11 +17,11 @@ from torch import nn
 
 from serve_app.errors import InternalError, ModelNotFoundError, ModelNotReadyError
 from serve_app.examples import write_model
-from serve_app.runtimes import torch as torch_runtime
 from serve_app.runtimes.base import ModelState
-from serve_app.runtimes.statistics import ModelStatistics
-from serve_app.runtimes.torch import TorchRuntime
-from serve_app.runtimes.torchscript import Timings, TorchScriptModel
+from serve_app.runtimes.torch import runtime as torch_runtime
+from serve_app.runtimes.torch.runtime import TorchRuntime
+from serve_app.runtimes.torch.statistics import ModelStatistics
+from serve_app.runtimes.torch.torchscript import Timings, TorchScriptModel
 from tests.conftest import add_picky, example_cases, infer_picky
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from serve_app.runtimes.torchscript import TorchScriptModel
+from serve_app.runtimes.torch.torchscript import TorchScriptModel
 
 CPU = torch.device("cpu")
 F32 = np.dtype(np.float32)

@@ -65,10 +65,32 @@ def test_a_gpu_build_needs_a_cuda_torch() -> None:
 
 @pytest.mark.skipif(triton_layout.backend_directory() is None, reason="needs the installed build")
 def test_a_second_install_rebuilds_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    installer.install()
+    """Also in a --gpu install (tests/gpu_build), whose torch says 2.13.0+cu130 and pip 2.13.0."""
+    installer.install(gpu=triton_layout.installed()["gpu"])
     assert "already installed" in capsys.readouterr().out
-    recorded = triton_layout.installed()
-    assert recorded["torch"] == pytorch_backend.torch_build_facts()["torch"] and recorded["gpu"] is False
+    assert triton_layout.installed()["torch"] == pytorch_backend.torch_build_facts()["torch"]
+    assert triton_layout.pytorch_backend_problem() is None
+
+
+def test_an_existing_core_is_one_library_in_the_folder_or_just_below(tmp_path: Path) -> None:
+    with pytest.raises(InstallError, match="no libtritonserver"):
+        installer.existing_core_library(tmp_path)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libtritonserver.so").write_bytes(b"")
+    assert installer.existing_core_library(tmp_path) == tmp_path / "lib" / "libtritonserver.so"
+    (tmp_path / "libtritonserver-1234.so").write_bytes(b"")
+    with pytest.raises(InstallError, match="several cores"):
+        installer.existing_core_library(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["install", "--extension-only"], ["install", "--core", "/opt/tritonserver"],
+     ["install", "--extension-only", "--core", "/opt/tritonserver", "--gpu"]],
+)  # fmt: skip
+def test_extension_only_takes_a_core_and_nothing_else(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        installer.main(argv)
 
 
 def test_a_torch_upgrade_is_reported_with_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,7 +121,7 @@ def test_a_changed_extension_source_rebuilds_the_extension_alone(
     def must_not_run(*_: object) -> None:
         raise AssertionError("rebuilt what had not changed")
 
-    built: list[str] = []
+    built: list[str] = []  # the core file names it was linked against
     monkeypatch.setattr(installer, "install_root", lambda: root)
     monkeypatch.setattr(installer, "installed", lambda: json.loads((root / triton_layout.STAMP).read_text()))
     monkeypatch.setattr(installer, "_core_current", lambda: True)
@@ -110,7 +132,9 @@ def test_a_changed_extension_source_rebuilds_the_extension_alone(
     monkeypatch.setattr(installer.core, "core_library", lambda: "libtritonserver-test.so")
     monkeypatch.setattr(installer.core, "install_core", must_not_run)
     monkeypatch.setattr(installer.pytorch_backend, "build", must_not_run)
-    monkeypatch.setattr(installer.requests_extension, "build", lambda _source, library: built.append(library))
+    monkeypatch.setattr(
+        installer.requests_extension, "build", lambda _include, library: built.append(library.name)
+    )
 
     installer.install()
     assert built == ["libtritonserver-test.so"]

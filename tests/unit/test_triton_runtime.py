@@ -36,14 +36,15 @@ from serve_app.errors import (
     status_for,
 )
 from serve_app.examples import EXAMPLES
+from serve_app.infer_types import InferRequest, InputTensor
+from serve_app.model_state.replica import DeploymentModels
 from serve_app.placement import Placement
-from serve_app.protocol import InferRequest, InputTensor
-from serve_app.runtimes import triton as triton_module
 from serve_app.runtimes.base import Runtime
-from serve_app.runtimes.torch import TorchRuntime
-from serve_app.runtimes.triton import TritonRuntime
-from serve_app.runtimes.triton_infer import BindingsCaller
-from serve_app.runtimes.triton_requests import ExtensionCaller, extension
+from serve_app.runtimes.torch.runtime import TorchRuntime
+from serve_app.runtimes.triton import runtime as triton_module
+from serve_app.runtimes.triton.bindings_caller import BindingsCaller
+from serve_app.runtimes.triton.extension_caller import ExtensionCaller, extension
+from serve_app.runtimes.triton.runtime import TritonRuntime
 from tests.conftest import add_picky, example_cases, infer_picky
 
 pytest.importorskip("tritonserver", reason="needs `python -m serve_app.triton_install install`")
@@ -211,7 +212,9 @@ async def test_metadata_and_config_are_the_users_model(
 async def test_server_index_versions_and_health(triton: TritonRuntime) -> None:
     assert triton.healthy() and triton.device() == "cpu"
     assert triton.server_metadata()["name"] == "triton"
-    advertised = DataPlane(triton, model_control=False, placement={}).server_metadata()["extensions"]
+    advertised = DataPlane(
+        triton, DeploymentModels.in_process(triton), model_control=False, placement={}
+    ).server_metadata()["extensions"]
     assert advertised == [*SERVED_EXTENSIONS, *RUNTIME_EXTENSIONS]  # not Triton core's whole list
     ready = [(s.name, s.version) for s in triton.index() if s.state == "READY"]
     assert ready == [(name, "1") for name in sorted([*CASES, *ADDED_HERE])]
@@ -274,7 +277,9 @@ async def test_bad_requests_get_the_torch_runtimes_errors(
     runtime: Runtime
     for runtime in (triton, torch_runtime):
         with pytest.raises(ServeAppError) as raised:
-            await DataPlane(runtime, model_control=False, placement={}).infer(BAD_REQUESTS[case])
+            await DataPlane(
+                runtime, DeploymentModels.in_process(runtime), model_control=False, placement={}
+            ).infer(BAD_REQUESTS[case])
         errors.append(raised.value)
     assert type(errors[0]) is type(errors[1]) and status_for(errors[0]) in (400, 404, 503)
     assert "Traceback" not in str(errors[0])
@@ -328,9 +333,9 @@ async def test_a_request_that_breaks_the_model_fails_its_execution_only(triton: 
 async def test_an_ensemble_of_two_torchscript_models(triton: TritonRuntime) -> None:
     inputs = {"x": RNG.standard_normal((3, 16), dtype=np.float32)}
     linear = await triton.infer("linear", "1", {"input__0": inputs["x"]}, ["output__0"])
-    result = await DataPlane(triton, model_control=False, placement={}).infer(
-        _request("linear_twice", **inputs)
-    )
+    result = await DataPlane(
+        triton, DeploymentModels.in_process(triton), model_control=False, placement={}
+    ).infer(_request("linear_twice", **inputs))
     [(output, array)] = result.outputs
     assert output.name == "y"
     np.testing.assert_allclose(array, 2 * linear["output__0"], rtol=0, atol=TOLERANCE)
@@ -339,7 +344,7 @@ async def test_an_ensemble_of_two_torchscript_models(triton: TritonRuntime) -> N
 
 async def test_request_fields_reach_the_model(triton: TritonRuntime) -> None:
     """Sequence id and flags, timeout and custom parameters arrive at a python-backend model."""
-    dataplane = DataPlane(triton, model_control=False, placement={})
+    dataplane = DataPlane(triton, DeploymentModels.in_process(triton), model_control=False, placement={})
     x = np.ones(1, np.float32)
     request = _request("echo", x=x)
     request.parameters = {"sequence_id": 42, "sequence_start": True, "timeout": 5_000_000, "tag": 7}
@@ -486,8 +491,8 @@ import asyncio, json, os, sys
 import numpy as np
 from serve_app.config import AppArgs
 from serve_app.placement import Placement
-from serve_app.runtimes import triton as triton_module
-from serve_app.runtimes.triton import TritonRuntime
+from serve_app.runtimes.triton import runtime as triton_module
+from serve_app.runtimes.triton.runtime import TritonRuntime
 
 os.nice(10)
 changed = []

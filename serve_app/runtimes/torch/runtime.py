@@ -3,7 +3,7 @@
 Same semantics as Triton with its PyTorch backend (config.pbtxt, version policy,
 implicit batch dim, reshape, dynamic batching, instance counts), so the app runs and is
 tested where no Triton build or GPU exists; what it cannot execute as Triton would is
-UNAVAILABLE (see repository.py). Each model version executes off the replica's event
+UNAVAILABLE (see admission.py). Each model version executes off the replica's event
 loop on its own threads, one per model instance (`instance_group` counts), so a slow
 model never stalls another; loads run on a thread of their own. torch's intra-op threads
 use the replica's CPU allotment. The runtime reports itself unhealthy (Serve then
@@ -29,20 +29,15 @@ from serve_app import __version__
 from serve_app.config import AppArgs
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, summarize
-from serve_app.repository import (
-    ModelEntryError,
-    ModelSignature,
-    ModelSpec,
-    RepositoryEntry,
-    discover,
-    load_model_spec,
-)
-from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
-from serve_app.runtimes.batching import Scheduler, Tensors
-from serve_app.runtimes.instances import InstanceThreads
-from serve_app.runtimes.statistics import ModelStatistics
-from serve_app.runtimes.torchscript import Timings, TorchScriptModel
-from serve_app.storage import StorageError
+from serve_app.placement import Placement
+from serve_app.repository import ModelEntryError, ModelSignature
+from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState, Wanted, everything
+from serve_app.runtimes.torch.admission import ModelSpec, RepositoryEntry, discover, load_model_spec
+from serve_app.runtimes.torch.batching import Scheduler, Tensors
+from serve_app.runtimes.torch.instances import InstanceThreads
+from serve_app.runtimes.torch.statistics import ModelStatistics
+from serve_app.runtimes.torch.torchscript import Timings, TorchScriptModel
+from serve_app.storage import RepositoryMirror, RepositoryURL, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +132,31 @@ class TorchRuntime:
         self._draining: list[tuple[str, _Version]] = []  # replaced or unloaded, still answering
         self._stopped = False
 
-    async def start(self) -> None:
+    @classmethod
+    async def create(cls, args: AppArgs, placement: Placement, wanted: Wanted = everything) -> TorchRuntime:
+        """The runtime the app's args describe, started. A repository on object storage is
+        mirrored to local disk first, and each load fetches its model again."""
+        repository, fetch = args.model_repository, None
+        if isinstance(repository, RepositoryURL):
+            mirror = RepositoryMirror(repository)
+            await mirror.fetch()
+            repository, fetch = mirror.root, mirror.fetch
+        runtime = cls(
+            repository,
+            placement.torch_device(args.device),
+            args.torch_threads or placement.threads(),
+            args.execution_timeout_s,
+            fetch=fetch,
+        )
+        await runtime.start(wanted)
+        return runtime
+
+    async def start(self, wanted: Wanted = everything) -> None:
         for entry in discover(self._repository):
-            self._models[entry.name] = await self._load_entry(entry)
+            if wanted(entry.name):
+                self._models[entry.name] = await self._load_entry(entry)
+            else:
+                self._models[entry.name] = _Model(entry.name, entry.spec, entry.error or "unloaded")
         ready = [m.name for m in self._models.values() if m.versions]
         logger.info("torch runtime on %s serving %s", self._device, ready)
 
@@ -308,12 +325,20 @@ class TorchRuntime:
         outputs = await loaded.scheduler.submit(inputs)
         return {name: outputs[name] for name in output_names}
 
-    async def load(self, model: str, parameters: dict[str, Any]) -> None:
+    async def in_repository(self, model: str) -> bool:
+        await self._refresh(model)
+        return (self._repository / model).is_dir()
+
+    async def _refresh(self, model: str) -> None:
+        """The mirror's copy of `model` brought up to date (a repository on object storage)."""
         if self._fetch is not None:
             try:
                 await self._fetch(model)
             except StorageError as exc:
                 raise ModelNotReadyError(f"failed to load '{model}': {exc}") from None
+
+    async def load(self, model: str, parameters: dict[str, Any]) -> None:
+        await self._refresh(model)
         model_dir = self._repository / model
         if not model_dir.is_dir():
             raise ModelNotFoundError(f"no directory '{model}' in the model repository")

@@ -13,11 +13,11 @@ request cannot fail its batch-mates; a request whose client gave up is never run
 
 One addition to Triton's rules, for closed-loop clients: right after an execution, the
 clients it answered are about to send again. Starting at once with the few requests that
-arrived during it splits one full batch into a small and a large one (measured alternating
-8/56 at 64 clients on a 4096-wide MLP), and the model pays a whole execution for the small
-one. So while fewer samples are queued than the last batch held, the former also waits for
-those, at most a quarter of the last execution (`FOLLOW_UP_WAIT_FRACTION`) and never more
-than `max_queue_delay_microseconds`; a lone client never waits for it.
+arrived during it splits one full batch into a small and a large one, alternating, and the
+model pays a whole execution for the small one. So while fewer samples are queued than the
+last batch held, the former also waits for those, at most a quarter of the last execution
+(`FOLLOW_UP_WAIT_FRACTION`) and never more than `max_queue_delay_microseconds`; a lone
+client never waits for it.
 
 A fault in the scheduler itself (not in an execution) fails every waiting request and
 refuses new ones (`failure`), so nothing hangs and the runtime reports itself unhealthy.
@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serve_app.errors import InternalError, ModelNotReadyError, ServeAppError, summarize
-from serve_app.repository import DynamicBatching
-from serve_app.runtimes.statistics import ModelStatistics
-from serve_app.runtimes.torchscript import Timings, concatenate, split_batch
+from serve_app.runtimes.torch.admission import DynamicBatching
+from serve_app.runtimes.torch.statistics import ModelStatistics
+from serve_app.runtimes.torch.torchscript import Timings, concatenate, split_batch
 
 logger = logging.getLogger(__name__)
 

@@ -34,10 +34,12 @@ from serve_app.repository import (
     message_to_dict,
     parse_config,
 )
-from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState
-from serve_app.runtimes.niceness import match_process_niceness
-from serve_app.runtimes.triton_infer import BindingsCaller, ModelCall
-from serve_app.runtimes.triton_requests import ExtensionCaller, extension
+from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState, Wanted, everything
+from serve_app.runtimes.triton.bindings_caller import BindingsCaller
+from serve_app.runtimes.triton.extension_caller import ExtensionCaller, extension
+from serve_app.runtimes.triton.model_call import ModelCall
+from serve_app.runtimes.triton.niceness import match_process_niceness
+from serve_app.runtimes.triton.server import INSTALL_HINT, import_tritonserver, server_options
 from serve_app.storage import RepositoryURL, unreadable
 
 if TYPE_CHECKING:
@@ -45,28 +47,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NGC_BACKENDS = Path("/opt/tritonserver/backends")
-INSTALL_HINT = (
-    f"install Triton's in-process Python API into this environment with `{triton_layout.INSTALL_COMMAND}` "
-    "(CPU build), or run the NGC tritonserver image (configs/Dockerfile); or set args.runtime: torch"
-)
 # The PyTorch backend's thread setting (at::set_num_threads, process-wide). Its inter-op
 # counterpart is left alone: libtorch refuses to set it twice, and every model would.
 INTRA_OP_THREADS = "INTRA_OP_THREAD_COUNT"
-
-
-def _import_tritonserver() -> Any:
-    try:
-        import tritonserver
-    except ImportError as exc:
-        raise RuntimeError(f"runtime triton: cannot import tritonserver ({exc}); {INSTALL_HINT}") from exc
-    return tritonserver
-
-
-def _cuda_available() -> bool:
-    import torch  # only on replicas that Ray gave a GPU
-
-    return torch.cuda.is_available()
 
 
 def _reason(text: str | None) -> str:
@@ -116,17 +99,24 @@ class TritonRuntime:
         # gRPC's fork handlers, so those load one at a time (everything else loads in parallel).
         self._fork_lock = asyncio.Lock()
 
+    @classmethod
+    async def create(cls, args: AppArgs, placement: Placement, wanted: Wanted = everything) -> TritonRuntime:
+        """Triton started over the app's repository, local or on object storage (Triton reads it)."""
+        runtime = cls(args, placement)
+        await runtime.start(wanted)
+        return runtime
+
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        tritonserver = _import_tritonserver()
+    async def start(self, wanted: Wanted = everything) -> None:
+        tritonserver = import_tritonserver()
         self._errors = (tritonserver.TritonError,)
-        options = self._options(tritonserver)
+        options = server_options(tritonserver, self._args, self._placement)
         os.environ.update(triton_layout.environment_for_stub())
         if self._remote:
             # The CPU build's PyTorch backend shares this process's libtorch: its thread setting is
             # the models' default when Triton reads the configs itself. (A local repository's
-            # models get theirs through a config override, and torch is not imported: ~1 s.)
+            # models get theirs through a config override, and torch is not imported.)
             import torch
 
             torch.set_num_threads(self._threads())
@@ -138,7 +128,8 @@ class TritonRuntime:
             raise RuntimeError(f"runtime triton: Triton did not start ({exc}); {INSTALL_HINT}") from exc
         self._requests = self._caller_for(self._server)
         try:
-            await asyncio.gather(*(self._load(name) for name in self._repository_models()))
+            models = [name for name in self._repository_models() if wanted(name)]
+            await asyncio.gather(*(self._load(name) for name in models))
             self._after_loads()
         except BaseException:  # e.g. cancelled: `auto` must not fall back beside a running Triton
             await self.stop()
@@ -153,39 +144,6 @@ class TritonRuntime:
 
     def _threads(self) -> int:
         return self._args.torch_threads or self._placement.threads()
-
-    def _options(self, tritonserver: Any) -> tritonserver.Options:
-        triton = self._args.triton
-        backends = triton.backend_directory
-        if backends is None and NGC_BACKENDS.is_dir():
-            backends = str(NGC_BACKENDS)
-        elif backends is None:
-            backends = triton_layout.backend_directory()
-            if backends is None:
-                raise RuntimeError(f"runtime triton: no Triton backend directory found; {INSTALL_HINT}")
-            problem = triton_layout.pytorch_backend_problem()
-            if problem:
-                raise RuntimeError(f"runtime triton: {problem}")
-        gpu = bool(self._placement.gpu_ids) and _cuda_available()
-        return tritonserver.Options(
-            model_repository=str(self._args.model_repository),
-            model_control_mode=tritonserver.ModelControlMode.EXPLICIT,
-            strict_model_config=triton.strict_model_config,
-            # Strict readiness makes the server unready while any model is UNAVAILABLE, and
-            # check_health would then replace every replica of a repository with a broken entry.
-            strict_readiness=False,
-            exit_timeout=triton.exit_timeout_s,
-            log_verbose=triton.log_verbose,
-            log_info=triton.log_info,
-            log_warn=True,
-            log_error=True,
-            metrics=triton.metrics,
-            cpu_metrics=triton.metrics,
-            gpu_metrics=triton.metrics and gpu,
-            # Pinned host memory only helps copies to a GPU; without CUDA Triton cannot allocate it.
-            pinned_memory_pool_size=(1 << 28) if gpu else 0,
-            backend_directory=backends,
-        )
 
     def _load_plan(self, name: str) -> _LoadPlan:
         """How to hand a model directory to Triton.
@@ -291,15 +249,15 @@ class TritonRuntime:
     # --- repository and metadata ------------------------------------------------------------
 
     def server_metadata(self) -> dict[str, Any]:
-        """Triton's name, version and extensions: fixed for the server's life, asked once (the
-        call took ~0.4 ms, GET /v2 twice the cost of a health check)."""
+        """Triton's name, version and extensions: fixed for the server's life, asked once (the call
+        costs more than a health check's whole request, and GET /v2 would make it every time)."""
         if self._metadata is None:
             self._metadata = self._triton().metadata()
         return self._metadata
 
     def device(self) -> str:
         """Where Triton runs the models: a loaded model with a KIND_GPU instance group is on the GPU
-        (kept at each load: asking Triton for every config took ~0.2 ms a model, on each GET /v2).
+        (kept at each load: GET /v2 would otherwise ask Triton for every model's config).
 
         With num_gpus: 1 Ray sets CUDA_VISIBLE_DEVICES to the replica's GPU, so Triton's GPU 0 is it.
         """
@@ -345,10 +303,12 @@ class TritonRuntime:
         return reasons[0] if reasons else "not ready"
 
     def resolve(self, model: str, version: str | None) -> str:
-        server = self._triton()
+        ready = self._ready_versions(model)
+        if not ready and model in self._versions:  # a reload may have replaced them: ask Triton
+            self._refresh_versions()
+            ready = self._ready_versions(model)
         if model not in self._versions:
             raise ModelNotFoundError(f"unknown model '{model}'")
-        ready = [v for v in self._versions[model] if server.model(model, v).ready()]
         if not ready:
             raise ModelNotReadyError(f"model '{model}' is not ready: {self._why_not_ready(model)}")
         if version is None:
@@ -357,6 +317,10 @@ class TritonRuntime:
         if not version.isdecimal() or int(version) not in ready:
             raise ModelNotFoundError(f"model '{model}' has no ready version '{version}'")
         return str(int(version))
+
+    def _ready_versions(self, model: str) -> list[int]:
+        server = self._triton()
+        return [v for v in self._versions.get(model, ()) if server.model(model, v).ready()]
 
     def signature(self, model: str, version: str) -> ModelSignature:
         try:
@@ -423,6 +387,9 @@ class TritonRuntime:
         self._triton()  # not stopped
         assert self._requests is not None
         return self._requests
+
+    async def in_repository(self, model: str) -> bool:
+        return model in await asyncio.to_thread(self._repository_models)
 
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
         """Triton (re)loads the directory; a failed reload leaves the loaded versions serving."""

@@ -4,8 +4,8 @@ Ray starts worker processes at nice 15 (`RAY_worker_niceness`) so that raylet an
 responsive. Triton gives its model-instance and scheduler threads an absolute nice with
 setpriority (0 unless a model's `optimization.priority` says otherwise), which a root process
 may do. Those threads then outrank the replica's own event loop, which feeds them requests: with
-two replicas on two busy cores, Triton's compute starved the request path (batches of 2.5 where
-64 requests were in flight; mlp4096 168 req/s, 355 with this module). Raising a thread's nice
+two replicas on two busy cores, Triton's compute starved the request path (tiny batches though
+many requests were in flight, and about half the throughput). Raising a thread's nice
 needs no privilege, so this works for any user.
 """
 

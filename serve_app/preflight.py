@@ -1,4 +1,4 @@
-"""Pre-flight check of a Serve config file: `python -m serve_app.check configs/app.yaml`.
+"""Pre-flight check of a Serve config file: `python -m serve_app.preflight configs/app.yaml`.
 
 `serve run <config>` only submits the config: a bad field fails later in the Serve
 controller (the app goes DEPLOY_FAILED, `serve run` keeps running). This reports the
@@ -80,7 +80,7 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
 
 
 def main() -> None:
-    """`python -m serve_app.check configs/app.yaml && serve run configs/app.yaml`."""
+    """`python -m serve_app.preflight configs/app.yaml && serve run configs/app.yaml`."""
     import sys
 
     import yaml

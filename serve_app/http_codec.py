@@ -1,23 +1,19 @@
-"""KServe v2 / Triton HTTP protocol: request and response bodies, JSON and binary codecs.
+"""The KServe v2 / Triton HTTP codec: request and response bodies, JSON and binary.
 
 Binary tensor extension (Triton's): the body is a JSON header followed by raw
 tensor bytes; `Inference-Header-Content-Length` gives the header's length and each
 binary tensor carries `parameters.binary_data_size`. Binary inputs are decoded
 without copying (`np.frombuffer`); output bytes are copied once, into the response body.
 A header length of 0 is Triton's raw binary request: the body is the bytes of the model's
-one input, which `resolve_raw_input` shapes once the model's signature is known.
+one input, which the dataplane shapes once the model's signature is known.
 
 Everything a body makes the server hold is bounded by `Limits` before it is allocated.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -25,23 +21,19 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationErr
 
 from serve_app.datatypes import DATATYPE_BY_NUMPY, numpy_dtype
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
-
-if TYPE_CHECKING:
-    from serve_app.repository import ModelSignature
+from serve_app.infer_types import (
+    Buffer,
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    Limits,
+    element_count,
+    flag,
+    requested_output,
+    tensor_parameters,
+)
 
 HEADER_LENGTH = "inference-header-content-length"
-
-# A request body as the HTTP layer holds it: one buffer, never chunks.
-Buffer = bytes | bytearray | memoryview
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may make a replica hold, each refused before anything is allocated."""
-
-    max_bytes: int  # the body, the body decompressed, and all input tensors together (413)
-    max_tensors: int = 1024  # inputs in a request, and outputs it names (400)
-    max_dims: int = 32  # dimensions of a shape: numpy's limit; Triton's is larger, numpy cannot hold it
 
 
 class _Body(BaseModel):
@@ -76,8 +68,8 @@ def _well_formed(document: dict[str, Any]) -> bool:
     """Whether `InferRequestBody` takes this parsed JSON document as it is.
 
     Exactly pydantic's rules for what JSON can hold (where pydantic would coerce, JSON has no
-    such value), so a well-formed request skips its validation (~3 µs a tiny request) and only
-    a malformed one goes through it, for its message.
+    such value), so a well-formed request skips its validation (a cost on every tiny request)
+    and only a malformed one goes through it, for its message.
     """
     inputs = document.get("inputs")
     outputs = document.get("outputs")
@@ -119,43 +111,6 @@ class RepositoryIndexBody(_Body):
 class ModelControlBody(_Body):
     """Load (config and file overrides) and unload (unload_dependents) parameters."""
 
-    parameters: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class InputTensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    array: np.ndarray
-
-
-@dataclass(frozen=True)
-class RequestedOutput:
-    name: str
-    binary: bool
-
-
-@dataclass
-class InferRequest:
-    """A decoded request: numpy arrays keyed by input name, transport-free."""
-
-    model_name: str
-    model_version: str | None
-    inputs: list[InputTensor]
-    outputs: list[RequestedOutput] | None = None  # None: all outputs
-    binary_output: bool = False  # default for outputs not listed explicitly
-    id: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
-    raw_input: memoryview | None = None  # a raw binary request's body, until resolve_raw_input
-
-
-@dataclass
-class InferResponse:
-    model_name: str
-    model_version: str
-    outputs: list[tuple[RequestedOutput, np.ndarray]]
-    id: str | None = None
     parameters: dict[str, Any] | None = None
 
 
@@ -264,7 +219,7 @@ def decode_request(
             f"request body has {len(body) - offset} bytes not claimed by any binary_data_size"
         )
     parameters = dict(document.get("parameters") or {})
-    binary_output = _flag(
+    binary_output = flag(
         parameters.pop("binary_data_output", False), "request parameter 'binary_data_output'"
     )
     outputs = None
@@ -285,104 +240,6 @@ def decode_request(
         id=document.get("id"),
         parameters=parameters,
     )
-
-
-def resolve_raw_input(request: InferRequest, signature: ModelSignature) -> InferRequest:
-    """A raw binary request's body as the model's one input (Triton's rules); others pass through.
-
-    The model must have exactly one input with at most one variable dimension, which the
-    byte count decides; a batching model gets a batch of 1. (Triton also takes a BYTES input
-    of shape [1]; BYTES is refused here as everywhere.)
-    """
-    raw = request.raw_input
-    if raw is None:
-        return request
-    if len(signature.inputs) != 1:
-        raise InvalidInputError(
-            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; "
-            f"model '{signature.name}' has {len(signature.inputs)}"
-        )
-    [spec] = signature.inputs
-    dtype = numpy_dtype(spec.datatype)
-    dims = list(spec.dims)
-    variable = [i for i, dim in enumerate(dims) if dim == -1]
-    element_bytes = math.prod(dim for dim in dims if dim != -1) * dtype.itemsize
-    if len(variable) > 1:
-        raise InvalidInputError(
-            f"a raw binary request needs an input with at most one variable dimension; "
-            f"input '{spec.name}' of model '{signature.name}' has dims {dims}"
-        )
-    if variable and element_bytes and len(raw) % element_bytes == 0:
-        dims[variable[0]] = len(raw) // element_bytes
-    elif variable or len(raw) != element_bytes:
-        raise InvalidInputError(
-            f"a raw binary request of {len(raw)} bytes does not fill input '{spec.name}' of model "
-            f"'{signature.name}' (dims {list(spec.dims)} of {spec.datatype})"
-        )
-    shape = (1, *dims) if signature.max_batch_size > 0 else tuple(dims)
-    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    return dataclasses.replace(
-        request, inputs=[InputTensor(spec.name, spec.datatype, shape, array)], raw_input=None
-    )
-
-
-# Tensor parameters of Triton extensions this server does not implement, and the extension.
-_UNSUPPORTED_EXTENSIONS = {
-    "shared_memory_region": "shared-memory",
-    "shared_memory_offset": "shared-memory",
-    "shared_memory_byte_size": "shared-memory",
-    "classification": "classification",
-}
-
-
-def tensor_parameters(kind: str, name: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
-    """A tensor's parameters, refusing any that would have it answered from elsewhere."""
-    if not parameters:
-        return {}
-    for key in parameters:
-        extension = _UNSUPPORTED_EXTENSIONS.get(key)
-        if extension is not None:
-            raise InvalidInputError(
-                f"{kind} '{name}': parameter '{key}' is Triton's {extension} extension, "
-                "which this server does not support"
-            )
-    return parameters
-
-
-def _flag(value: object, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidInputError(f"{what} must be a boolean, not {type(value).__name__}")
-    return value
-
-
-def requested_output(name: str, parameters: dict[str, Any] | None, binary_default: bool) -> RequestedOutput:
-    """An output a request names, with its parameters (binary_data only)."""
-    parameters = tensor_parameters("output", name, parameters)
-    unsupported = [key for key in parameters if key != "binary_data"]
-    if unsupported:
-        raise InvalidInputError(f"output '{name}': unsupported parameters {sorted(unsupported)}")
-    binary = parameters.get("binary_data", binary_default)
-    return RequestedOutput(name, _flag(binary, f"output '{name}' parameter 'binary_data'"))
-
-
-def element_count(
-    name: str, datatype: str, shape: Sequence[int], itemsize: int, budget: int, limits: Limits
-) -> int:
-    """The elements a tensor of this shape holds, refused before they are allocated if out of bounds."""
-    if len(shape) > limits.max_dims:
-        raise InvalidInputError(
-            f"input '{name}' has {len(shape)} dimensions; at most {limits.max_dims} are supported"
-        )
-    if shape and min(shape) < 0:
-        raise InvalidInputError(f"input '{name}' has a negative dimension in {shape}")
-    count = math.prod(shape)
-    # An empty tensor's other dims count too: numpy cannot shape [0, 2**63] either.
-    if count * itemsize > budget or (not count and math.prod(d or 1 for d in shape) * itemsize > budget):
-        raise PayloadTooLargeError(
-            f"input '{name}' of shape {shape} ({datatype}) would exceed the request's "
-            f"{limits.max_bytes}-byte limit on tensor data"
-        )
-    return count
 
 
 def _decode_input(

@@ -1,4 +1,4 @@
-"""KServe v2 codecs: JSON and binary-extension bodies both ways, compression, the datatype table."""
+"""The HTTP codec: JSON and binary-extension bodies both ways, compression, control bodies."""
 
 from __future__ import annotations
 
@@ -13,76 +13,19 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from serve_app.datatypes import DATATYPE_BY_NUMPY, NUMPY_BY_DATATYPE, from_config_type, numpy_dtype
+from serve_app.datatypes import DATATYPE_BY_NUMPY
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
-from serve_app.protocol import (
-    InferRequest,
+from serve_app.http_codec import (
     InferRequestBody,
-    InferResponse,
-    Limits,
     ModelControlBody,
     RepositoryIndexBody,
-    RequestedOutput,
     decode_body,
-    decode_request,
     decompress,
     encode_response,
-    resolve_raw_input,
 )
-from serve_app.protocol import _well_formed as well_formed
-from serve_app.repository import ModelSignature, TensorSpec
-
-LIMITS = Limits(max_bytes=2**20)
-
-
-def decode(
-    body: dict | bytes, header_length: int | str | None = None, limits: Limits = LIMITS
-) -> InferRequest:
-    raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    header = None if header_length is None else str(header_length)
-    return decode_request("m", None, raw, header, limits=limits)
-
-
-def json_input(name: str, datatype: str, shape: list[int], data: object) -> dict:
-    return {"name": name, "datatype": datatype, "shape": shape, "data": data}
-
-
-# --- datatypes ---------------------------------------------------------------------------
-
-
-def test_datatype_table_covers_triton_numeric_types_both_ways() -> None:
-    assert set(NUMPY_BY_DATATYPE) == {
-        "BOOL",
-        "UINT8",
-        "UINT16",
-        "UINT32",
-        "UINT64",
-        "INT8",
-        "INT16",
-        "INT32",
-        "INT64",
-        "FP16",
-        "FP32",
-        "FP64",
-    }
-    for datatype, dtype in NUMPY_BY_DATATYPE.items():
-        assert DATATYPE_BY_NUMPY[dtype] == datatype
-        assert numpy_dtype(datatype) == dtype
-        # Triton's own client agrees on every mapping.
-        assert np.dtype(httpclient.triton_to_np_dtype(datatype)) == dtype
-
-
-def test_config_types_map_to_wire_names() -> None:
-    assert from_config_type("TYPE_FP32") == "FP32"
-    assert from_config_type("TYPE_BOOL") == "BOOL"
-    assert from_config_type("TYPE_STRING") == "BYTES"
-
-
-@pytest.mark.parametrize("datatype", ["BYTES", "BF16", "FLOAT32", "fp32"])
-def test_unsupported_datatypes_are_a_400_listing_the_supported_ones(datatype: str) -> None:
-    with pytest.raises(InvalidInputError, match=f"unsupported datatype '{datatype}'; supported: BOOL"):
-        numpy_dtype(datatype)
-
+from serve_app.http_codec import _well_formed as well_formed
+from serve_app.infer_types import InferResponse, RequestedOutput
+from tests.unit.http_bodies import decode, json_input
 
 # --- JSON requests -----------------------------------------------------------------------
 
@@ -292,6 +235,14 @@ def test_bad_header_length_is_invalid_input(value: str) -> None:
         decode(body, value)
 
 
+def test_raw_binary_request_is_marked_with_its_body() -> None:
+    body = np.arange(6, dtype=np.int32).tobytes()
+    request = decode(body, 0)
+    assert request.inputs == [] and request.outputs is None and request.binary_output is True
+    assert request.raw_input is not None and request.raw_input.tobytes() == body
+    assert decode({"inputs": []}).raw_input is None
+
+
 # --- bounds and typed parameters --------------------------------------------------------
 
 
@@ -382,152 +333,6 @@ def test_validation_messages_name_the_first_problems_only() -> None:
     message = str(info.value)
     assert message.startswith("invalid inference request: inputs.0.name: Input should be a valid string")
     assert message.count(";") == 5 and message.endswith("; and 295 more")  # 3 problems per input
-
-
-def test_dimensions_are_bounded_at_numpys_limit() -> None:
-    assert decode({"inputs": [json_input("x", "FP32", [1] * 32, [2.5])]}).inputs[0].shape == (1,) * 32
-    for dims in (33, 40):
-        with pytest.raises(InvalidInputError, match=f"has {dims} dimensions; at most 32"):
-            decode({"inputs": [json_input("x", "FP32", [1] * dims, [2.5])]})
-
-
-@pytest.mark.parametrize(
-    ("shape", "datatype"),
-    [
-        ([2**40], "FP32"),  # claims a terabyte of JSON data
-        ([2**62, 2**62], "INT8"),
-        ([0, 2**63], "FP32"),  # empty, but numpy cannot shape it
-        ([2**17 + 1, 2], "FP32"),  # just over LIMITS (1 MiB)
-    ],
-)
-def test_element_counts_are_bounded_before_allocation(shape: list[int], datatype: str) -> None:
-    with pytest.raises(PayloadTooLargeError, match="would exceed the request's 1048576-byte limit"):
-        decode({"inputs": [json_input("x", datatype, shape, [1])]})
-
-
-def test_tensor_bytes_are_bounded_across_inputs() -> None:
-    half = json_input("a", "UINT8", [2**19], [0] * 2**19)
-    assert len(decode({"inputs": [half, {**half, "name": "b"}]}).inputs) == 2  # exactly the limit
-    with pytest.raises(PayloadTooLargeError, match="input 'c'"):
-        decode({"inputs": [half, {**half, "name": "b"}, json_input("c", "UINT8", [1], [0])]})
-
-
-def test_inputs_and_outputs_per_request_are_bounded() -> None:
-    limits = Limits(max_bytes=2**20, max_tensors=3)
-    three = [json_input(f"x{i}", "FP32", [1], [1]) for i in range(3)]
-    assert len(decode({"inputs": three}, limits=limits).inputs) == 3
-    with pytest.raises(InvalidInputError, match="request has 4 inputs; at most 3"):
-        decode({"inputs": [*three, json_input("x3", "FP32", [1], [1])]}, limits=limits)
-    outputs = [{"name": f"y{i}"} for i in range(4)]
-    with pytest.raises(InvalidInputError, match="request has 4 outputs; at most 3"):
-        decode({"inputs": three, "outputs": outputs}, limits=limits)
-
-
-@pytest.mark.parametrize(
-    ("request_parameters", "output_parameters", "input_parameters", "message"),
-    [
-        ({"binary_data_output": {"x": 1}}, None, None, "'binary_data_output' must be a boolean, not dict"),
-        ({"binary_data_output": "true"}, None, None, "'binary_data_output' must be a boolean, not str"),
-        ({"binary_data_output": 1}, None, None, "'binary_data_output' must be a boolean, not int"),
-        (None, {"binary_data": 1}, None, "output 'y' parameter 'binary_data' must be a boolean"),
-        (None, {"binary_data": None}, None, "must be a boolean, not NoneType"),
-        (None, {"class_count": 3}, None, "unsupported parameters ['class_count']"),
-        (None, None, {"binary_data_size": 4.0}, "binary_data_size must be an integer, not float"),
-    ],
-)
-def test_parameters_the_codec_reads_must_have_their_type(
-    request_parameters: dict | None,
-    output_parameters: dict | None,
-    input_parameters: dict | None,
-    message: str,
-) -> None:
-    body = {
-        "parameters": request_parameters,
-        "inputs": [{**json_input("x", "FP32", [1], [1]), "parameters": input_parameters}],
-        "outputs": [{"name": "y", "parameters": output_parameters}],
-    }
-    with pytest.raises(InvalidInputError) as info:
-        decode(body)
-    assert message in str(info.value)
-
-
-@pytest.mark.parametrize("key", ["shared_memory_region", "shared_memory_offset", "shared_memory_byte_size"])
-@pytest.mark.parametrize("tensor", ["input", "output"])
-def test_shared_memory_tensors_are_refused_naming_the_extension(key: str, tensor: str) -> None:
-    # Even next to data or binary_data: never answered from anything but the named region.
-    parameters = {key: "region0" if key.endswith("region") else 0}
-    x = json_input("x", "FP32", [1], [1])
-    body = {"inputs": [{**x, "parameters": parameters} if tensor == "input" else x]}
-    if tensor == "output":
-        body["outputs"] = [{"name": "y", "parameters": {"binary_data": True, **parameters}}]
-    with pytest.raises(InvalidInputError) as info:
-        decode(body)
-    name = "x" if tensor == "input" else "y"
-    assert f"{tensor} '{name}': parameter '{key}' is Triton's shared-memory extension" in str(info.value)
-    assert "not support" in str(info.value)
-
-
-# --- raw binary requests (Inference-Header-Content-Length: 0) -----------------------------
-
-
-def signature(max_batch_size: int, *inputs: tuple[str, str, tuple[int, ...]]) -> ModelSignature:
-    return ModelSignature(
-        "raw", max_batch_size, tuple(TensorSpec(*spec) for spec in inputs), (TensorSpec("y", "FP32", (1,)),)
-    )
-
-
-def test_raw_binary_request_is_marked_with_its_body() -> None:
-    body = np.arange(6, dtype=np.int32).tobytes()
-    request = decode(body, 0)
-    assert request.inputs == [] and request.outputs is None and request.binary_output is True
-    assert request.raw_input is not None and request.raw_input.tobytes() == body
-    assert decode({"inputs": []}).raw_input is None
-
-
-@pytest.mark.parametrize(
-    ("max_batch_size", "dims", "datatype", "array", "shape"),
-    [
-        (0, (2, 3), "INT32", np.arange(6, dtype=np.int32), (2, 3)),
-        (64, (16,), "FP32", np.linspace(0, 1, 16, dtype=np.float32), (1, 16)),  # batch of 1
-        (4, (-1,), "FP32", np.ones(5, np.float32), (1, 5)),
-        (0, (2, -1), "FP16", np.arange(6, dtype=np.float16), (2, 3)),
-        (0, (-1,), "UINT8", np.zeros(0, np.uint8), (0,)),
-        (0, (), "BOOL", np.array([True]), ()),
-    ],
-)
-def test_raw_input_takes_the_models_one_input(
-    max_batch_size: int, dims: tuple[int, ...], datatype: str, array: np.ndarray, shape: tuple[int, ...]
-) -> None:
-    raw = decode(array.tobytes(), 0)
-    request = resolve_raw_input(raw, signature(max_batch_size, ("x", datatype, dims)))
-    [tensor] = request.inputs
-    assert (tensor.name, tensor.datatype, tensor.shape) == ("x", datatype, shape)
-    np.testing.assert_array_equal(tensor.array, array.reshape(shape))
-    assert tensor.array.dtype == array.dtype
-    assert request.raw_input is None and request.binary_output is True
-
-
-def test_requests_with_a_json_header_pass_through_unchanged() -> None:
-    request = decode({"inputs": [json_input("x", "FP32", [1], [1])]})
-    assert resolve_raw_input(request, signature(0, ("a", "FP32", (1,)), ("b", "FP32", (1,)))) is request
-
-
-@pytest.mark.parametrize(
-    ("inputs", "nbytes", "message"),
-    [
-        ((("a", "FP32", (1,)), ("b", "FP32", (1,))), 4, "needs a model with one input; model 'raw' has 2"),
-        ((), 4, "needs a model with one input; model 'raw' has 0"),
-        ((("x", "FP32", (-1, -1)),), 16, "at most one variable dimension; input 'x' of model 'raw' has dims"),
-        ((("x", "FP32", (4,)),), 12, "request of 12 bytes does not fill input 'x' of model 'raw' (dims [4]"),
-        ((("x", "FP32", (-1, 2)),), 12, "request of 12 bytes does not fill input 'x'"),
-        ((("x", "FP32", (-1, 0)),), 8, "does not fill"),  # zero-sized rows cannot decide the dim
-        ((("x", "BYTES", (1,)),), 8, "unsupported datatype 'BYTES'"),
-    ],
-)
-def test_raw_input_refusals_name_the_rule(inputs: tuple, nbytes: int, message: str) -> None:
-    with pytest.raises(InvalidInputError) as info:
-        resolve_raw_input(decode(bytes(nbytes), 0), signature(0, *inputs))
-    assert message in str(info.value)
 
 
 # --- responses ---------------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """One inference through tritonserver's bindings: what `Model.async_infer` does, leaner.
 
 The Python API builds a request object, a `Tensor` per input and output, a response allocator
-and an asyncio queue per request, and looks up pybind enums in dicts on the way (~0.3 ms a
-request on 2 cores, more than the model). Here a model's datatypes are resolved once, one
+and an asyncio queue per request, and looks up pybind enums in dicts on the way (more work per
+request than a small model's own). Here a model's datatypes are resolved once, one
 allocator serves every request (numpy buffers for outputs), and each request costs one Triton
 request and its input appends. Responses come back through one queue per event loop: the
 first response into an empty queue wakes the loop, which then settles every response queued
 by then. The bindings still call Python, under the GIL, on Triton's threads for every output,
-response and release: serve_app's extension (triton_requests.py) does not, and replaces this
+response and release: serve_app's extension (extension_caller.py) does not, and replaces this
 caller wherever the installer built it.
 """
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,32 +24,7 @@ from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import InternalError
 from serve_app.repository import ModelSignature
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions
-
-Outputs = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class ModelCall:
-    """A loaded model version's names and datatypes, resolved once for every request."""
-
-    name: str
-    version: int
-    input_types: Mapping[str, Any]  # input name → TRITONSERVER_DataType (enum or its int)
-    output_dtypes: Mapping[str, np.dtype]
-
-    @classmethod
-    def build(cls, name: str, version: int, signature: ModelSignature, types: Mapping[str, Any]) -> ModelCall:
-        """`types`: wire datatype name → the caller's Triton datatype value."""
-        return cls(
-            name,
-            version,
-            {t.name: types[t.datatype] for t in signature.inputs},
-            {
-                t.name: np.dtype(NUMPY_BY_DATATYPE[t.datatype])
-                for t in signature.outputs
-                if t.datatype in NUMPY_BY_DATATYPE
-            },
-        )
+from serve_app.runtimes.triton.model_call import ModelCall, Outputs
 
 
 class BindingsCaller:

@@ -1,8 +1,8 @@
-"""Requests into in-process Triton through serve_app's extension (triton_requests.cc).
+"""Requests into in-process Triton through serve_app's extension (request_extension.cc).
 
 The extension's callbacks are C: Triton's threads never take the GIL, and each event loop
 watches one eventfd that says "responses are waiting"; a single `drain()` then settles them
-all. The bindings' path (triton_infer.BindingsCaller) calls Python on Triton's threads for
+all. The bindings' path (bindings_caller.BindingsCaller) calls Python on Triton's threads for
 every output, response and release instead; it serves where the extension is not built.
 """
 
@@ -21,7 +21,7 @@ from serve_app import triton_layout
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.repository import ModelSignature
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions
-from serve_app.runtimes.triton_infer import ModelCall, Outputs
+from serve_app.runtimes.triton.model_call import ModelCall, Outputs
 
 MODULE = "serve_app_triton_requests"
 

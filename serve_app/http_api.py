@@ -30,11 +30,8 @@ from starlette.types import Receive, Scope, Send
 
 from serve_app.dataplane import DataPlane
 from serve_app.errors import InvalidInputError, PayloadTooLargeError, ServeAppError, status_for
-from serve_app.protocol import (
+from serve_app.http_codec import (
     HEADER_LENGTH,
-    Buffer,
-    InferResponse,
-    Limits,
     ModelControlBody,
     RepositoryIndexBody,
     decode_body,
@@ -43,6 +40,7 @@ from serve_app.protocol import (
     encode_response,
     json_length,
 )
+from serve_app.infer_types import Buffer, InferResponse, Limits
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +176,7 @@ async def model_config(dataplane: DataPlane, request: Request) -> Response:
 
 
 async def model_stats(dataplane: DataPlane, request: Request) -> Response:
-    return json_response(dataplane.statistics(request.path_params.get("model"), _version(request)))
+    return json_response(await dataplane.statistics(request.path_params.get("model"), _version(request)))
 
 
 def _json_output_bytes(response: InferResponse) -> int:
@@ -230,7 +228,7 @@ async def _control_body(request: Request, schema: type[_Control], what: str) -> 
 
 async def repository_index(dataplane: DataPlane, request: Request) -> Response:
     body = await _control_body(request, RepositoryIndexBody, "repository index request")
-    return json_response(dataplane.repository_index(ready_only=body.ready))
+    return json_response(await dataplane.repository_index(ready_only=body.ready))
 
 
 async def load_model(dataplane: DataPlane, request: Request) -> Response:
@@ -310,8 +308,8 @@ ROUTES: list[tuple[str, Handler, str]] = [
 class _App(Starlette):
     """Starlette, with a request to an infer route handed to it before the middleware and router.
 
-    Those cost a tiny request ~8 µs: the router matches the path against route after route, and
-    each middleware layer wraps `send`. Matching the infer routes first picks the route the
+    Both are a noticeable share of a tiny request: the router matches the path against route after
+    route, and each middleware layer wraps `send`. Matching the infer routes first picks the route the
     router would (see ROUTES). Of the middleware only ServerErrorMiddleware can act on them (the
     endpoints raise nothing ExceptionMiddleware handles), so it wraps them here as well; the
     scope gets the keys Starlette's routing sets.

@@ -1,8 +1,8 @@
 """A model version's instances: one thread each, fed by one queue.
 
-`loop.run_in_executor` on a ThreadPoolExecutor costs 75-130 µs a call on 2 cores (a
-concurrent future, its asyncio wrapper, the pool's bookkeeping); a queue straight to a
-waiting thread and one `call_soon_threadsafe` back cost 23-48 µs. The torch runtime's
+`loop.run_in_executor` on a ThreadPoolExecutor costs several times more a call (a concurrent
+future, its asyncio wrapper, the pool's bookkeeping) than a queue straight to a waiting
+thread and one `call_soon_threadsafe` back. The torch runtime's
 scheduler never runs more executions at once than there are instances, so no call waits here.
 """
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.runtimes.torchscript import Timings
+from serve_app.runtimes.torch.torchscript import Timings
 
 
 @dataclass

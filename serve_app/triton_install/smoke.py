@@ -16,8 +16,11 @@ dynamic_batching { }
 """
 
 
-def check() -> None:
-    """Start an in-process server, run a traced Linear(16, 4) natively, compare with torch."""
+def check(backends: str | None = None) -> None:
+    """Start an in-process server, run a traced Linear(16, 4) natively, compare with torch.
+
+    `backends`: another install's backend directory (the NGC image's /opt/tritonserver/backends).
+    """
     import numpy as np
     import torch
 
@@ -25,8 +28,8 @@ def check() -> None:
         import tritonserver
     except ImportError as error:
         raise InstallError(f"{error}: run python -m serve_app.triton_install install") from error
-    backends = backend_directory()
-    problem = pytorch_backend_problem()
+    problem = None if backends else pytorch_backend_problem()
+    backends = backends or backend_directory()
     if backends is None or problem:
         raise InstallError(
             problem or "Triton is not installed here: run python -m serve_app.triton_install install"
@@ -61,7 +64,7 @@ def check() -> None:
         raise InstallError("TorchScript output through Triton's PyTorch backend differs from torch")
     print(f"tritonserver {tritonserver.__version__}, server {server_version}, backends {backends}")
     print(f"numpy {np.__version__}, torch {torch.__version__}: Triton's PyTorch backend OK")
-    from serve_app.runtimes.triton_requests import extension
+    from serve_app.runtimes.triton.extension_caller import extension
 
     if extension() is None:
         print("serve_app's request extension is not built: requests take the bindings' slower path")
