@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from benchmarks.servers import ROOT, free_port
+from benchmarks.servers import ROOT
 from benchmarks.workloads import model_file
+from devtools.processes import free_port
 
 APP_CONFIG = ROOT / "configs" / "app.yaml"
 SERVE_APP = "serve_app"

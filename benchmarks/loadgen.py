@@ -21,19 +21,17 @@ benchmark cache (benchmarks.fetch).
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.fetch import CACHE, wheel_member
-from benchmarks.servers import free_port
+from devtools.processes import accepts, free_port, start_process, stop_process
 
 WRK = shutil.which("wrk")
 
@@ -310,29 +308,16 @@ class TrivialServer:
             raise RuntimeError("no haproxy binary for the trivial server")
         cfg = Path(self._tmp.name) / "trivial.cfg"
         cfg.write_text(_TRIVIAL_CFG.format(port=self.port))
-        self._process = subprocess.Popen(
-            [binary, "-db", "-f", str(cfg)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+        log = Path(self._tmp.name) / "trivial.log"
+        ready = functools.partial(accepts, self.port)
+        self._process = start_process(
+            [binary, "-db", "-f", str(cfg)], log, ready, "trivial haproxy server", 10
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("trivial haproxy server did not start")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self._process is not None:
-            os.kill(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process, 5)
         self._tmp.cleanup()
 
 

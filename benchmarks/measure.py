@@ -1,28 +1,23 @@
-"""Measuring: every contender's points, the in-process limit, the generator's ceiling, startup.
-
-The KServe contenders are measured over HTTP (wrk or perf_analyzer, one row per codec) and, for
-those serving Triton's gRPC API (serve_app, serve_app triton, standalone Triton), over gRPC
-with `perf_analyzer -i grpc` (codec `raw`), model by model so that both protocols meet the
-same replicas.
+"""Which contender runs where, and which points each gets: the generator's ceiling, the
+in-process limit, the Ray contenders (`serve run` per group and mode), serve_app without Ray and
+standalone Triton, each model over HTTP per codec and, for those serving Triton's gRPC API
+(serve_app, serve_app triton, standalone Triton), over gRPC with `perf_analyzer -i grpc` (codec
+`raw`), model by model so that both protocols meet the same replicas.
 
 Each function takes the `Run` it records into (benchmarks.results) and starts what it measures
 itself (benchmarks.servers, benchmarks.standalone, benchmarks.noray): a contender that fails is
-recorded with `run.fail` and the benchmark goes on with the next.
+recorded with `run.fail` and the benchmark goes on with the next. One point is
+benchmarks.points'; a `serve run`'s ready time and stop outside the points, benchmarks.lifecycle.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,160 +37,17 @@ from benchmarks.contenders import (
     TRITON,
     app_name,
     build_config,
-    noop_application,
     prefix,
     run_models,
-    serve_app_config,
     serve_app_deployment,
     triton_available,
 )
-from benchmarks.loadgen import GRPC_CODEC, LoadResult, Request, run_perf_analyzer, run_wrk
+from benchmarks.loadgen import GRPC_CODEC, run_wrk
+from benchmarks.points import Autoscaling, check, check_grpc, grpc_load, http_load, point
 from benchmarks.results import Run, loadavg, log
-from benchmarks.servers import (
-    MODES,
-    ROOT,
-    GrpcTarget,
-    Mode,
-    ServeProcess,
-    alive,
-    descendants,
-    free_port,
-    http_get,
-    http_post,
-    make_workdir,
-    mentioning,
-)
-from benchmarks.workloads import (
-    MODELS,
-    build_repository,
-    kserve_binary,
-    kserve_json,
-    model_file,
-    noop_request,
-    plain_json,
-    sample,
-)
-
-# A Ray contender's replica count counts as settled once unchanged for this long under load:
-# longer than configs/app.yaml's look_back_period_s (10) + upscale_delay_s (3), and enough for a
-# new replica to start and warm up (~8 s here).
-SETTLE_S = 15.0
-SETTLE_CHUNK_S = 5.0
-SETTLE_MAX_S = 120.0
-
-
-@dataclasses.dataclass
-class Autoscaling:
-    """Holds a Ray contender's heavy points back until autoscaling has settled under their load,
-    so that a point measures the deployment the load scaled to, not its scale-up on the same
-    cores (a starting Triton replica takes the CPU the serving one needs; scale-up has tests of
-    its own). Downscaling waits minutes (downscale_delay_s), so the count then holds."""
-
-    replicas: Callable[[], dict[str, int]]
-    counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    stable_since: float = 0.0
-    workloads: set[str] = dataclasses.field(default_factory=set)  # those already settled
-
-    def settle(self, load: Callable[[float], LoadResult], workload: str) -> None:
-        """Load until the count has held SETTLE_S; a workload not seen before (a heavier model
-        scales further) counts from now."""
-        started = time.monotonic()
-        if workload not in self.workloads:
-            self.workloads.add(workload)
-            self.counts, self.stable_since = self.replicas(), started
-        while True:
-            counts = self.replicas()
-            if counts != self.counts:
-                self.counts, self.stable_since = counts, time.monotonic()
-            now = time.monotonic()
-            if now - self.stable_since >= SETTLE_S or now - started >= SETTLE_MAX_S:
-                break
-            load(SETTLE_CHUNK_S)
-        if time.monotonic() - started > 1:
-            log(f"autoscaling settled after {time.monotonic() - started:.0f} s of load: {self.counts}")
-
-
-def point(
-    run: Run,
-    url: str,
-    request: Request,
-    concurrency: int,
-    timeout_s: float = 30.0,
-    kserve: tuple[str, str] | None = None,
-    autoscaling: Autoscaling | None = None,
-    workload: str = "-",
-) -> LoadResult:
-    """One measured HTTP point after the warm-up; `kserve=(model, codec)`: --loadgen may use perf_analyzer."""
-    if kserve is not None and run.args.loadgen == "perf_analyzer":
-        target = url + request.path.split("/v2/models/", 1)[0]  # the route prefix, if any
-        model, codec = kserve
-        return warmed(
-            run,
-            lambda s: run_perf_analyzer(target, model, codec, concurrency, s, timeout_s),
-            autoscaling,
-            workload,
-        )
-    return warmed(
-        run, lambda s: run_wrk(url, request, concurrency, s, timeout_s=timeout_s), autoscaling, workload
-    )
-
-
-def grpc_point(
-    run: Run, target: GrpcTarget, model: str, concurrency: int, autoscaling: Autoscaling | None = None
-) -> LoadResult:
-    """One measured gRPC point after the warm-up: perf_analyzer -i grpc, whatever --loadgen says."""
-    return warmed(
-        run,
-        lambda s: run_perf_analyzer(target.url, model, GRPC_CODEC, concurrency, s, headers=target.metadata),
-        autoscaling,
-        model,
-    )
-
-
-def warmed(
-    run: Run,
-    once: Callable[[float], LoadResult],
-    autoscaling: Autoscaling | None = None,
-    workload: str = "-",
-) -> LoadResult:
-    """`once(seconds)` for the warm-up (unmeasured), until `autoscaling` has settled under
-    `workload` (a model), then for the measured seconds."""
-    if run.args.warmup > 0:
-        once(run.args.warmup)
-    if autoscaling is not None:
-        autoscaling.settle(once, workload)
-    return once(run.args.seconds)
-
-
-def check(url: str, request: Request, expect: bytes | None = None) -> str | None:
-    """One request before the load: None if it answers 200, else why not."""
-    try:
-        status, body = http_post(url + request.path, request.body, request.headers, timeout=60)
-    except OSError as exc:
-        return f"{url}{request.path}: {exc}"
-    if status != 200:
-        return f"{url}{request.path}: HTTP {status}: {body[:300]!r}"
-    if expect is not None and expect not in body:
-        return f"{url}{request.path}: unexpected body {body[:300]!r}"
-    return None
-
-
-def check_grpc(target: GrpcTarget, model: str) -> str | None:
-    """One ModelInfer before the load: None if it answers with output__0, else why not."""
-    import tritonclient.grpc
-    from tritonclient.utils import InferenceServerException
-
-    data = sample(MODELS[model])
-    tensor = tritonclient.grpc.InferInput("input__0", list(data.shape), "FP32")
-    tensor.set_data_from_numpy(data)
-    client = target.client()
-    try:
-        result = client.infer(model, [tensor], headers=target.metadata, client_timeout=60)
-    except InferenceServerException as exc:
-        return f"{target.url} {model}: {exc}"
-    finally:
-        client.close()
-    return None if result.as_numpy("output__0") is not None else f"{target.url} {model}: no output__0"
+from benchmarks.servers import ROOT, GrpcTarget, Mode, ServeProcess, make_workdir
+from benchmarks.workloads import MODELS, kserve_binary, kserve_json, model_file, noop_request, plain_json
+from devtools.processes import answers, free_port, interrupt_group, start_process
 
 
 def grpc_target(
@@ -352,7 +204,7 @@ def measure_contender(
             run.fail(contender, mode.name, why)
             return
         for concurrency in run.args.concurrency:
-            result = point(run, url, request, concurrency, autoscaling=settled(concurrency))
+            result = point(run, http_load(run, url, request, concurrency), settled(concurrency))
             run.add(contender, mode.name, "-", "json", result, replicas)
         return
     if contender == PLAIN:
@@ -362,9 +214,7 @@ def measure_contender(
                 run.fail(contender, mode.name, f"{name}: {why}")
                 continue
             for concurrency in run.args.concurrency:
-                result = point(
-                    run, url, request, concurrency, autoscaling=settled(concurrency), workload=name
-                )
+                result = point(run, http_load(run, url, request, concurrency), settled(concurrency), name)
                 run.add(contender, mode.name, name, "json", result, replicas)
         return
     # KServe v2 servers (serve_app, any runtime; standalone Triton): small models first.
@@ -378,22 +228,15 @@ def measure_contender(
                 run.fail(contender, mode.name, f"{name} {codec}: {why}")
                 continue
             for concurrency in run.args.concurrency:
-                result = point(
-                    run,
-                    url,
-                    request,
-                    concurrency,
-                    kserve=(name, codec),
-                    autoscaling=settled(concurrency),
-                    workload=name,
-                )
+                load = http_load(run, url, request, concurrency, kserve=(name, codec))
+                result = point(run, load, settled(concurrency), name)
                 run.add(contender, mode.name, name, codec, result, replicas)
         if grpc is not None:
             if (why := check_grpc(grpc, name)) is not None:
                 run.fail(contender, mode.name, f"{name} gRPC: {why}")
                 continue
             for concurrency in run.args.concurrency:
-                result = grpc_point(run, grpc, name, concurrency, settled(concurrency))
+                result = point(run, grpc_load(grpc, name, concurrency), settled(concurrency), name)
                 run.add(contender, mode.name, name, GRPC_CODEC, result, replicas)
     if not run.args.no_transport and (repository / "blob4m").is_dir():
         measure_transport(run, contender, mode.name, url, prefix)
@@ -409,7 +252,7 @@ def measure_transport(run: Run, contender: str, mode: str, url: str, prefix: str
             continue
         for concurrency in levels:
             # wrk always: the wire GB/s needs the bytes it counts.
-            result = point(run, url, request, concurrency, timeout_s=60)
+            result = point(run, functools.partial(run_wrk, url, request, concurrency, timeout_s=60))
             # GB/s of tensor data one way (4 MiB in, the same 4 MiB back out), and of all bytes on the
             # wire both ways (bodies and headers as wrk counts them).
             gbps = result.throughput * model.sample_bytes / 1e9
@@ -437,137 +280,22 @@ def measure_transport(run: Run, contender: str, mode: str, url: str, prefix: str
 
 def measure_noray(run: Run, contender: str, repository: Path) -> None:
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.noray",
-        str(repository),
-        str(port),
-        "--threads",
-        str(run.args.noray_threads),
-    ]
-    workdir = make_workdir("bnr")
-    with (workdir / "noray.log").open("wb") as log_file:
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
     url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "benchmarks.noray", str(repository), str(port)]
+    command += ["--threads", str(run.args.noray_threads)]
+    workdir = make_workdir("bnr")
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(OSError):
-                if http_get(url + "/v2/health/ready")[0] == 200:
-                    break
-            time.sleep(0.25)
-        else:
-            run.fail(contender, "uvicorn", f"did not start: {(workdir / 'noray.log').read_text()[-500:]}")
-            return
+        ready = functools.partial(answers, url + "/v2/health/ready")
+        process = start_process(command, workdir / "noray.log", ready, contender, 120, cwd=ROOT)
+    except (RuntimeError, TimeoutError) as exc:
+        run.fail(contender, "uvicorn", f"did not start: {str(exc)[-500:]}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    try:
         measure_contender(run, contender, Mode("uvicorn", {}, "proxy", "no Ray"), url, repository)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        interrupt_group(process, 30)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-# Ready time with many models (the issue's target: 100 models within 3 s of one model's).
-MANY_MODELS = 100
-
-
-def measure_startup(run: Run, modes: list[Mode]) -> None:
-    """`serve run configs/app.yaml` (the example repository, runtime auto) to /v2/health/ready;
-    in the first mode also 1 and MANY_MODELS copies of the tiny model."""
-    scratch = make_workdir("brepo")
-    try:
-        repository = ROOT / "model_repository"
-        if not (repository / "linear").is_dir():
-            from serve_app.examples import build_example_repository
-
-            repository = scratch / "model_repository"
-            build_example_repository(repository)
-        for mode in modes:
-            time_serve_run(run, mode, repository, "configs/app.yaml")
-        tiny = build_repository(scratch / "tiny", ["tiny"]) / "tiny"
-        for count in (1, MANY_MODELS):
-            copies = scratch / f"tiny_x{count}"
-            for i in range(count):
-                shutil.copytree(tiny, copies / f"tiny{i}")
-            time_serve_run(run, modes[0], copies, f"{count} tiny model{'s' if count > 1 else ''}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def time_serve_run(run: Run, mode: Mode, repository: Path, what: str) -> None:
-    """configs/app.yaml (runtime auto) over `repository`: time to ready, then a SIGINT stop."""
-    config = serve_app_config(free_port(), repository, "auto")
-    workdir = make_workdir("bst")
-    process = ServeProcess(config, mode, workdir, "/v2/health/ready")
-    try:
-        process.start()
-        ready = process.ready_after_s
-        haproxy = len(process.haproxy_pids())
-    except Exception as exc:  # noqa: BLE001
-        run.fail(f"serve run {what}", mode.name, f"startup failed: {str(exc)[-500:]}")
-        ready, haproxy = float("nan"), 0
-    report = process.stop()
-    run.startup.append(
-        {
-            "what": what,
-            "mode": mode.name,
-            "ready_s": round(ready, 2),
-            "haproxy_processes": haproxy,
-            "stop": vars(report),
-        }
-    )
-    log(
-        f"serve run {what} ({mode.name}): ready after {ready:.1f} s; SIGINT stop "
-        f"{report.seconds:.1f} s, haproxy left {report.haproxy_left}, leftovers {len(report.leftovers)}"
-    )
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-def kill_test(run: Run) -> None:
-    """What a hard kill of `serve run` (SIGKILL to its group, no Ctrl-C) leaves behind in HAProxy mode."""
-    workdir = make_workdir("bkt")
-    config = serve_app_config(free_port(), ROOT / "model_repository", "torch", run.args.deployment)
-    config["applications"] = [noop_application(shared=False)]
-    process = ServeProcess(config, MODES["haproxy"], workdir, "/noop/")
-    try:
-        process.start()
-    except Exception as exc:  # noqa: BLE001
-        run.note(f"kill test did not start: {str(exc)[-300:]}")
-        return
-    assert process.process is not None
-    time.sleep(3)
-    tree = descendants(process.process.pid)
-    os.killpg(process.process.pid, signal.SIGKILL)
-    process.process.wait()
-    deadline = time.monotonic() + 20
-    while True:
-        time.sleep(2)
-        left = {p: c for p, c in {**tree, **mentioning(str(workdir))}.items() if alive(p, c)}
-        if not left or time.monotonic() > deadline:
-            break
-    haproxy_left = [p for p, c in left.items() if "haproxy" in c.split(" ")[0]]
-    port_open = False
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", process.port), timeout=1):
-        port_open = True
-    entry = {
-        "haproxy_left": len(haproxy_left),
-        "leftovers": [f"{p} {c[:100]}" for p, c in left.items()],
-        "serve_port_open": port_open,
-    }
-    for pid in left:  # ours (started by that serve run): end them by pid
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    process.process = None
-    run.request_path.append({"mode": "haproxy", "kill_test": entry})
-    log(f"kill test (SIGKILL serve run's group, haproxy mode): {entry}")
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def measure_standalone(run: Run, repository: Path) -> None:

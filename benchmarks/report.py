@@ -97,22 +97,31 @@ def grpc_table(data: dict[str, Any]) -> str:
     for r in data["rows"]:
         if _protocol(r) == "http" and r["codec"] == "binary":
             http.setdefault(_twin_key(r), {})[r.get("loadgen", "wrk")] = r
-    lines = [
-        "| contender | mode | model | conc | gRPC req/s | HTTP binary req/s | gRPC/HTTP | gRPC p50 ms "
-        "| HTTP p50 ms | gRPC p99 ms | HTTP p99 ms | HTTP load generator |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = _header(
+        "contender", "mode", "model", "conc", "gRPC req/s", "HTTP binary req/s", "gRPC/HTTP", "gRPC p50 ms",
+        "HTTP p50 ms", "gRPC p99 ms", "HTTP p99 ms", "HTTP load generator",
+    )  # fmt: skip
     for g in (r for r in data["rows"] if _protocol(r) == "grpc"):
         twins = http.get(_twin_key(g), {})
         h = twins.get(g.get("loadgen", "wrk")) or next(iter(twins.values()), None)
         ratio = f"{g['throughput'] / h['throughput']:.2f}" if h and h["throughput"] else ""
-        cells = [
-            g["contender"], g["mode"], g["model"], g["concurrency"], f"{g['throughput']:.1f}",
-            _value(h, "throughput", ".1f"), ratio, f"{g['p50_ms']:.2f}", _value(h, "p50_ms", ".2f"),
-            f"{g['p99_ms']:.2f}", _value(h, "p99_ms", ".2f"), _value(h, "loadgen", ""),
-        ]  # fmt: skip
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
+        lines.append(
+            _row(
+                g["contender"], g["mode"], g["model"], g["concurrency"], f"{g['throughput']:.1f}",
+                _value(h, "throughput", ".1f"), ratio, f"{g['p50_ms']:.2f}", _value(h, "p50_ms", ".2f"),
+                f"{g['p99_ms']:.2f}", _value(h, "p99_ms", ".2f"), _value(h, "loadgen", ""),
+            )
+        )  # fmt: skip
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _header(*columns: str) -> list[str]:
+    """A markdown table's header row and the line under it."""
+    return [_row(*columns), "|" + "---|" * len(columns)]
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
 
 
 def _value(row: dict[str, Any] | None, key: str, spec: str) -> str:
@@ -125,33 +134,35 @@ def _twin_key(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def transport_table(data: dict[str, Any]) -> str:
-    lines = [
-        "| contender | mode | codec | conc | req/s | GB/s tensor each way | GB/s wire both ways | body MiB "
-        "| p50 ms | err |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = _header(
+        "contender", "mode", "codec", "conc", "req/s", "GB/s tensor each way", "GB/s wire both ways",
+        "body MiB", "p50 ms", "err",
+    )  # fmt: skip
     for t in data["transport"]:
         lines.append(
-            f"| {t['contender']} | {t['mode']} | {t['codec']} | {t['concurrency']} | {t['throughput']:.1f} "
-            f"| {t['gb_per_s']:.3f} | {t['wire_gb_per_s']:.3f} | {t['request_bytes'] / 2**20:.1f} "
-            f"| {t['p50_ms']:.1f} | {t['errors']} |"
-        )
+            _row(
+                t["contender"], t["mode"], t["codec"], t["concurrency"], f"{t['throughput']:.1f}",
+                f"{t['gb_per_s']:.3f}", f"{t['wire_gb_per_s']:.3f}", f"{t['request_bytes'] / 2**20:.1f}",
+                f"{t['p50_ms']:.1f}", t["errors"],
+            )
+        )  # fmt: skip
     return "\n".join(lines)
 
 
 def request_path_table(data: dict[str, Any]) -> str:
-    lines = [
-        "| mode | contenders | ready s | SIGINT stop s | graceful | haproxy seen/left | leftovers | "
-        "autoscaling: controller decisions (replicas at end) / CPU allotment |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines = _header(
+        "mode", "contenders", "ready s", "SIGINT stop s", "graceful", "haproxy seen/left", "leftovers",
+        "autoscaling: controller decisions (replicas at end) / CPU allotment",
+    )  # fmt: skip
     for e in data["request_path"]:
         if "kill_test" in e:
             k = e["kill_test"]
             lines.append(
-                f"| {e['mode']} (SIGKILL test) | noop | | | no | -/{k['haproxy_left']} | "
-                f"{len(k['leftovers'])} | serve port open after: {k['serve_port_open']} |"
-            )
+                _row(
+                    f"{e['mode']} (SIGKILL test)", "noop", "", "", "no", f"-/{k['haproxy_left']}",
+                    len(k["leftovers"]), f"serve port open after: {k['serve_port_open']}",
+                )
+            )  # fmt: skip
             continue
         stop = e.get("stop", {})
         if "allotment" in e:
@@ -160,18 +171,22 @@ def request_path_table(data: dict[str, Any]) -> str:
             last = "; ".join(_short_event(x) for x in e.get("autoscaling_events", [])) or "none"
             last += f" ({e.get('replicas_at_end')})"
         lines.append(
-            f"| {e['mode']} | {'+'.join(e['contenders'])} | {e['ready_s']} | {stop.get('seconds', 0):.1f} "
-            f"| {stop.get('graceful')} | {stop.get('haproxy_seen')}/{stop.get('haproxy_left')} "
-            f"| {len(stop.get('leftovers', []))} | {last} |"
-        )
+            _row(
+                e["mode"], "+".join(e["contenders"]), e["ready_s"], f"{stop.get('seconds', 0):.1f}",
+                stop.get("graceful"), f"{stop.get('haproxy_seen')}/{stop.get('haproxy_left')}",
+                len(stop.get("leftovers", [])), last,
+            )
+        )  # fmt: skip
     for s in data["startup"]:
         stop = s["stop"]
         what = s.get("what", "configs/app.yaml")
         lines.append(
-            f"| {s['mode']} ({what}) | serve_app | {s['ready_s']} | {stop['seconds']:.1f} "
-            f"| {stop['graceful']} | {stop['haproxy_seen']}/{stop['haproxy_left']} "
-            f"| {len(stop['leftovers'])} | |"
-        )
+            _row(
+                f"{s['mode']} ({what})", "serve_app", s["ready_s"], f"{stop['seconds']:.1f}",
+                stop["graceful"], f"{stop['haproxy_seen']}/{stop['haproxy_left']}",
+                len(stop["leftovers"]), "",
+            )
+        )  # fmt: skip
     return "\n".join(lines)
 
 

@@ -42,8 +42,10 @@ standalone Triton), driven by `perf_analyzer -i grpc` on the same models and con
 benchmarks/results/results.json, results.md (the printed tables) and throughput.png.
 
 Modules: settings (the command line), contenders (names, Serve configs), servers / standalone /
-noray / baselines (the contenders' processes), loadgen (wrk, perf_analyzer), measure (the
-points), results (what was measured), report (ratios, tables, plot); this one wires them.
+noray / baselines (the contenders' processes), loadgen (wrk, perf_analyzer), points (one
+measured point), measure (which contender gets which points, where), lifecycle (ready times,
+stops, the kill test), results (what was measured), report (ratios, tables, plot); this one wires
+them. Processes, ports and HTTP probes: devtools.processes, shared with the tests.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import os
 import shutil
 import sys
 
-from benchmarks import loadgen, measure, report
+from benchmarks import lifecycle, loadgen, measure, report
 from benchmarks.contenders import NORAY, STANDALONE
 from benchmarks.results import Run, log
 from benchmarks.servers import make_workdir
@@ -92,11 +94,11 @@ def main(argv: list[str] | None = None) -> None:
             for group in measure.ray_groups(run):
                 measure.measure_ray_group(run, group, mode, repository)
         if not args.no_startup:
-            measure.measure_startup(
+            lifecycle.measure_startup(
                 run, [m for m in args.modes if m.name in ("stock", "haproxy")] or args.modes[:1]
             )
         if args.kill_test:
-            measure.kill_test(run)
+            lifecycle.kill_test(run)
         measure.measure_inprocess(run, repository, "end")
     finally:
         text = report.write(run.data(), args.out, args.tag, with_plot=not args.smoke)

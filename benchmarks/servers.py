@@ -16,23 +16,32 @@ users of the machine) never collide.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from devtools.processes import (
+    Process,
+    answers,
+    command_line,
+    descendants,
+    free_block,
+    free_port,
+    interrupt_group,
+    kill,
+    spawn,
+    tcp_listeners,
+    wait_gone,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE = str(Path(sys.executable).with_name("serve"))
@@ -86,33 +95,6 @@ MODES: dict[str, Mode] = {
 }
 
 
-def port_free(port: int) -> bool:
-    """Bindable the way servers bind (SO_REUSEADDR): wrk's TIME_WAIT sockets don't count."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_block(low: int, high: int, size: int) -> int:
-    """First port of `size` consecutive free ports inside [low, high)."""
-    starts = list(range(low, high - size, size))
-    random.shuffle(starts)
-    for start in starts:
-        if all(port_free(p) for p in range(start, start + size)):
-            return start
-    raise RuntimeError(f"no {size} free consecutive ports in {low}-{high}")
-
-
 def isolation_env(tmp: Path, block: int = 16) -> dict[str, str]:
     """Per-run ports and paths for every fixed default a Serve mode would take."""
     # The upper half: other Serve instances on the machine allocate upward from 30000 and 40000.
@@ -139,23 +121,6 @@ def isolation_env(tmp: Path, block: int = 16) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hap / "server-state"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(hap / "metrics.sock"),
     }
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30.0) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 @dataclass(frozen=True)
@@ -193,88 +158,26 @@ class GrpcTarget:
             client.close()
 
 
-# --- the process tree, from /proc (no psutil in the venv) -------------------------------------------
-
-
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, command line) for every visible process."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError):
-            continue
-        table[int(entry)] = (ppid, cmd.strip())
-    return table
-
-
-def descendants(root: int) -> dict[int, str]:
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: dict[int, str] = {}
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found[child] = table[child][1]
-            stack.append(child)
-    return found
-
-
-def listening_ports(pids: Iterable[int]) -> set[int]:
-    """TCP ports in LISTEN state whose socket is open in one of `pids` (from /proc)."""
-    inodes: set[str] = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target.startswith("socket:["):
-                        inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def mentioning(text: str) -> dict[int, str]:
-    """Processes whose command line contains `text` (e.g. this run's workdir: HAProxy's -f path)."""
-    return {pid: cmd for pid, (_, cmd) in _proc_table().items() if text in cmd and pid != os.getpid()}
-
-
-def alive(pid: int, cmd: str) -> bool:
-    """The pid still runs the same command (not reused, not a zombie)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-        now = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return state[state.rindex(")") + 2] != "Z" and now.strip() == cmd
-
-
 @dataclass
 class StopReport:
-    seconds: float  # SIGINT → `serve run` exited
+    seconds: float  # SIGINT → the process exited (or the timeout)
     graceful: bool  # exited before the SIGKILL
     leftovers: list[str] = field(default_factory=list)  # processes of its tree alive 10 s after
     haproxy_seen: int = 0  # haproxy processes in the tree before the stop
     haproxy_left: int = 0
 
 
-def _take_ctrl_c() -> None:
-    """In the child before exec: SIGINT back to its default. A benchmark started in the background
-    (`... &` from a script) ignores SIGINT and its children inherit that, so `serve run` would
-    ignore the stop's Ctrl-C and every stop would run into its timeout (seen: 90 s, not graceful)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def is_haproxy(command: str) -> bool:
+    return "haproxy" in command.split(" ")[0]
+
+
+def leftovers(tree: set[Process], workdir: Path, timeout_s: float) -> tuple[set[Process], list[str], int]:
+    """What still runs of `tree` (a stopped run's processes) after up to `timeout_s`, with anything
+    started since that names `workdir` (an HAProxy reload spawns a new haproxy with -f
+    <workdir>/haproxy/...): those processes, each as "pid command", and how many are haproxy."""
+    left = wait_gone(tree, timeout_s, mentioning=str(workdir))
+    commands = {pid: command_line(pid) for pid, _ in left}
+    return left, [f"{pid} {c[:120]}" for pid, c in commands.items()], sum(map(is_haproxy, commands.values()))
 
 
 class ServeProcess:
@@ -307,43 +210,23 @@ class ServeProcess:
         config = {k: v for k, v in self.config.items() if k != "controller_options"}
         path.write_text(yaml.safe_dump(config))
         started = time.monotonic()
-        self.process = subprocess.Popen(
-            [SERVE, "run", str(path)],
-            cwd=self.workdir,
-            env=self.env,
-            stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_take_ctrl_c,
-        )
+        self.process = spawn([SERVE, "run", str(path)], self.log_path, cwd=self.workdir, env=self.env)
         try:
-            self._wait(lambda: self._answers(self.proxy_url), timeout_s, started)
+            self._wait(lambda: answers(self.proxy_url + self.probe_path), timeout_s)
             self.ready_after_s = time.monotonic() - started
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _answers(self, base: str, path: str | None = None) -> bool:
-        with contextlib.suppress(OSError):
-            return http_get(base + (path or self.probe_path), timeout=2)[0] == 200
-        return False
-
-    def _wait(self, ready: Any, timeout_s: float, started: float) -> Any:
-        while time.monotonic() - started < timeout_s:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve run exited early:\n{self.log()}")
-            found = ready()
-            if found:
-                return found
-            time.sleep(0.25)
-        raise TimeoutError(f"serve run not ready after {timeout_s} s:\n{self.log()}")
+    def _wait(self, ready: Callable[[], Any], timeout_s: float) -> Any:
+        assert self.process is not None
+        return wait_ready(self.process, ready, timeout_s, "serve run", self.log, period_s=0.25)
 
     def url_for(self, probe_path: str, timeout_s: float = 120.0) -> str:
         """Where HTTP clients of the app answering `probe_path` connect in this mode (waits for it)."""
         port = self._port_for(
-            "HTTP", self.port, lambda p: self._answers(f"http://127.0.0.1:{p}", probe_path), timeout_s
+            "HTTP", self.port, lambda p: answers(f"http://127.0.0.1:{p}{probe_path}"), timeout_s
         )
         return f"http://127.0.0.1:{port}"
 
@@ -356,16 +239,17 @@ class ServeProcess:
         )
         return GrpcTarget(f"127.0.0.1:{port}", application)
 
-    def _port_for(self, kind: str, serve_port: int, answers: Callable[[int], bool], timeout_s: float) -> int:
+    def _port_for(
+        self, kind: str, serve_port: int, answering: Callable[[int], bool], timeout_s: float
+    ) -> int:
         """The Serve port (HTTP or gRPC) in proxy modes, else the first replica port of `kind` answering."""
-        started = time.monotonic()
         if self.mode.target == "replica":
-            return self._wait(lambda: self.replica_ports(kind, answers), timeout_s, started)[0]
-        self._wait(lambda: answers(serve_port), timeout_s, started)
+            return self._wait(lambda: self.replica_ports(kind, answering), timeout_s)[0]
+        self._wait(lambda: answering(serve_port), timeout_s)
         return serve_port
 
-    def replica_ports(self, kind: str, answers: Callable[[int], bool]) -> list[int]:
-        """Direct-ingress ports (`kind` HTTP or GRPC) of this run's replicas for which `answers` holds.
+    def replica_ports(self, kind: str, answering: Callable[[int], bool]) -> list[int]:
+        """Direct-ingress ports (`kind` HTTP or GRPC) of this run's replicas for which `answering` holds.
 
         Only ports a process of this `serve run`'s tree listens on: another Serve instance on
         the machine (default ranges 30000-31000, 40000-41000) may answer the same probe nearby.
@@ -374,27 +258,20 @@ class ServeProcess:
             return []
         low = int(self.env[f"RAY_SERVE_DIRECT_INGRESS_MIN_{kind}_PORT"])
         high = int(self.env[f"RAY_SERVE_DIRECT_INGRESS_MAX_{kind}_PORT"])
-        ours = listening_ports(descendants(self.process.pid))
-        return [p for p in sorted(ours) if low <= p < high and answers(p)]
+        ours = {port for _, port, _ in tcp_listeners({pid for pid, _ in descendants(self.process.pid)})}
+        return [p for p in sorted(ours) if low <= p < high and answering(p)]
 
-    def gcs_address(self) -> str | None:
-        """The GCS address of the Ray node `serve run` started (from its raylet's command line)."""
+    def _tree(self) -> dict[int, str]:
+        """pid → command line of every process below `serve run`."""
         if self.process is None:
-            return None
-        for cmd in descendants(self.process.pid).values():
-            if "/raylet/raylet " in cmd:
-                for arg in cmd.split():
-                    if arg.startswith("--gcs-address="):
-                        return arg.split("=", 1)[1]
-        return None
+            return {}
+        return {pid: command_line(pid) for pid, _ in descendants(self.process.pid)}
 
     def session_dir(self) -> Path | None:
-        """The Ray session directory of the node `serve run` started."""
-        if self.process is None:
-            return None
-        for cmd in descendants(self.process.pid).values():
-            if "/raylet/raylet " in cmd:
-                for arg in cmd.split():
+        """The Ray session directory of the node `serve run` started (from its raylet's command line)."""
+        for command in self._tree().values():
+            if "/raylet/raylet " in command:
+                for arg in command.split():
                     if arg.startswith("--session_dir="):
                         return Path(arg.split("=", 1)[1])
         return None
@@ -402,12 +279,10 @@ class ServeProcess:
     def replica_counts(self) -> dict[str, int]:
         """Live replica processes per `app:deployment` (process titles `ray::ServeReplica:app:dep`)."""
         counts: dict[str, int] = {}
-        if self.process is None:
-            return counts
-        for cmd in descendants(self.process.pid).values():
-            if cmd.startswith("ray::ServeReplica:"):
+        for command in self._tree().values():
+            if command.startswith("ray::ServeReplica:"):
                 # The title gains `.method` while a call runs: ray::ServeReplica:app:Dep.handle_request
-                key = cmd.split()[0].removeprefix("ray::ServeReplica:").split(".")[0]
+                key = command.split()[0].removeprefix("ray::ServeReplica:").split(".")[0]
                 counts[key] = counts.get(key, 0) + 1
         return counts
 
@@ -424,53 +299,23 @@ class ServeProcess:
         return events
 
     def haproxy_pids(self) -> dict[int, str]:
-        if self.process is None:
-            return {}
-        return {p: c for p, c in descendants(self.process.pid).items() if "haproxy" in c.split(" ")[0]}
+        return {pid: command for pid, command in self._tree().items() if is_haproxy(command)}
 
     def log(self, tail: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-tail:]
 
     def stop(self, timeout_s: float = 90.0) -> StopReport:
-        """SIGINT (Ctrl-C) to the group, wait; SIGKILL the group; report what outlived it."""
+        """SIGINT (Ctrl-C) to the group, wait; SIGKILL the group; report (and end) what outlived it."""
         if self.process is None:
             return StopReport(0.0, True)
         tree = descendants(self.process.pid)
-        haproxy = {p: c for p, c in tree.items() if "haproxy" in c.split(" ")[0]}
-        started = time.monotonic()
-        graceful = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGINT)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            graceful = False
-        elapsed = time.monotonic() - started
+        haproxy_seen = len(self.haproxy_pids())
         # Ray's dashboard helpers and the node's daemons share `serve run`'s group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        deadline = time.monotonic() + 10
-        left = tree
-        while time.monotonic() < deadline:
-            # Its tree as seen before the stop, plus anything started since that names our workdir
-            # (an HAProxy reload spawns a new haproxy with -f <workdir>/haproxy/...).
-            left = {p: c for p, c in {**tree, **mentioning(str(self.workdir))}.items() if alive(p, c)}
-            if not left:
-                break
-            time.sleep(0.5)
-        report = StopReport(
-            seconds=elapsed,
-            graceful=graceful,
-            leftovers=[f"{p} {c[:120]}" for p, c in left.items()],
-            haproxy_seen=len(haproxy),
-            haproxy_left=sum(1 for c in left.values() if "haproxy" in c.split(" ")[0]),
-        )
-        for pid in left:  # ours: started by this `serve run`; end them by pid
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        seconds, graceful = interrupt_group(self.process, timeout_s)
         self.process = None
-        return report
+        left, described, haproxy_left = leftovers(tree, self.workdir, 10)
+        kill(left)  # ours: started by this `serve run`
+        return StopReport(seconds, graceful, described, haproxy_seen, haproxy_left)
 
     def __enter__(self) -> ServeProcess:
         return self.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from benchmarks.contenders import ALL_CONTENDERS, NOOP, NORAY, PLAIN, SERVE_APP, STANDALONE, TRITON
 from benchmarks.servers import MODES, ROOT
@@ -14,37 +15,30 @@ LOADGENS = ("wrk", "perf_analyzer")
 # (perf_analyzer -i grpc; serve_app, serve_app triton and standalone Triton serve it).
 PROTOCOLS = ("http", "grpc")
 
-PRESETS = {
-    "smoke": dict(
-        modes="stock",
-        models="tiny",
-        concurrency="4",
-        seconds=1,
-        warmup=0,
-        codecs="binary,json",
-        protocols="http,grpc",
-        contenders=",".join((SERVE_APP, TRITON, PLAIN, NOOP, STANDALONE)),
-    ),
-    "quick": dict(
-        modes="stock,haproxy",
-        models="mlp4096,mlp1024,tiny",
-        concurrency="1,64",
-        seconds=5,
-        warmup=2,
-        codecs="binary,json",
-        protocols="http,grpc",
-        contenders=",".join((SERVE_APP, TRITON, PLAIN, NOOP, STANDALONE)),
-    ),
-    "full": dict(
-        modes="stock,throughput,haproxy",
-        models="mlp4096,mlp1024,tiny",
-        concurrency="1,8,64",
-        seconds=8,
-        warmup=2,
-        codecs="binary,json",
-        protocols="http,grpc",
-        contenders=",".join((SERVE_APP, TRITON, PLAIN, NOOP, NORAY, STANDALONE)),
-    ),
+# --quick; the other presets are it with some values changed. Flags a preset sets are on in it.
+QUICK: dict[str, Any] = dict(
+    modes="stock,haproxy",
+    models="mlp4096,mlp1024,tiny",
+    concurrency="1,64",
+    seconds=5,
+    warmup=2,
+    codecs="binary,json",
+    protocols="http,grpc",
+    contenders=",".join((SERVE_APP, TRITON, PLAIN, NOOP, STANDALONE)),
+)
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": QUICK,
+    # Seconds-long points on one shared cluster: what tests/e2e/test_benchmark_smoke.py runs.
+    "smoke": {
+        **QUICK,
+        **dict(modes="stock", models="tiny", concurrency="4", seconds=1, warmup=0),
+        **dict(shared=True, no_transport=True, no_startup=True, no_settle=True),
+    },
+    "full": {
+        **QUICK,
+        **dict(modes="stock,throughput,haproxy", concurrency="1,8,64", seconds=8, kill_test=True),
+        "contenders": ",".join((SERVE_APP, TRITON, PLAIN, NOOP, NORAY, STANDALONE)),
+    },
 }
 
 
@@ -110,16 +104,10 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     parser.add_argument("--tag", default="", help="suffix for result file names")
     args = parser.parse_args(argv)
 
-    if args.smoke:
-        args.shared = True
-        args.no_transport = True
-        args.no_startup = True
-        args.no_settle = True
-    elif not args.quick:
-        args.kill_test = True
     defaults = PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"]
     for key, value in defaults.items():
-        if getattr(args, key) is None:
+        given = getattr(args, key)
+        if given is None or given is False:  # not given (a flag: not set; a 0 is given)
             setattr(args, key, value)
     unknown_modes = set(args.modes.split(",")) - set(MODES)
     if unknown_modes:

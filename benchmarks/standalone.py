@@ -16,12 +16,11 @@ repository on disk is the one every contender uses, unmodified.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from benchmarks.fetch import CACHE, wheel_member
-from benchmarks.servers import GrpcTarget, StopReport, free_port, http_get, http_post
+from benchmarks.servers import GrpcTarget, StopReport
+from devtools.processes import answers, free_port, http_post, interrupt_group, spawn, wait_ready
 from serve_app import triton_layout
 
 PYTRITON = "nvidia-pytriton==0.7.0"
@@ -155,13 +155,7 @@ class TritonProcess:
             "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libs, os.environ.get("LD_LIBRARY_PATH")])),
         }
         started = time.monotonic()
-        self.process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=self.log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.process = spawn(command, self.log_path, env=env)
         try:
             self._wait("/v2/health/live", started + timeout_s)
             for model_dir in sorted(p for p in self.repository.iterdir() if (p / "config.pbtxt").is_file()):
@@ -178,36 +172,21 @@ class TritonProcess:
         return self
 
     def _wait(self, path: str, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited ({self.process.returncode}):\n{self.log()}")
-            with contextlib.suppress(OSError):
-                if http_get(self.url + path, timeout=2)[0] == 200:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"tritonserver: {path} not 200 in time:\n{self.log()}")
+        assert self.process is not None
+        ready = functools.partial(answers, self.url + path)
+        wait_ready(self.process, ready, deadline - time.monotonic(), f"tritonserver ({path})", self.log, 0.1)
 
     def log(self, tail: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-tail:]
 
     def stop(self, timeout_s: float = 40.0) -> StopReport:
-        """SIGINT (Triton drains and unloads), then SIGKILL to its process group if it hangs."""
+        """SIGINT (Triton drains and unloads), then SIGKILL to what is left of its process group
+        (after `timeout_s` if it hangs)."""
         if self.process is None:
             return StopReport(0.0, True)
-        started = time.monotonic()
-        graceful = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGINT)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            graceful = False
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        seconds, graceful = interrupt_group(self.process, timeout_s)
         self.process = None
-        return StopReport(seconds=time.monotonic() - started, graceful=graceful)
+        return StopReport(seconds, graceful)
 
     def __enter__(self) -> TritonProcess:
         return self.start()

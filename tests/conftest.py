@@ -14,12 +14,14 @@ import os
 # run` children, which inherit this) on 127.0.0.1 instead of the machine's eth0 address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+import asyncio
 import re
 import shutil
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,6 +36,7 @@ from serve_app.dataplane import DataPlane
 from serve_app.examples import build_example_repository
 from serve_app.http_api import build_http_app
 from serve_app.model_state.replica import DeploymentModels
+from serve_app.runtimes.base import Runtime
 from serve_app.runtimes.torch.runtime import TorchRuntime
 from tests.object_store import S3Server
 
@@ -127,6 +130,57 @@ def reference(repository: Path, model: str, *inputs: np.ndarray, version: int = 
         result = module(*(torch.from_numpy(np.array(a)) for a in inputs))
     results = (result,) if isinstance(result, torch.Tensor) else result
     return [r.numpy() for r in results]
+
+
+# model → (inputs by name, in forward order; output names in tuple order)
+ExampleCases = dict[str, tuple[dict[str, np.ndarray], list[str]]]
+
+
+def example_cases(rng: np.random.Generator) -> ExampleCases:
+    """A request of every example model (serve_app.examples); batched models get several rows."""
+    return {
+        "image_classifier": ({"input__0": rng.random((2, 3, 224, 224), dtype=np.float32)}, ["output__0"]),
+        "multi_io": (
+            {
+                "x": rng.standard_normal((3, 7), dtype=np.float32),
+                "scale": rng.random((3, 1), dtype=np.float32),
+            },
+            ["output__0", "output__1"],
+        ),
+        "linear": ({"input__0": rng.standard_normal((5, 16), dtype=np.float32)}, ["output__0"]),
+        "int_ops": ({"INPUT__0": rng.integers(-9, 9, (2, 3), dtype=np.int32)}, ["OUTPUT__0", "OUTPUT__1"]),
+    }
+
+
+class Picky(torch.nn.Module):
+    """Fails on negative inputs: a fault only one request of a batch triggers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < 0).any()):
+            raise ValueError("negative input")
+        return x * 2
+
+
+def add_picky(repository: Path, max_queue_delay_us: int) -> None:
+    """`picky` (Picky on rows of 2 FP32, batches of up to 8 gathered for `max_queue_delay_us`)."""
+    (repository / "picky" / "1").mkdir(parents=True)
+    torch.jit.script(Picky()).save(str(repository / "picky" / "1" / "model.pt"))
+    (repository / "picky" / "config.pbtxt").write_text(f"""
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ {{ name: "input__0" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+output [ {{ name: "output__0" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}
+""")
+
+
+async def infer_picky(runtime: Runtime, values: list[float]) -> list[Any]:
+    """One request of `picky` per value, a row of it, all at once: each one's outputs or error."""
+    requests = (
+        runtime.infer("picky", "1", {"input__0": np.full((1, 2), v, np.float32)}, ["output__0"])
+        for v in values
+    )
+    return await asyncio.gather(*requests, return_exceptions=True)
 
 
 @pytest.fixture

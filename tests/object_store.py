@@ -11,25 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.processes import free_port, start_process, stop_process
+from devtools.processes import accepts, free_port, start_process, stop_process
 
 REGION = "us-east-1"
 SETUP_REQUESTS = 3  # create_user, put_user_policy, create_access_key
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 @dataclass
@@ -55,7 +46,7 @@ class S3Server:
         log = Path(tempfile.mkdtemp(prefix="moto-")) / "moto.log"
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
         env = {**_environ(), "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_REQUESTS)}
-        self.process = start_process(command, log, lambda: _accepts(self.port), "moto_server", env=env)
+        self.process = start_process(command, log, lambda: accepts(self.port), "moto_server", env=env)
         iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=REGION,
                            aws_access_key_id="setup", aws_secret_access_key="setup")  # fmt: skip
         iam.create_user(UserName="serve-app")

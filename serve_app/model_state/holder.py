@@ -174,26 +174,32 @@ class ModelStateHolder:
         """
         self._change(model, loaded)
         self._save()
-        return await self.wait_applied(model, self._state.generation(model), timeout_s)
+        return await self._wait_applied(model, self._state.generation(model), loaded, timeout_s)
 
     def _change(self, model: str, loaded: bool) -> None:
         self._state = self._state.with_target(model, loaded)
         for record in self._replicas.values():
             record.wake.set()
 
-    async def wait_applied(self, model: str, generation: int, timeout_s: float) -> dict[str, str]:
+    async def _wait_applied(
+        self, model: str, generation: int, loaded: bool, timeout_s: float
+    ) -> dict[str, str]:
         """Wait until every replica has applied `generation` of `model` (or a later one); its
-        error, "" where it succeeded, by replica. Replicas that no longer exist are dropped."""
+        error, "" where it succeeded, by replica. Replicas that no longer exist are dropped.
+
+        A later change of the same kind (a reload by the repository poll, another client's load)
+        answers for this one, its error included; one of the other kind replaced this one."""
         await self._until(
             lambda record: record.applied.get(model, Applied(0)).generation >= generation, timeout_s
         )
+        same_kind = self._state.wants(model) == loaded
         outcomes = {}
         for record in self._replicas.values():
             applied = record.applied.get(model, Applied(0))
             if applied.generation < generation:
                 outcomes[record.name] = f"did not apply it within {timeout_s:g} s"
             else:
-                outcomes[record.name] = applied.error if applied.generation == generation else ""
+                outcomes[record.name] = applied.error if applied.generation == generation or same_kind else ""
         return outcomes
 
     async def collect(self, kind: str, args: tuple[Any, ...], timeout_s: float) -> dict[str, Answer]:

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import ROOT, free_port, session_processes
-from tests.processes import start_process
+from devtools.processes import free_port, session_processes, start_process
+from tests.e2e.serve_run import ROOT
 
 RAY = str(Path(sys.executable).with_name("ray"))
 

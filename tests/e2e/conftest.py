@@ -1,13 +1,16 @@
 """One Ray cluster for the whole e2e session; each test module starts `serve run` on it.
 
 The cluster advertises 2 fake GPUs so GPU-pinning tests run on CPU machines;
-replicas that do not ask for GPUs never see them.
+replicas that do not ask for GPUs never see them. A module's app is `served`: the example
+repository on one replica, once per runtime; a module serves something else by overriding
+`served_config`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -15,7 +18,7 @@ import pytest
 import ray
 import tritonclient.http as httpclient
 
-from tests.e2e.harness import RUNTIMES, ServeRun, app_config, free_port
+from tests.e2e.serve_run import RUNTIMES, ServeRun, app_config, fixed_replicas
 
 FAKE_GPUS = 2
 
@@ -34,37 +37,30 @@ def ray_address() -> Iterator[str]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def example_repository_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from serve_app.examples import build_example_repository
-
-    path = tmp_path_factory.mktemp("repository")
-    build_example_repository(path)
-    return path
-
-
 @pytest.fixture(scope="module", params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    """The runtime of the module's app: a module that asks for it runs once per runtime."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def served_config(runtime: str, example_repository: Path) -> dict[str, Any]:
+    """The config `served` runs: the example repository on one replica."""
+    return app_config({"model_repository": str(example_repository), "runtime": runtime}, fixed_replicas(1))
+
+
+@pytest.fixture(scope="module")
 def served(
-    request: pytest.FixtureRequest,
-    ray_address: str,
-    example_repository_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+    served_config: dict[str, Any], ray_address: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServeRun]:
-    """The app serving the example repository with the parametrised runtime."""
-    workdir = tmp_path_factory.mktemp("serve")
-    config = app_config(
-        free_port(),
-        args={"model_repository": str(example_repository_path), "runtime": request.param},
-        deployment={"autoscaling_config": None, "num_replicas": 1},
-    )
-    run = ServeRun(config, workdir, address=ray_address).start()
-    yield run
-    run.stop()
+    """`serve run` of `served_config` on the session cluster, for the module's tests."""
+    with ServeRun(served_config, tmp_path_factory.mktemp("serve"), address=ray_address) as run:
+        yield run
 
 
 @pytest.fixture(scope="module")
 def client(served: ServeRun) -> Iterator[httpclient.InferenceServerClient]:
-    """`tritonclient.http` on the module's `served` app (a module may serve another repository)."""
+    """`tritonclient.http` on the module's `served` app."""
     triton = httpclient.InferenceServerClient(
         url=f"127.0.0.1:{served.port}", concurrency=8, connection_timeout=120.0, network_timeout=300.0
     )

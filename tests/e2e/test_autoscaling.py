@@ -21,7 +21,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,14 @@ import pytest
 import torch
 from torch import nn
 
+from devtools.processes import http_get, wait_for
 from serve_app.examples import mlp, write_model
-from tests.e2e.harness import ServeRun, app_config, free_port, http_get, replica_states, run_torchscript
+from tests.conftest import reference
+from tests.e2e.checks import json_request
+from tests.e2e.serve_run import APP, ServeRun, app_config, fixed_replicas, replica_states, wait_for_replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
-APP, DEPLOYMENT = "triton", "InferenceServer"
 MODEL = "slow_mlp"
 WIDTH, DEPTH = 16, 4
 HIDDEN = 768
@@ -76,39 +78,23 @@ output [ {{ name: "output__0" data_type: TYPE_FP32 dims: [ {DEPTH} ] }} ]
 
 def serve_config(repository: Path, autoscaling: dict[str, Any]) -> dict[str, Any]:
     return app_config(
-        free_port(),
-        args={"model_repository": str(repository), "runtime": "torch"},
-        deployment={"autoscaling_config": autoscaling, "ray_actor_options": {"num_cpus": 1}},
+        {"model_repository": str(repository), "runtime": "torch"},
+        {"autoscaling_config": autoscaling, "ray_actor_options": {"num_cpus": 1}},
     )
 
 
 @pytest.fixture(scope="module")
-def autoscaled(
-    ray_address: str, slow_repository: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServeRun]:
-    run = ServeRun(
-        serve_config(slow_repository, AUTOSCALING), tmp_path_factory.mktemp("serve-as"), ray_address
-    )
-    run.start(timeout_s=180)
-    yield run
-    run.stop()
+def served_config(slow_repository: Path) -> dict[str, Any]:
+    return serve_config(slow_repository, AUTOSCALING)
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, period_s: float = 0.5) -> float:
-    """Poll `predicate`; returns the monotonic time it first held."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(period_s)
-    raise TimeoutError(f"{what} not within {timeout_s} s (replicas: {replica_states()})")
+def replicas_seen(what: str) -> Callable[[], str]:
+    """`what` and the replicas the controller reports then: a wait's timeout message."""
+    return lambda: f"{what} (replicas: {replica_states()})"
 
 
 def request_body(rows: np.ndarray) -> bytes:
-    return json.dumps(
-        {"inputs": [{"name": "input__0", "shape": list(rows.shape), "datatype": "FP32",
-                     "data": rows.ravel().tolist()}]}
-    ).encode()  # fmt: skip
+    return json.dumps(json_request(rows)).encode()
 
 
 class Load:
@@ -223,22 +209,27 @@ def replica_ids_answering(url: str, samples: int) -> set[str]:
     return ids
 
 
-def test_scale_up_then_down_without_failures(autoscaled: ServeRun, slow_repository: Path) -> None:
+def test_scale_up_then_down_without_failures(served: ServeRun, slow_repository: Path) -> None:
     rows = np.random.default_rng(0).random((ROWS, WIDTH), dtype=np.float32)
-    (expected,) = run_torchscript(slow_repository, MODEL, rows)
-    wait_until(lambda: replica_states() == {"RUNNING": 1}, 60, "1 RUNNING replica (initial_replicas)")
-    (first,) = replica_ids_answering(autoscaled.url, 3)
+    (expected,) = reference(slow_repository, MODEL, rows)
+    wait_for_replicas({"RUNNING": 1}, 60)  # initial_replicas
+    (first,) = replica_ids_answering(served.url, 3)
 
-    with Load(autoscaled.url, request_body(rows), expected) as load:
+    with Load(served.url, request_body(rows), expected) as load:
         # The client that runs through everything: it must never see a failure.
         load.add("steady", 1)
         load_started = time.monotonic()
         load.add("heavy", HEAVY_CLIENTS)
-        running_2 = wait_until(lambda: replica_states().get("RUNNING", 0) == 2, 150, "scale-up to 2")
+        running_2 = wait_for(
+            lambda: replica_states().get("RUNNING", 0) == 2, 150, replicas_seen("scale-up to 2"), 0.5
+        )
         scale_up_status_s = running_2 - load_started
         # The new replica serving: a request through the proxy answered by another replica.
-        serving = wait_until(
-            lambda: bool(replica_ids_answering(autoscaled.url, 4) - {first}), 60, "new replica"
+        serving = wait_for(
+            lambda: bool(replica_ids_answering(served.url, 4) - {first}),
+            60,
+            replicas_seen("new replica"),
+            0.5,
         )
         scale_up_serving_s = serving - load_started
         time.sleep(3)  # both replicas under load for a while
@@ -247,7 +238,7 @@ def test_scale_up_then_down_without_failures(autoscaled: ServeRun, slow_reposito
         load.stop("heavy")
         load_dropped = time.monotonic()
         # Scale-down: one replica drains (STOPPING) then is gone; the steady client keeps going.
-        down = wait_until(lambda: replica_states() == {"RUNNING": 1}, 150, "scale-down to min_replicas")
+        down = wait_for_replicas({"RUNNING": 1}, 150)  # min_replicas
         scale_down_s = down - load_dropped
         time.sleep(3)  # and a few more requests on the remaining replica
     ok, failed = load.counts()
@@ -272,35 +263,33 @@ def fire_and_stop(
     (the rest are queued at the replica), and wait for every request's outcome.
     Returns how many were still in flight at `stop()`."""
     rows = np.random.default_rng(1).random((64, WIDTH), dtype=np.float32)
-    (expected,) = run_torchscript(repository, MODEL, rows)
+    (expected,) = reference(repository, MODEL, rows)
     with Load(url, request_body(rows), expected) as load:
         load.fire(in_flight)
-        wait_until(lambda: load.done() > 0, 60, "a first answer", period_s=0.01)
+        wait_for(lambda: load.done() > 0, 60, replicas_seen("a first answer"), period_s=0.01)
         pending = in_flight - load.done()
         stop()
-        wait_until(lambda: load.done() == in_flight, 90, "every request's outcome", period_s=0.2)
+        wait_for(lambda: load.done() == in_flight, 90, replicas_seen("every request's outcome"), period_s=0.2)
     assert pending > 0, "the requests finished before stop(): make them slower"
     return pending, load
 
 
-def test_delete_app_with_requests_in_flight_loses_nothing(
-    autoscaled: ServeRun, slow_repository: Path
-) -> None:
+def test_delete_app_with_requests_in_flight_loses_nothing(served: ServeRun, slow_repository: Path) -> None:
     """Draining before shutdown: `serve.delete(app)` (CLI: `serve delete triton`) stops the
     replicas gracefully while the proxy stays up, so requests in flight all complete."""
     from ray import serve
 
     replica_states()  # (re)connects this process to the current controller
     try:
-        pending, load = fire_and_stop(autoscaled.url, slow_repository, lambda: serve.delete(APP))
+        pending, load = fire_and_stop(served.url, slow_repository, lambda: serve.delete(APP))
     finally:
         # Then Ctrl-C finds nothing left to cut off (and frees the cluster's Serve for the next tests).
-        autoscaled.stop()
+        served.stop()
     print(
         f"\nserve.delete with {pending} requests in flight: {load.ok} ok, {load.failed} failed; {load.errors}"
     )
     assert load.failed == 0, load.errors
-    assert autoscaled.exited_on_sigint
+    assert served.exited_on_sigint
 
 
 @pytest.mark.xfail(
@@ -313,9 +302,8 @@ def test_sigint_with_requests_in_flight(
 ) -> None:
     """SIGINT to `serve run` with requests queued at the replica: every one should complete."""
     config = app_config(
-        free_port(),
-        args={"model_repository": str(slow_repository), "runtime": "torch"},
-        deployment={"autoscaling_config": None, "num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
+        {"model_repository": str(slow_repository), "runtime": "torch"},
+        fixed_replicas(1, ray_actor_options={"num_cpus": 1}),
     )
     run = ServeRun(config, tmp_path_factory.mktemp("serve-sigint"), ray_address).start(timeout_s=180)
     try:
@@ -340,24 +328,25 @@ def test_scale_to_zero_and_cold_start(
     run.start(timeout_s=180)
     try:
         started = time.monotonic()
-        wait_until(lambda: replica_states() == {}, 120, "scale to zero")  # no replica in any state
+        wait_for_replicas({}, 120)  # scale to zero: no replica in any state
         idle_s = time.monotonic() - started
         rows = np.random.default_rng(2).random((ROWS, WIDTH), dtype=np.float32)
-        (expected,) = run_torchscript(slow_repository, MODEL, rows)
+        (expected,) = reference(slow_repository, MODEL, rows)
         with Load(run.url, request_body(rows), expected) as load:
             cold = time.monotonic()
             load.fire(1)
-            wait_until(lambda: load.done() == 1, 90, "the cold-start answer", period_s=0.05)
+            wait_for(lambda: load.done() == 1, 90, replicas_seen("the cold-start answer"), period_s=0.05)
             cold_start_s = time.monotonic() - cold
             warm = time.monotonic()
             load.fire(1)
-            wait_until(lambda: load.done() == 2, 30, "the warm answer", period_s=0.01)
+            wait_for(lambda: load.done() == 2, 30, replicas_seen("the warm answer"), period_s=0.01)
             warm_s = time.monotonic() - warm
         assert load.counts() == (2, 0), load.errors
         print(
             f"\nscale-to-zero: 0 replicas {idle_s:.1f} s after start; first request after idle "
             f"answered in {cold_start_s:.1f} s (cold start), the next in {warm_s:.2f} s"
         )
-        assert replica_states().get("RUNNING") == 1
+        # The replica that answered: RUNNING (once the controller has seen it so).
+        wait_for(lambda: replica_states().get("RUNNING") == 1, 30, replicas_seen("1 RUNNING replica"), 0.5)
     finally:
         run.stop()

@@ -11,23 +11,16 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from tests.e2e.harness import (
-    RUNTIMES,
-    ServeRun,
-    app_config,
-    assert_error,
-    assert_matches,
-    assert_still_serving,
-    free_port,
-    linear_body,
-    run_torchscript,
-)
+from tests.conftest import reference
+from tests.e2e.checks import assert_error, assert_matches, assert_still_serving, linear_body
+from tests.e2e.serve_run import app_config, fixed_replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -57,11 +50,11 @@ BROKEN: dict[str, tuple[str, bytes | None]] = {
 
 
 @pytest.fixture(scope="module")
-def broken_repository(example_repository_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def broken_repository(example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example `linear` model plus the BROKEN entries."""
     repository = tmp_path_factory.mktemp("broken") / "repository"
-    shutil.copytree(example_repository_path / "linear", repository / "linear")
-    good_file = (example_repository_path / "linear" / "1" / "model.pt").read_bytes()
+    shutil.copytree(example_repository / "linear", repository / "linear")
+    good_file = (example_repository / "linear" / "1" / "model.pt").read_bytes()
     for name, (config, model_file) in BROKEN.items():
         (repository / name / "1").mkdir(parents=True)
         (repository / name / "config.pbtxt").write_text(config)
@@ -72,31 +65,10 @@ def broken_repository(example_repository_path: Path, tmp_path_factory: pytest.Te
     return repository
 
 
-@pytest.fixture(scope="module", params=RUNTIMES)
-def broken_served(
-    request: pytest.FixtureRequest,
-    ray_address: str,
-    broken_repository: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServeRun]:
-    config = app_config(
-        free_port(),
-        args={
-            "model_repository": str(broken_repository),
-            "runtime": request.param,
-            "max_request_bytes": LIMIT,
-        },
-        deployment={"autoscaling_config": None, "num_replicas": 1},
-    )
-    run = ServeRun(config, tmp_path_factory.mktemp("serve-broken"), address=ray_address).start()
-    yield run
-    run.stop()
-
-
 @pytest.fixture(scope="module")
-def http(broken_served: ServeRun) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=broken_served.url, timeout=120.0) as plain:
-        yield plain
+def served_config(runtime: str, broken_repository: Path) -> dict[str, Any]:
+    args = {"model_repository": str(broken_repository), "runtime": runtime, "max_request_bytes": LIMIT}
+    return app_config(args, fixed_replicas(1))
 
 
 def test_index_shows_broken_entries_unavailable(http: httpx.Client) -> None:
@@ -116,32 +88,26 @@ def test_index_shows_broken_entries_unavailable(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize("model", sorted(BROKEN))
 def test_broken_model_is_503(
-    http: httpx.Client, broken_served: ServeRun, broken_repository: Path, model: str
+    http: httpx.Client, client: httpclient.InferenceServerClient, broken_repository: Path, model: str
 ) -> None:
     body, _ = linear_body()
     message = assert_error(http.post(f"/v2/models/{model}/infer", json=body), 503)
     print(f"503 {model}: {message}")
     assert model in message
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{broken_served.port}", network_timeout=120.0)
-    try:
-        assert not client.is_model_ready(model)
-        assert client.is_model_ready("linear")
-        assert client.is_server_ready()
-    finally:
-        client.close()
+    assert not client.is_model_ready(model)
+    assert client.is_model_ready("linear")
+    assert client.is_server_ready()
     assert_still_serving(http, broken_repository)
 
 
-def test_good_model_serves_beside_broken_ones(broken_served: ServeRun, broken_repository: Path) -> None:
+def test_good_model_serves_beside_broken_ones(
+    client: httpclient.InferenceServerClient, broken_repository: Path
+) -> None:
     data = np.random.default_rng(7).standard_normal((3, 16), dtype=np.float32)
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{broken_served.port}", network_timeout=120.0)
-    try:
-        tensor = httpclient.InferInput("input__0", [3, 16], "FP32")
-        tensor.set_data_from_numpy(data)
-        result = client.infer("linear", [tensor])
-    finally:
-        client.close()
-    (expected,) = run_torchscript(broken_repository, "linear", data)
+    tensor = httpclient.InferInput("input__0", [3, 16], "FP32")
+    tensor.set_data_from_numpy(data)
+    result = client.infer("linear", [tensor])
+    (expected,) = reference(broken_repository, "linear", data)
     assert_matches(result.as_numpy("output__0"), expected)
 
 
@@ -172,5 +138,5 @@ def test_body_under_limit_is_served(http: httpx.Client, broken_repository: Path)
     response = http.post("/v2/models/linear/infer", content=padded)
     assert response.status_code == 200, response.text
     output = response.json()["outputs"][0]
-    (expected,) = run_torchscript(broken_repository, "linear", data)
+    (expected,) = reference(broken_repository, "linear", data)
     assert_matches(np.asarray(output["data"], dtype=np.float32).reshape(output["shape"]), expected)

@@ -19,18 +19,11 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from devtools.processes import session_processes
+from tests.conftest import reference
+from tests.e2e.checks import infer_json, replicas_answering
 from tests.e2e.cluster import FakeAutoscalingCluster, NodeWatcher, gpu_workers
-from tests.e2e.harness import (
-    APP_CONFIG,
-    ROOT,
-    ServeRun,
-    app_config,
-    free_port,
-    http_get,
-    infer_json,
-    run_torchscript,
-    session_processes,
-)
+from tests.e2e.serve_run import APP_CONFIG, ROOT, ServeRun, app_config, fixed_replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -81,7 +74,7 @@ def last_seen(samples: list[dict[str, Any]], since: float) -> dict[str, float]:
 
 def test_gpu_replicas_grow_and_shrink_the_cluster(
     fake_cluster: FakeAutoscalingCluster,
-    example_repository_path: Path,
+    example_repository: Path,
     tmp_path: Path,
 ) -> None:
     watcher = NodeWatcher(fake_cluster.address, tmp_path, fake_cluster.client_env()).start()
@@ -90,13 +83,8 @@ def test_gpu_replicas_grow_and_shrink_the_cluster(
         assert gpu_workers(start) == [], "min_workers is 0: no GPU node before any demand"
 
         config = app_config(
-            free_port(),
-            args={"model_repository": str(example_repository_path), "runtime": "torch"},
-            deployment={
-                "autoscaling_config": None,
-                "num_replicas": REPLICAS,
-                "ray_actor_options": {"num_cpus": 1, "num_gpus": 1},
-            },
+            {"model_repository": str(example_repository), "runtime": "torch"},
+            fixed_replicas(REPLICAS, ray_actor_options={"num_cpus": 1, "num_gpus": 1}),
         )
         # Fake nodes share this host: one proxy (on the head) for the one HTTP port.
         config["proxy_location"] = "HeadOnly"
@@ -121,15 +109,9 @@ def test_gpu_replicas_grow_and_shrink_the_cluster(
 
             # Correct results, and both replicas (one per GPU node) answer.
             rows = np.random.default_rng(0).random((3, 16), dtype=np.float32)
-            (expected,) = run_torchscript(example_repository_path, "linear", rows)
+            (expected,) = reference(example_repository, "linear", rows)
             np.testing.assert_allclose(infer_json(serve.url, "linear", rows), expected, rtol=1e-5, atol=1e-5)
-            placements: dict[str, dict[str, Any]] = {}
-            deadline = time.monotonic() + 60
-            while len(placements) < REPLICAS and time.monotonic() < deadline:
-                status, body = http_get(serve.url + "/v2", timeout=10)
-                assert status == 200
-                block = json.loads(body)["serve_app"]
-                placements[block["replica"]] = block
+            placements = replicas_answering(serve.url, REPLICAS)
             assert len(placements) == REPLICAS, f"requests reached only {list(placements)}"
             nodes = {p["node_id"] for p in placements.values()}
             assert nodes <= {n["id"] for n in gpu_workers(running)}, "replicas run on the GPU workers"

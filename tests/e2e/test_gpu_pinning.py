@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,11 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from devtools.processes import free_port, http_get
+from tests.conftest import reference
+from tests.e2e.checks import infer_json, replicas_answering
 from tests.e2e.conftest import FAKE_GPUS
-from tests.e2e.harness import (
-    ROOT,
-    ServeRun,
-    free_port,
-    free_request_path_ports,
-    http_get,
-    infer_json,
-    run_torchscript,
-)
+from tests.e2e.serve_run import ROOT, ServeRun, free_request_path_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -38,53 +32,29 @@ CLIENTS = 4
 GPU_CONFIG = ROOT / "configs" / "app.gpu.yaml"
 
 
-def gpu_config(port: int, repository: Path, num_gpus: float) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=[1, 0.5], ids=["num_gpus=1", "num_gpus=0.5"])
+def served_config(request: pytest.FixtureRequest, example_repository: Path) -> dict[str, Any]:
     """configs/app.gpu.yaml (num_gpus: 1 per replica) made to fit this machine: the torch
     runtime, the example repository, loopback, 2 fixed replicas of 1 CPU and `num_gpus`."""
     config = yaml.safe_load(GPU_CONFIG.read_text())
     ServeDeploySchema.model_validate(config)  # the shipped file is a valid Serve config
-    config["http_options"].update(host="127.0.0.1", port=port)
+    config["http_options"].update(host="127.0.0.1", port=free_port())
     free_request_path_ports(config)
     app = config["applications"][0]
-    app["args"].update(model_repository=str(repository), runtime="torch")
+    app["args"].update(model_repository=str(example_repository), runtime="torch")
     deployment = app["deployments"][0]
     assert deployment["ray_actor_options"]["num_gpus"] == 1
     deployment.pop("autoscaling_config")
     deployment["num_replicas"] = FAKE_GPUS
-    deployment["ray_actor_options"].update(num_cpus=1, num_gpus=num_gpus)
+    deployment["ray_actor_options"].update(num_cpus=1, num_gpus=request.param)
     return config
 
 
-@pytest.fixture(scope="module", params=[1, 0.5], ids=["num_gpus=1", "num_gpus=0.5"])
-def gpu_served(
-    request: pytest.FixtureRequest,
-    ray_address: str,
-    example_repository_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServeRun]:
-    config = gpu_config(free_port(), example_repository_path, request.param)
-    run = ServeRun(config, tmp_path_factory.mktemp("serve-gpu"), address=ray_address).start(timeout_s=180)
-    yield run
-    run.stop()
-
-
-def placements(url: str, replicas: int, timeout_s: float = 90.0) -> dict[str, dict[str, Any]]:
-    """GET /v2 until every replica answered once (Serve spreads the requests); replica → block."""
-    seen: dict[str, dict[str, Any]] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(seen) < replicas and time.monotonic() < deadline:
-        status, body = http_get(url + "/v2", timeout=10)
-        assert status == 200, body
-        block = json.loads(body)["serve_app"]
-        seen[block["replica"]] = block
-    return seen
-
-
-def test_each_replica_is_pinned_to_its_gpu(gpu_served: ServeRun) -> None:
+def test_each_replica_is_pinned_to_its_gpu(served: ServeRun) -> None:
     """num_gpus: 1 → each replica its own GPU; num_gpus: 0.5 → both share one (Ray packs them)."""
-    num_gpus = gpu_served.config["applications"][0]["deployments"][0]["ray_actor_options"]["num_gpus"]
+    num_gpus = served.config["applications"][0]["deployments"][0]["ray_actor_options"]["num_gpus"]
     # The second replica may still be starting when the first one answers /v2/health/ready.
-    seen = placements(gpu_served.url, FAKE_GPUS, timeout_s=120)
+    seen = replicas_answering(served.url, FAKE_GPUS, timeout_s=120)
     print(f"\nreplica placements with num_gpus={num_gpus}:")
     for block in seen.values():
         print(f"  {json.dumps(block)}")
@@ -103,10 +73,10 @@ def test_each_replica_is_pinned_to_its_gpu(gpu_served: ServeRun) -> None:
         assert block["runtime"] == "torch"
 
 
-def test_inference_is_correct_on_every_replica(gpu_served: ServeRun, example_repository_path: Path) -> None:
+def test_inference_is_correct_on_every_replica(served: ServeRun, example_repository: Path) -> None:
     rows = np.random.default_rng(1).random((1, 16), dtype=np.float32)
-    (expected,) = run_torchscript(example_repository_path, "linear", rows)
-    stats_url = gpu_served.url + "/v2/models/linear/stats"
+    (expected,) = reference(example_repository, "linear", rows)
+    stats_url = served.url + "/v2/models/linear/stats"
     # Rounds of concurrent clients until both replicas have served (HAProxy balances by least
     # connections, and a replica may join its backends a moment after Serve reports it running).
     # The total stays odd, so the two replicas' counts differ and GET stats tells them apart.
@@ -116,7 +86,7 @@ def test_inference_is_correct_on_every_replica(gpu_served: ServeRun, example_rep
     with ThreadPoolExecutor(CLIENTS) as clients:
         while time.monotonic() < deadline:
             batch = 21 if sent == 0 else 20
-            for outputs in clients.map(lambda _: infer_json(gpu_served.url, "linear", rows), range(batch)):
+            for outputs in clients.map(lambda _: infer_json(served.url, "linear", rows), range(batch)):
                 np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
             sent += batch
             counts = set()

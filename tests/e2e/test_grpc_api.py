@@ -12,10 +12,10 @@ run directly in torch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import queue
 import shutil
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,21 +28,14 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from devtools.processes import wait_for
 from serve_app.dataplane import RUNTIME_EXTENSIONS, SERVED_EXTENSIONS
-from tests.e2e.harness import (
-    RUNTIMES,
-    ServeRun,
-    app_config,
-    assert_matches,
-    free_port,
-    repository_of,
-    run_torchscript,
-    runtime_of,
-)
+from tests.conftest import reference
+from tests.e2e.checks import EXAMPLE_MODELS, assert_matches, linear_body, repository_of, runtime_of
+from tests.e2e.serve_run import ServeRun
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-EXAMPLE_MODELS = {"image_classifier", "int_ops", "linear", "multi_io"}
 BROKEN = "garbage_torchscript"  # in the `control` app's repository: valid config, not TorchScript
 
 
@@ -56,57 +49,41 @@ class Application(grpcclient.InferenceServerClientPlugin):
         request.headers["application"] = self.name
 
 
-@pytest.fixture(scope="module", params=RUNTIMES)
-def grpc_served(
-    request: pytest.FixtureRequest,
-    ray_address: str,
-    example_repository_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServeRun]:
-    workdir = tmp_path_factory.mktemp("serve-grpc")
-    control_repository = workdir / "control-repository"
-    shutil.copytree(example_repository_path, control_repository)
-    shutil.copytree(example_repository_path / "linear", control_repository / BROKEN)
+@pytest.fixture(scope="module")
+def served_config(
+    served_config: dict[str, Any], example_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """Beside configs/app.yaml's `triton` app, `control`: model control on, a broken entry added."""
+    control_repository = tmp_path_factory.mktemp("serve-grpc") / "control-repository"
+    shutil.copytree(example_repository, control_repository)
+    shutil.copytree(example_repository / "linear", control_repository / BROKEN)
     (control_repository / BROKEN / "1" / "model.pt").write_bytes(b"not a TorchScript archive\n" * 64)
-
-    config = app_config(
-        free_port(),
-        args={"model_repository": str(example_repository_path), "runtime": request.param},
-        deployment={"autoscaling_config": None, "num_replicas": 1},
-    )
-    control = copy.deepcopy(config["applications"][0])
+    control = copy.deepcopy(served_config["applications"][0])
     control.update(name="control", route_prefix="/control")
     control["args"].update(model_repository=str(control_repository), model_control=True)
-    config["applications"].append(control)
-    run = ServeRun(config, workdir, address=ray_address).start()
-    try:
-        for app in ("triton", "control"):
-            _wait_grpc_ready(run, app)
-    except BaseException:
-        run.stop()
-        raise
-    yield run
-    run.stop()
+    return {**served_config, "applications": [*served_config["applications"], control]}
 
 
 def target(run: ServeRun) -> str:
     return f"127.0.0.1:{run.config['grpc_options']['port']}"
 
 
-def _wait_grpc_ready(run: ServeRun, app: str, timeout_s: float = 120.0) -> None:
-    """HTTP is ready before this app's gRPC backend may be (each is health-checked on its own)."""
-    with grpcclient.InferenceServerClient(target(run)) as client:
-        client.register_plugin(Application(app))
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if client.is_server_ready():
-                    return
-            except InferenceServerException:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"app {app} not ready over gRPC after {timeout_s} s:\n{run.log()}")
-            time.sleep(0.3)
+@pytest.fixture(scope="module", autouse=True)
+def grpc_ready(served: ServeRun) -> None:
+    """HTTP is ready before each app's gRPC backend may be (each is health-checked on its own)."""
+    for app in ("triton", "control"):
+        wait_ready_over_grpc(served, app)
+
+
+def wait_ready_over_grpc(run: ServeRun, app: str) -> None:
+    with connect(run, app) as client:
+
+        def ready() -> bool:
+            with contextlib.suppress(InferenceServerException):
+                return client.is_server_ready()
+            return False
+
+        wait_for(ready, 120, lambda: f"app {app} ready over gRPC:\n{run.log()}", 0.3)
 
 
 def connect(run: ServeRun, app: str) -> grpcclient.InferenceServerClient:
@@ -116,14 +93,14 @@ def connect(run: ServeRun, app: str) -> grpcclient.InferenceServerClient:
 
 
 @pytest.fixture(scope="module")
-def client(grpc_served: ServeRun) -> Iterator[grpcclient.InferenceServerClient]:
-    with connect(grpc_served, "triton") as triton:
+def client(served: ServeRun) -> Iterator[grpcclient.InferenceServerClient]:
+    with connect(served, "triton") as triton:
         yield triton
 
 
 @pytest.fixture(scope="module")
-def control(grpc_served: ServeRun) -> Iterator[grpcclient.InferenceServerClient]:
-    with connect(grpc_served, "control") as triton:
+def control(served: ServeRun) -> Iterator[grpcclient.InferenceServerClient]:
+    with connect(served, "control") as triton:
         yield triton
 
 
@@ -134,7 +111,7 @@ def infer_input(name: str, array: np.ndarray) -> grpcclient.InferInput:
 
 
 def linear_inputs(batch: int = 2) -> tuple[list[grpcclient.InferInput], np.ndarray]:
-    data = np.arange(batch * 16, dtype=np.float32).reshape(batch, 16) / 10
+    _, data = linear_body(batch)
     return [infer_input("input__0", data)], data
 
 
@@ -148,11 +125,11 @@ def assert_code(raised: pytest.ExceptionInfo[InferenceServerException], code: gr
 # --- server and model RPCs -----------------------------------------------------------------
 
 
-def test_health_and_server_metadata(client: grpcclient.InferenceServerClient, grpc_served: ServeRun) -> None:
+def test_health_and_server_metadata(client: grpcclient.InferenceServerClient, served: ServeRun) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
     metadata = client.get_server_metadata(as_json=True)
-    honoured = list(RUNTIME_EXTENSIONS) if runtime_of(grpc_served) == "triton" else []
+    honoured = list(RUNTIME_EXTENSIONS) if runtime_of(served) == "triton" else []
     assert metadata["extensions"] == [*SERVED_EXTENSIONS, *honoured]
     assert metadata["name"] and metadata["version"]
 
@@ -210,7 +187,7 @@ def test_statistics(client: grpcclient.InferenceServerClient) -> None:
 
 
 def test_image_classifier_batch_2(
-    client: grpcclient.InferenceServerClient, grpc_served: ServeRun, rng: np.random.Generator
+    client: grpcclient.InferenceServerClient, served: ServeRun, rng: np.random.Generator
 ) -> None:
     images = rng.random((2, 3, 224, 224), dtype=np.float32)
     result = client.infer(
@@ -219,7 +196,7 @@ def test_image_classifier_batch_2(
         outputs=[grpcclient.InferRequestedOutput("output__0")],
         request_id="image-batch-2",
     )
-    (expected,) = run_torchscript(repository_of(grpc_served), "image_classifier", images)
+    (expected,) = reference(repository_of(served), "image_classifier", images)
     assert_matches(result.as_numpy("output__0"), expected)
     response = result.get_response()
     assert (response.id, response.model_name, response.model_version) == (
@@ -232,21 +209,21 @@ def test_image_classifier_batch_2(
 
 @pytest.mark.parametrize("batch", [1, 5, 64])
 def test_linear_batches(
-    client: grpcclient.InferenceServerClient, grpc_served: ServeRun, rng: np.random.Generator, batch: int
+    client: grpcclient.InferenceServerClient, served: ServeRun, rng: np.random.Generator, batch: int
 ) -> None:
     data = rng.standard_normal((batch, 16), dtype=np.float32)
     result = client.infer("linear", [infer_input("input__0", data)], model_version="1")
-    (expected,) = run_torchscript(repository_of(grpc_served), "linear", data)
+    (expected,) = reference(repository_of(served), "linear", data)
     assert_matches(result.as_numpy("output__0"), expected)
 
 
 def test_multi_io_and_requested_outputs(
-    client: grpcclient.InferenceServerClient, grpc_served: ServeRun, rng: np.random.Generator
+    client: grpcclient.InferenceServerClient, served: ServeRun, rng: np.random.Generator
 ) -> None:
     x = rng.standard_normal((3, 7), dtype=np.float32)
     scale = rng.random((3, 1), dtype=np.float32)
     inputs = [infer_input("x", x), infer_input("scale", scale)]
-    scaled, summed = run_torchscript(repository_of(grpc_served), "multi_io", x, scale)
+    scaled, summed = reference(repository_of(served), "multi_io", x, scale)
     every = client.infer("multi_io", inputs)
     assert [o.name for o in every.get_response().outputs] == ["output__0", "output__1"]
     assert_matches(every.as_numpy("output__0"), scaled)
@@ -257,11 +234,11 @@ def test_multi_io_and_requested_outputs(
 
 
 def test_int_ops(
-    client: grpcclient.InferenceServerClient, grpc_served: ServeRun, rng: np.random.Generator
+    client: grpcclient.InferenceServerClient, served: ServeRun, rng: np.random.Generator
 ) -> None:
     x = rng.integers(-5, 5, size=(2, 3), dtype=np.int32)
     result = client.infer("int_ops", [infer_input("INPUT__0", x)])
-    positive, cumsum = run_torchscript(repository_of(grpc_served), "int_ops", x)
+    positive, cumsum = reference(repository_of(served), "int_ops", x)
     assert_matches(result.as_numpy("OUTPUT__0"), positive)
     assert_matches(result.as_numpy("OUTPUT__1"), cumsum)
     assert {o.name: o.datatype for o in result.get_response().outputs} == {
@@ -270,30 +247,30 @@ def test_int_ops(
     }
 
 
-def test_typed_contents(grpc_served: ServeRun) -> None:
+def test_typed_contents(served: ServeRun) -> None:
     """The generated stub with `contents.fp32_contents` instead of raw bytes; outputs come back raw."""
     data = np.linspace(-1, 1, 32, dtype=np.float32).reshape(2, 16)
     request = service_pb2.ModelInferRequest(model_name="linear", id="typed")
     request.inputs.add(name="input__0", datatype="FP32", shape=[2, 16]).contents.fp32_contents.extend(
         data.ravel().tolist()
     )
-    with grpc.insecure_channel(target(grpc_served)) as channel:
+    with grpc.insecure_channel(target(served)) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         response = stub.ModelInfer(request, metadata=[("application", "triton")], timeout=60)
-    (expected,) = run_torchscript(repository_of(grpc_served), "linear", data)
+    (expected,) = reference(repository_of(served), "linear", data)
     assert response.id == "typed"
     assert_matches(grpcclient.InferResult(response).as_numpy("output__0"), expected)
 
 
 def test_async_infer(
-    client: grpcclient.InferenceServerClient, grpc_served: ServeRun, rng: np.random.Generator
+    client: grpcclient.InferenceServerClient, served: ServeRun, rng: np.random.Generator
 ) -> None:
     """Several requests in flight at once (they may share batches); each gets its own answer."""
     answers: queue.Queue[tuple[int, Any, Any]] = queue.Queue()
     expected = {}
     for i in range(12):
         data = rng.standard_normal((1 + i % 3, 16), dtype=np.float32)
-        (expected[i],) = run_torchscript(repository_of(grpc_served), "linear", data)
+        (expected[i],) = reference(repository_of(served), "linear", data)
         client.async_infer(
             "linear",
             [infer_input("input__0", data)],
@@ -307,11 +284,11 @@ def test_async_infer(
         assert_matches(result.as_numpy("output__0"), expected[i])
 
 
-def test_stream_infer(client: grpcclient.InferenceServerClient, grpc_served: ServeRun) -> None:
+def test_stream_infer(client: grpcclient.InferenceServerClient, served: ServeRun) -> None:
     """ModelStreamInfer: every request answered on the one stream; an error answers only its own."""
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     inputs, data = linear_inputs(3)
-    (expected,) = run_torchscript(repository_of(grpc_served), "linear", data)
+    (expected,) = reference(repository_of(served), "linear", data)
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
         for i in range(6):
@@ -330,16 +307,16 @@ def test_stream_infer(client: grpcclient.InferenceServerClient, grpc_served: Ser
             assert_matches(result.as_numpy("output__0"), expected)
 
 
-def test_aio_client(grpc_served: ServeRun) -> None:
+def test_aio_client(served: ServeRun) -> None:
     inputs, data = linear_inputs(4)
-    (expected,) = run_torchscript(repository_of(grpc_served), "linear", data)
+    (expected,) = reference(repository_of(served), "linear", data)
 
     async def requests() -> AsyncIterator[dict[str, Any]]:
         for i in range(4):
             yield {"model_name": "linear", "inputs": inputs, "request_id": f"aio-{i}"}
 
     async def main() -> None:
-        async with aioclient.InferenceServerClient(target(grpc_served)) as triton:
+        async with aioclient.InferenceServerClient(target(served)) as triton:
             triton.register_plugin(Application("triton"))
             assert await triton.is_server_ready()
             assert (await triton.get_model_metadata("linear")).name == "linear"
@@ -361,7 +338,7 @@ def test_aio_client(grpc_served: ServeRun) -> None:
 # --- model control and error codes ---------------------------------------------------------
 
 
-def test_load_and_unload(control: grpcclient.InferenceServerClient, grpc_served: ServeRun) -> None:
+def test_load_and_unload(control: grpcclient.InferenceServerClient, served: ServeRun) -> None:
     index = {row.name: row for row in control.get_model_repository_index().models}
     assert index[BROKEN].state == "UNAVAILABLE" and index[BROKEN].reason
     control.unload_model("linear")
@@ -369,7 +346,7 @@ def test_load_and_unload(control: grpcclient.InferenceServerClient, grpc_served:
     control.load_model("linear")
     assert control.is_model_ready("linear")
     inputs, data = linear_inputs()
-    (expected,) = run_torchscript(repository_of(grpc_served), "linear", data)
+    (expected,) = reference(repository_of(served), "linear", data)
     assert_matches(control.infer("linear", inputs).as_numpy("output__0"), expected)
 
 
@@ -423,10 +400,10 @@ def test_error_codes(
     assert triton.is_model_ready("linear")  # still serving
 
 
-def test_two_applications_need_application_metadata(grpc_served: ServeRun) -> None:
+def test_two_applications_need_application_metadata(served: ServeRun) -> None:
     """Without it HAProxy cannot choose between the apps (one app needs none: configs/app.yaml)."""
     with (
-        grpcclient.InferenceServerClient(target(grpc_served)) as anonymous,
+        grpcclient.InferenceServerClient(target(served)) as anonymous,
         pytest.raises(InferenceServerException) as raised,
     ):
         anonymous.is_server_ready()

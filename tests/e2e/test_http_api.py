@@ -18,21 +18,20 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from devtools.processes import http_get
 from serve_app.dataplane import RUNTIME_EXTENSIONS, SERVED_EXTENSIONS
-from tests.e2e.harness import (
-    ServeRun,
+from tests.conftest import example_cases, reference
+from tests.e2e.checks import (
+    EXAMPLE_MODELS,
     assert_error,
     assert_matches,
     assert_still_serving,
-    http_get,
     repository_of,
-    run_torchscript,
     runtime_of,
 )
+from tests.e2e.serve_run import ServeRun
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-EXAMPLE_MODELS = {"image_classifier", "int_ops", "linear", "multi_io"}
 
 # model → (max_batch_size, inputs, outputs) as (name, datatype, dims without the batch dim)
 SIGNATURES: dict[str, tuple[int, list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]] = {
@@ -142,61 +141,46 @@ BINARY_MODES = [
     pytest.param(True, False, id="binary-in-json-out"),
     pytest.param(False, True, id="json-in-binary-out"),
 ]
+# The example models but linear (its batches: below) in every mode; the image only all binary or
+# all JSON (a JSON image is megabytes).
+INFER_CASES = [
+    pytest.param(model, *mode.values, id=f"{model}-{mode.id}")
+    for model in ("image_classifier", "multi_io", "int_ops")
+    for mode in BINARY_MODES
+    if model != "image_classifier" or mode in BINARY_MODES[:2]
+]
 
 
-@pytest.mark.parametrize(("binary_in", "binary_out"), BINARY_MODES[:2])
-def test_image_classifier_batch_2(
+@pytest.mark.parametrize(("model", "binary_in", "binary_out"), INFER_CASES)
+def test_infer(
     client: httpclient.InferenceServerClient,
     served: ServeRun,
     rng: np.random.Generator,
+    model: str,
     binary_in: bool,
     binary_out: bool,
 ) -> None:
-    images = rng.random((2, 3, 224, 224), dtype=np.float32)
+    """Every output named, each as binary data or JSON as asked; the request id comes back."""
+    inputs, names = example_cases(rng)[model]
     result = client.infer(
-        "image_classifier",
-        [infer_input("input__0", images, binary_in)],
-        outputs=[httpclient.InferRequestedOutput("output__0", binary_data=binary_out)],
-        request_id="image-batch-2",
+        model,
+        [infer_input(name, array, binary_in) for name, array in inputs.items()],
+        outputs=[httpclient.InferRequestedOutput(name, binary_data=binary_out) for name in names],
+        request_id=f"{model}-42",
     )
-    (expected,) = run_torchscript(repository_of(served), "image_classifier", images)
-    assert_matches(result.as_numpy("output__0"), expected)
+    expected = dict(zip(names, reference(repository_of(served), model, *inputs.values()), strict=True))
     response = result.get_response()
-    assert response["id"] == "image-batch-2"
-    assert response["model_name"] == "image_classifier"
-    assert response["model_version"] == "1"
-    (output,) = response["outputs"]
-    assert output["shape"] == [2, 10]
-    if binary_out:
-        assert output["parameters"]["binary_data_size"] == 2 * 10 * 4
-    else:
-        assert len(output["data"]) == 20
-
-
-@pytest.mark.parametrize(("binary_in", "binary_out"), BINARY_MODES)
-def test_multi_io(
-    client: httpclient.InferenceServerClient,
-    served: ServeRun,
-    rng: np.random.Generator,
-    binary_in: bool,
-    binary_out: bool,
-) -> None:
-    x = rng.standard_normal((3, 7), dtype=np.float32)
-    scale = rng.random((3, 1), dtype=np.float32)
-    result = client.infer(
-        "multi_io",
-        [infer_input("x", x, binary_in), infer_input("scale", scale, binary_in)],
-        outputs=[
-            httpclient.InferRequestedOutput("output__0", binary_data=binary_out),
-            httpclient.InferRequestedOutput("output__1", binary_data=binary_out),
-        ],
-    )
-    scaled, summed = run_torchscript(repository_of(served), "multi_io", x, scale)
-    assert_matches(result.as_numpy("output__0"), scaled)
-    assert_matches(result.as_numpy("output__1"), summed)
-    for output in result.get_response()["outputs"]:
-        assert ("binary_data_size" in (output.get("parameters") or {})) == binary_out
-        assert ("data" in output) != binary_out
+    assert (response["id"], response["model_name"], response["model_version"]) == (f"{model}-42", model, "1")
+    outputs = {output["name"]: output for output in response["outputs"]}
+    assert set(outputs) == set(names)
+    for name, want in expected.items():
+        assert_matches(result.as_numpy(name), want)
+        output, parameters = outputs[name], outputs[name].get("parameters") or {}
+        assert (output["datatype"], output["shape"]) == (np_to_triton_dtype(want.dtype), list(want.shape))
+        if binary_out:
+            assert parameters["binary_data_size"] == want.nbytes and "data" not in output
+        else:
+            assert len(output["data"]) == want.size and "binary_data_size" not in parameters
 
 
 @pytest.mark.parametrize(("batch", "length"), [(1, 1), (2, 5), (4, 33)])
@@ -210,7 +194,7 @@ def test_multi_io_variable_length(
     x = rng.standard_normal((batch, length), dtype=np.float32)
     scale = rng.random((batch, 1), dtype=np.float32)
     result = client.infer("multi_io", [infer_input("x", x), infer_input("scale", scale)])
-    scaled, summed = run_torchscript(repository_of(served), "multi_io", x, scale)
+    scaled, summed = reference(repository_of(served), "multi_io", x, scale)
     # No outputs named: every output comes back (binary, tritonclient's default).
     assert [o["name"] for o in result.get_response()["outputs"]] == ["output__0", "output__1"]
     assert_matches(result.as_numpy("output__0"), scaled)
@@ -230,32 +214,8 @@ def test_requested_output_subset(
     )
     assert [o["name"] for o in result.get_response()["outputs"]] == ["output__1"]
     assert result.as_numpy("output__0") is None
-    _, summed = run_torchscript(repository_of(served), "multi_io", x, scale)
+    _, summed = reference(repository_of(served), "multi_io", x, scale)
     assert_matches(result.as_numpy("output__1"), summed)
-
-
-@pytest.mark.parametrize(("binary_in", "binary_out"), BINARY_MODES)
-def test_int_ops(
-    client: httpclient.InferenceServerClient,
-    served: ServeRun,
-    rng: np.random.Generator,
-    binary_in: bool,
-    binary_out: bool,
-) -> None:
-    x = rng.integers(-5, 5, size=(2, 3), dtype=np.int32)
-    result = client.infer(
-        "int_ops",
-        [infer_input("INPUT__0", x, binary_in)],
-        outputs=[
-            httpclient.InferRequestedOutput("OUTPUT__0", binary_data=binary_out),
-            httpclient.InferRequestedOutput("OUTPUT__1", binary_data=binary_out),
-        ],
-    )
-    positive, cumsum = run_torchscript(repository_of(served), "int_ops", x)
-    assert_matches(result.as_numpy("OUTPUT__0"), positive)
-    assert_matches(result.as_numpy("OUTPUT__1"), cumsum)
-    datatypes = {o["name"]: o["datatype"] for o in result.get_response()["outputs"]}
-    assert datatypes == {"OUTPUT__0": "BOOL", "OUTPUT__1": "INT64"}
 
 
 @pytest.mark.parametrize("batch", [1, 5, 64])
@@ -264,7 +224,7 @@ def test_linear_batches(
 ) -> None:
     data = rng.standard_normal((batch, 16), dtype=np.float32)
     result = client.infer("linear", [infer_input("input__0", data)], model_version="1")
-    (expected,) = run_torchscript(repository_of(served), "linear", data)
+    (expected,) = reference(repository_of(served), "linear", data)
     assert_matches(result.as_numpy("output__0"), expected)
     assert result.get_response()["model_version"] == "1"
 
@@ -272,7 +232,7 @@ def test_linear_batches(
 @pytest.mark.parametrize("binary", [True, False])
 def test_request_id_echoed(client: httpclient.InferenceServerClient, served: ServeRun, binary: bool) -> None:
     data = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
-    (expected,) = run_torchscript(repository_of(served), "linear", data)
+    (expected,) = reference(repository_of(served), "linear", data)
     result = client.infer(
         "linear",
         [infer_input("input__0", data, binary)],
@@ -300,19 +260,19 @@ def test_async_infer(
             request = client.async_infer(
                 "multi_io", [infer_input("x", x), infer_input("scale", scale)], request_id=f"async-{i}"
             )
-            expected = run_torchscript(repository, "multi_io", x, scale)
+            expected = reference(repository, "multi_io", x, scale)
             names = ["output__0", "output__1"]
         else:
             data = rng.standard_normal((batch, 16), dtype=np.float32)
             request = client.async_infer("linear", [infer_input("input__0", data)], request_id=f"async-{i}")
-            expected = run_torchscript(repository, "linear", data)
+            expected = reference(repository, "linear", data)
             names = ["output__0"]
         pending.append((i, request, names, expected))
     for i, request, names, expected in pending:
         result = request.get_result(timeout=300)
         assert result.get_response()["id"] == f"async-{i}"
-        for name, reference in zip(names, expected, strict=True):
-            assert_matches(result.as_numpy(name), reference)
+        for name, want in zip(names, expected, strict=True):
+            assert_matches(result.as_numpy(name), want)
 
 
 def test_inference_statistics(client: httpclient.InferenceServerClient, served: ServeRun) -> None:
@@ -324,7 +284,7 @@ def test_inference_statistics(client: httpclient.InferenceServerClient, served: 
 
     before = linear_stats()
     data = np.ones((2, 16), dtype=np.float32)
-    (expected,) = run_torchscript(repository_of(served), "linear", data)
+    (expected,) = reference(repository_of(served), "linear", data)
     for _ in range(3):
         result = client.infer("linear", [infer_input("input__0", data)])
         assert_matches(result.as_numpy("output__0"), expected)
@@ -527,7 +487,7 @@ def test_raw_binary_request_as_curl_sends_it(served: ServeRun) -> None:
     header = orjson.loads(response.content[:header_length])
     [output] = header["outputs"]
     result = np.frombuffer(response.content[header_length:], np.float32).reshape(output["shape"])
-    (want,) = run_torchscript(repository_of(served), "linear", x)
+    (want,) = reference(repository_of(served), "linear", x)
     assert_matches(result, want)
     two_inputs = httpx.post(
         served.url + "/v2/models/multi_io/infer",

@@ -11,26 +11,27 @@ Every PromQL expression of the shipped Grafana dashboard must parse and return d
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import ray
 import yaml
 
-from tests.e2e.harness import ROOT, RUNTIMES, ServeRun, app_config, free_port, http_get, linear_body
-from tests.processes import start_process, stop_process
+from devtools.processes import answers, free_port, http_get, start_process, stop_process, wait_for
+from tests.e2e.checks import json_request, linear_body, replicas_answering
+from tests.e2e.serve_run import ROOT, ServeRun, app_config, fixed_replicas
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 pytestmark = [
@@ -74,13 +75,9 @@ class Prometheus:
             f"--storage.tsdb.path={self.workdir / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
         ]
-        self.process = start_process(command, self.log_path, self._ready, "prometheus", timeout_s)
+        ready = functools.partial(answers, f"{self.url}/-/ready")
+        self.process = start_process(command, self.log_path, ready, "prometheus", timeout_s)
         return self
-
-    def _ready(self) -> bool:
-        with contextlib.suppress(OSError):
-            return http_get(f"{self.url}/-/ready")[0] == 200
-        return False
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query; raises with Prometheus's error when the expression does not parse."""
@@ -109,11 +106,17 @@ def prometheus(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="module")
-def two_model_repository(example_repository_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def served_config(runtime: str, example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two replicas of an app of its own name, serving two copies of `linear`."""
     repository = tmp_path_factory.mktemp("metrics-repository")
     for model in MODELS:
-        shutil.copytree(example_repository_path / "linear", repository / model)
-    return repository
+        shutil.copytree(example_repository / "linear", repository / model)
+    args = {"model_repository": str(repository), "runtime": runtime, "metrics": {"interval_s": 1}}
+    config = app_config(args, fixed_replicas(2))
+    config["applications"][0]["name"] = f"metrics_{runtime}"
+    # Read by the controller, passed on to the replicas it starts: report to the agent every second.
+    config["controller_options"]["runtime_env"]["env_vars"]["RAY_metrics_report_interval_ms"] = "1000"
+    return config
 
 
 @dataclass(frozen=True)
@@ -123,45 +126,23 @@ class Traffic:
     bad: dict[str, int]  # refused requests per model
 
 
-@pytest.fixture(scope="module", params=RUNTIMES)
-def traffic(
-    request: pytest.FixtureRequest,
-    ray_address: str,
-    two_model_repository: Path,
-    prometheus: Prometheus,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Traffic]:
-    """Two replicas of an app of its own name, after GOOD and BAD requests (and, if one replica
-    got all of them, a few more until both served: see `_top_up`)."""
-    app = f"metrics_{request.param}"
-    config = app_config(
-        free_port(),
-        args={
-            "model_repository": str(two_model_repository),
-            "runtime": request.param,
-            "metrics": {"interval_s": 1},
-        },
-        deployment={"autoscaling_config": None, "num_replicas": 2},
-    )
-    config["applications"][0]["name"] = app
-    # Read by the controller, passed on to the replicas it starts: report to the agent every second.
-    config["controller_options"]["runtime_env"]["env_vars"]["RAY_metrics_report_interval_ms"] = "1000"
-    run = ServeRun(config, tmp_path_factory.mktemp("serve-metrics"), address=ray_address).start()
-    try:
-        wait_for("both replicas serving", lambda: _replicas_answering(run.url, 2))
-        good, bad = dict(GOOD), dict(BAD)
-        send_traffic(run.url, good, bad)
-        _top_up(run.url, prometheus, Traffic(app, good, bad))
-        yield Traffic(app, good, bad)
-    finally:
-        run.stop()
+@pytest.fixture(scope="module")
+def traffic(served: ServeRun, prometheus: Prometheus) -> Traffic:
+    """GOOD and BAD requests to the app (and, if one replica got all of them, a few more until
+    both served: see `_top_up`)."""
+    # Both replicas answer through HAProxy (ready ≠ already in its backend).
+    assert len(replicas_answering(served.url, 2, WAIT_S)) == 2, "not both replicas answer"
+    traffic = Traffic(served.config["applications"][0]["name"], dict(GOOD), dict(BAD))
+    send_traffic(served.url, traffic.good, traffic.bad)
+    _top_up(served.url, prometheus, traffic)
+    return traffic
 
 
 def _top_up(url: str, prometheus: Prometheus, traffic: Traffic) -> None:
     """HAProxy's leastconn may give every request of a short burst to one replica (each ends
     before the next begins): add bursts of concurrent requests, counted, until both served."""
     for _ in range(TOP_UPS):
-        wait_for("the traffic counted", lambda: _counted(prometheus, traffic))
+        wait_counted(prometheus, traffic)
         if len(prometheus.sum_by("replica", SUCCESS, traffic.app)) >= 2:
             return
         burst = {MODELS[0]: 16}
@@ -169,22 +150,21 @@ def _top_up(url: str, prometheus: Prometheus, traffic: Traffic) -> None:
         traffic.good[MODELS[0]] += burst[MODELS[0]]
 
 
-def _counted(prometheus: Prometheus, traffic: Traffic) -> None:
-    success = prometheus.sum_by("model", SUCCESS, traffic.app)
-    failure = prometheus.sum_by("model", "ray_nv_inference_request_failure_total", traffic.app)
-    assert success == traffic.good and failure == traffic.bad, (success, failure)
+def wait_counted(prometheus: Prometheus, traffic: Traffic) -> None:
+    """Until the successes and failures per model Prometheus has are the traffic sent."""
 
+    def counts() -> tuple[dict[str, float], dict[str, float]]:
+        success = prometheus.sum_by("model", SUCCESS, traffic.app)
+        return success, prometheus.sum_by("model", "ray_nv_inference_request_failure_total", traffic.app)
 
-def _replicas_answering(url: str, count: int) -> None:
-    """`count` distinct replicas answer GET /v2 through HAProxy (ready ≠ already in its backend)."""
-    seen = {json.loads(http_get(f"{url}/v2")[1])["serve_app"]["replica"] for _ in range(4 * count)}
-    assert len(seen) >= count, seen
+    sent = (traffic.good, traffic.bad)
+    wait_for(lambda: counts() == sent, WAIT_S, lambda: f"the traffic {sent} counted (have {counts()})", 0.5)
 
 
 def send_traffic(url: str, good_counts: dict[str, int], bad_counts: dict[str, int], clients: int = 4) -> None:
     """Good and bad requests per model, `clients` at a time."""
     good, _ = linear_body(batch=2)
-    bad = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 15], "data": [0.0] * 15}]}
+    bad = json_request(np.zeros((1, 15), np.float32))
     calls = [(m, good, 200) for m, n in good_counts.items() for _ in range(n)]
     calls += [(m, bad, 400) for m, n in bad_counts.items() for _ in range(n)]
     with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(clients) as pool:
@@ -196,22 +176,9 @@ def send_traffic(url: str, good_counts: dict[str, int], bad_counts: dict[str, in
         list(pool.map(lambda c: call(*c), calls))
 
 
-def wait_for(what: str, check: Callable[[], Any]) -> None:
-    """Poll `check` (which asserts) until it passes; fail with its last assertion after WAIT_S."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        try:
-            check()
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not seen within {WAIT_S} s") from None
-            time.sleep(0.5)
-
-
 def test_traffic_sums_over_replicas(traffic: Traffic, prometheus: Prometheus) -> None:
     app = traffic.app
-    wait_for("successes and failures per model", lambda: _counted(prometheus, traffic))
+    wait_counted(prometheus, traffic)
     assert set(prometheus.sum_by("reason", "ray_nv_inference_request_failure_total", app)) == {"REJECTED"}
     inferences = prometheus.sum_by("model", "ray_nv_inference_count_total", app)
     assert inferences == {m: 2 * n for m, n in traffic.good.items()}  # batch of 2 each
@@ -255,8 +222,4 @@ def test_dashboard_queries_parse_and_return_data(traffic: Traffic, prometheus: P
             continue
         checked.append(expr)
     for expr in checked:
-        wait_for(f"data for {expr}", lambda expr=expr: _has_data(prometheus, expr))
-
-
-def _has_data(prometheus: Prometheus, expr: str) -> None:
-    assert prometheus.query(expr), f"no data for {expr}"
+        wait_for(lambda expr=expr: prometheus.query(expr), WAIT_S, f"data for {expr}", 0.5)

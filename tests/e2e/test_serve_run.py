@@ -10,12 +10,9 @@ Cold-start and stop times are printed (`pytest -s`), never asserted beyond the 4
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
 import re
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,18 +22,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.harness import (
-    APP_CONFIG,
-    Process,
-    ServeRun,
-    alive,
-    app_config,
-    assert_still_serving,
-    command_line,
-    descendants,
-    free_port,
-    processes_mentioning,
-)
+from devtools.processes import command_line, descendants, free_port, kill, wait_gone
+from tests.e2e.checks import EXAMPLE_MODELS, assert_still_serving
+from tests.e2e.serve_run import APP_CONFIG, ServeRun, app_config, fixed_replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -58,20 +46,11 @@ def private_ray_tmpdir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def wait_gone(processes: set[Process], timeout_s: float = 30.0) -> set[Process]:
-    deadline = time.monotonic() + timeout_s
-    left = alive(processes)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = alive(left)
-    return left
-
-
 def test_relative_repository_with_own_ray(
-    tmp_path: Path, example_repository_path: Path, private_ray_tmpdir: str
+    tmp_path: Path, example_repository: Path, private_ray_tmpdir: str
 ) -> None:
     # The user's working directory holds their repository; the config names it relatively.
-    shutil.copytree(example_repository_path, tmp_path / RELATIVE_REPOSITORY)
+    shutil.copytree(example_repository, tmp_path / RELATIVE_REPOSITORY)
     config = yaml.safe_load(APP_CONFIG.read_text())
     config["http_options"]["port"] = free_port()
     config["applications"][0]["args"]["model_repository"] = RELATIVE_REPOSITORY
@@ -88,17 +67,12 @@ def test_relative_repository_with_own_ray(
 
         with httpx.Client(base_url=run.url, timeout=120.0) as http:
             index = http.post("/v2/repository/index", json={}).json()
-            assert {row["name"]: row["state"] for row in index} == {
-                "image_classifier": "READY",
-                "int_ops": "READY",
-                "linear": "READY",
-                "multi_io": "READY",
-            }
+            assert {row["name"]: row["state"] for row in index} == dict.fromkeys(EXAMPLE_MODELS, "READY")
             assert_still_serving(http, tmp_path / RELATIVE_REPOSITORY)
     finally:
         run.stop(timeout_s=STOP_BOUND_S)
 
-    left = wait_gone(run.seen_processes | processes_mentioning(private_ray_tmpdir))
+    left = wait_gone(run.seen_processes, 30, mentioning=private_ray_tmpdir)
     print(
         f"\nserve run with its own Ray: ready after {run.ready_after_s:.1f} s, "
         f"SIGINT stop took {run.stop_s:.1f} s; of its {len(run.seen_processes)} processes "
@@ -107,9 +81,7 @@ def test_relative_repository_with_own_ray(
     )
     for command in run.survivor_commands:
         print(f"  outlived serve run: {command}")
-    for pid, _ in left:  # ours: never leave them behind, even when the test fails
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill(left)  # ours: never leave them behind, even when the test fails
     assert run.exited_on_sigint, f"serve run did not exit within {STOP_BOUND_S} s of SIGINT:\n{run.log()}"
     assert run.stop_s <= STOP_BOUND_S
     assert "Got KeyboardInterrupt, shutting down" in run.full_log()
@@ -158,20 +130,20 @@ def controller_error(log: str, app: str) -> list[str]:
     return record
 
 
-def test_bad_app_args_name_the_field(ray_address: str, tmp_path: Path, example_repository_path: Path) -> None:
+def test_bad_app_args_name_the_field(ray_address: str, tmp_path: Path, example_repository: Path) -> None:
     """One `serve run` with an app per bad arg; each app's deploy fails naming its field."""
-    config = app_config(free_port())
+    config = app_config()
     template = config["applications"][0]
     config["applications"] = []
     for name, (overrides, dropped, _, _) in BAD_ARGS.items():
         app = copy.deepcopy(template)
         app["name"] = name
         app["route_prefix"] = f"/{name}"
-        app["args"]["model_repository"] = str(example_repository_path)
+        app["args"]["model_repository"] = str(example_repository)
         app["args"].update(overrides)
         for key in dropped:
             del app["args"][key]
-        app["deployments"][0].update({"autoscaling_config": None, "num_replicas": 1})
+        app["deployments"][0].update(fixed_replicas(1))
         config["applications"].append(app)
 
     # Ray's log deduplication may fold a controller line into an identical earlier one.

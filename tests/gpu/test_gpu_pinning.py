@@ -16,8 +16,10 @@ import pytest
 import torch
 import yaml
 
-from tests.e2e.harness import ROOT, ServeRun, free_port, free_request_path_ports, infer_json, run_torchscript
-from tests.e2e.test_gpu_pinning import placements
+from devtools.processes import free_port
+from tests.conftest import reference
+from tests.e2e.checks import infer_json, replicas_answering
+from tests.e2e.serve_run import ROOT, ServeRun, free_request_path_ports
 from tests.gpu.test_gpu import TOLERANCE, with_instance_group
 
 pytestmark = [
@@ -51,7 +53,7 @@ def served(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def test_each_replica_serves_on_its_own_gpu(served: ServeRun, repository: Path) -> None:
-    seen = placements(served.url, REPLICAS, timeout_s=120)
+    seen = replicas_answering(served.url, REPLICAS, timeout_s=120)
     print(f"\nreplica placements: {json.dumps(list(seen.values()))}")
     assert len(seen) == REPLICAS
     ids = sorted(block["gpu_ids"][0] for block in seen.values())
@@ -60,6 +62,6 @@ def test_each_replica_serves_on_its_own_gpu(served: ServeRun, repository: Path) 
         assert len(block["gpu_ids"]) == 1 and block["cuda_visible_devices"] == block["gpu_ids"][0]
         assert block["runtime"] == "triton" and block["device"] == f"cuda:0 (GPU {block['gpu_ids'][0]})"
     rows = np.random.default_rng(2).standard_normal((1, 16), dtype=np.float32)
-    (expected,) = run_torchscript(repository, "linear", rows)
+    (expected,) = reference(repository, "linear", rows)
     for _ in range(4 * REPLICAS):
         np.testing.assert_allclose(infer_json(served.url, "linear", rows), expected, atol=TOLERANCE)

@@ -12,7 +12,6 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
-from serve_app.examples import write_model
 from tests.conftest import post_scope
 
 LINEAR_OK = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [2, 16], "data": [0.5] * 32}]}
@@ -266,28 +265,15 @@ class Total(torch.nn.Module):
         return x.sum()
 
 
-def test_model_failure_is_a_500_naming_the_cause(serve, tmp_path: Path) -> None:
-    write_model(
-        tmp_path,
-        "total",
-        Total(),
-        (torch.ones(2, 3),),
-        """
-platform: "pytorch_libtorch"
-max_batch_size: 4
-input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 3 ] } ]
-output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 1 ] } ]
-dynamic_batching { }
-""",
-    )
-    client, _ = serve(repository=tmp_path)
-    request = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [2, 3], "data": [1.0] * 6}]}
-    response = client.post("/v2/models/total/infer", json=request)
+def test_model_failure_is_a_500_naming_the_cause(serve, repository: Path) -> None:
+    """`linear`'s config.pbtxt over a module that breaks its promise."""
+    torch.jit.trace(Total(), torch.ones(2, 16)).save(str(repository / "linear" / "1" / "model.pt"))
+    client, _ = serve(repository=repository)
+    response = client.post("/v2/models/linear/infer", json=LINEAR_OK)
     assert_error(response, 500, "model returned output 'output__0' of shape [] for a batch of 2")
     assert client.get("/v2/health/ready").status_code == 200
-    assert (
-        client.get("/v2/models/total/stats").json()["model_stats"][0]["inference_stats"]["fail"]["count"] == 1
-    )
+    stats = client.get("/v2/models/linear/stats").json()["model_stats"][0]
+    assert stats["inference_stats"]["fail"]["count"] == 1
 
 
 @pytest.mark.parametrize("content_length", [b"1000", None])

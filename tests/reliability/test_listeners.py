@@ -24,18 +24,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from tests.e2e.harness import (
-    ServeRun,
-    app_config,
-    command_line,
-    descendants,
-    free_grpc_ports,
-    free_port,
-    is_loopback,
-    replica_states,
-    tcp_listeners,
-    wait_for,
-)
+from devtools.processes import command_line, descendants, is_loopback, tcp_listeners
+from tests.e2e.serve_run import ServeRun, app_config, wait_for_replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -58,12 +48,11 @@ def kind(pid: int) -> str:
 def test_admin_socket_is_private_and_listeners_stay_local(
     ray_address: str, example_repository: Path, tmp_path: Path
 ) -> None:
-    config = app_config(free_port(), args={"model_repository": str(example_repository)})
-    free_grpc_ports(config)
+    config = app_config({"model_repository": str(example_repository)})
     env = config["controller_options"]["runtime_env"]["env_vars"]
     directory = Path(env["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent
     with ServeRun(config, tmp_path, address=ray_address) as run:
-        wait_for(lambda: replica_states() == {"RUNNING": 1}, 120, "1 RUNNING replica")
+        wait_for_replicas({"RUNNING": 1}, 120)
         processes = {pid for pid, _ in descendants(os.getpid())}
         # (address, port, process kind, command line), read while the processes run.
         listeners = [

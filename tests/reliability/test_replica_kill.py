@@ -12,12 +12,10 @@ that must succeed. Counts and times are printed (`pytest -s`).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -25,20 +23,17 @@ import numpy as np
 import pytest
 import ray
 
-from tests.e2e.harness import (
+from devtools.processes import tcp_listeners
+from tests.conftest import reference
+from tests.e2e.checks import json_request, replicas_answering
+from tests.e2e.load import ClosedLoop
+from tests.e2e.serve_run import (
     RUNTIMES,
-    ClosedLoop,
-    Process,
     ServeRun,
     app_config,
-    free_grpc_ports,
-    free_port,
-    http_get,
-    replica_processes,
-    replica_states,
-    run_torchscript,
-    tcp_listeners,
-    wait_for,
+    fixed_replicas,
+    wait_for_replica_processes,
+    wait_for_replicas,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -50,24 +45,7 @@ LOAD_AFTER_RECOVERY_S = 4.0
 KILL_SAMPLES = 20  # HAProxy `show stat` reads just before the kill (~25 ms each)
 REPLICA_HTTP_PORTS = range(30000, 31000)  # Ray's direct-ingress HTTP ports
 ROWS = np.linspace(-1, 1, 2 * 16, dtype=np.float32).reshape(2, 16)
-BODY = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [2, 16], "data": ROWS.ravel().tolist()}]}
-
-
-def replica_ids(url: str, want: int = REPLICAS, timeout_s: float = 60.0) -> set[str]:
-    """Replica ids (GET /v2 → serve_app.replica) seen until `want` answered. Concurrent
-    requests: HAProxy balances by least connections, so sequential ones all find the
-    same idle replica."""
-
-    def one(_: int) -> str:
-        status, body = http_get(url + "/v2", timeout=30)
-        return json.loads(body)["serve_app"]["replica"] if status == 200 else ""
-
-    ids: set[str] = set()
-    deadline = time.monotonic() + timeout_s
-    with ThreadPoolExecutor(8) as pool:
-        while len(ids) < want and time.monotonic() < deadline:
-            ids.update(i for i in pool.map(one, range(32)) if i)
-    return ids
+BODY = json_request(ROWS)
 
 
 def haproxy_sessions(admin_socket: Path, port: int) -> int:
@@ -85,24 +63,11 @@ def haproxy_sessions(admin_socket: Path, port: int) -> int:
     )
 
 
-def wait_for_processes(count: int, exclude: set[Process] | None = None) -> set[Process]:
-    """`count` live replica processes of this cluster, some of them not in `exclude`."""
-    found: set[Process] = set()
-
-    def ready() -> bool:
-        nonlocal found
-        found = replica_processes(os.getpid())
-        return len(found) == count and (exclude is None or bool(found - exclude))
-
-    wait_for(ready, 60, f"{count} replica processes")
-    return found
-
-
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_replica_sigkill_loses_only_its_requests(
     runtime: str, ray_address: str, example_repository: Path, tmp_path: Path
 ) -> None:
-    (expected,) = run_torchscript(example_repository, "linear", ROWS)
+    (expected,) = reference(example_repository, "linear", ROWS)
 
     def send(http: httpx.Client, _: int) -> str:
         response = http.post("/v2/models/linear/infer", json=BODY)
@@ -113,19 +78,17 @@ def test_replica_sigkill_loses_only_its_requests(
         return "" if np.allclose(got, expected, atol=1e-5) else "wrong result"
 
     config = app_config(
-        free_port(),
-        args={"model_repository": str(example_repository), "runtime": runtime},
-        deployment={"autoscaling_config": None, "num_replicas": REPLICAS},
+        {"model_repository": str(example_repository), "runtime": runtime}, fixed_replicas(REPLICAS)
     )
-    free_grpc_ports(config)
     env = config["controller_options"]["runtime_env"]["env_vars"]
     # Ray puts HAProxy's files in <the socket's directory>/<node id>/.
     admin_socket = Path(env["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent
     admin_socket = admin_socket / ray.get_runtime_context().get_node_id() / "admin.sock"
     with ServeRun(config, tmp_path, address=ray_address) as run:
-        wait_for(lambda: replica_states() == {"RUNNING": REPLICAS}, 120, "2 RUNNING replicas")
-        before = wait_for_processes(REPLICAS)
-        assert len(replica_ids(run.url)) == REPLICAS, "both replicas serve through HAProxy"
+        wait_for_replicas({"RUNNING": REPLICAS}, 120)
+        before = wait_for_replica_processes(REPLICAS)
+        first_ids = set(replicas_answering(run.url, REPLICAS))
+        assert len(first_ids) == REPLICAS, "both replicas serve through HAProxy"
         victim, _ = min(before)
         (port,) = (p for _, p, _ in tcp_listeners({victim}) if p in REPLICA_HTTP_PORTS)
 
@@ -136,21 +99,22 @@ def test_replica_sigkill_loses_only_its_requests(
             on_victim = max(haproxy_sessions(admin_socket, port) for _ in range(KILL_SAMPLES))
             in_flight, ok_at_kill = load.while_held(lambda: os.kill(victim, signal.SIGKILL))
             killed = time.monotonic()
-            # Serve notices the death, starts a replacement, and routes to it.
-            wait_for(lambda: replica_states() == {"RUNNING": REPLICAS}, 150, "2 RUNNING again", 0.5)
-            after = wait_for_processes(REPLICAS, exclude=before)
+            # Serve notices the death and starts a replacement (until then its controller still
+            # reports the dead replica RUNNING), the replacement gets RUNNING, and it serves.
+            after = wait_for_replica_processes(REPLICAS, exclude=before, timeout_s=150)
+            wait_for_replicas({"RUNNING": REPLICAS}, 150)
+            serving = replicas_answering(run.url, REPLICAS)
             restored = time.monotonic()
             recovered = load.counts()
             time.sleep(LOAD_AFTER_RECOVERY_S)
             final = load.counts()
         ok, failed = load.counts()
-        states = replica_states()
-        serving = replica_ids(run.url)
+        wait_for_replicas({"RUNNING": REPLICAS}, 60)  # and stays so
 
     print(
         f"\n{runtime}: SIGKILL of replica pid {victim} with {on_victim} requests in flight on it "
         f"({in_flight} in all, {ok_at_kill} ok before); {failed} failed of {ok + failed}; 2 replicas "
-        f"RUNNING again {restored - killed:.1f} s after the kill (new pid "
+        f"RUNNING and serving again {restored - killed:.1f} s after the kill (new pid "
         f"{sorted(p for p, _ in after - before)}); after that: {final[0] - recovered[0]} ok / "
         f"{final[1] - recovered[1]} failed"
     )
@@ -160,5 +124,4 @@ def test_replica_sigkill_loses_only_its_requests(
     assert failed <= on_victim, f"more failures than requests on the killed replica: {load.failures[:20]}"
     assert final[1] == recovered[1], "requests failed after the replacement replica was up"
     assert final[0] > recovered[0], "no request succeeded after the recovery"
-    assert states == {"RUNNING": REPLICAS}
-    assert len(serving) == REPLICAS, f"not both replicas answer: {serving}"
+    assert len(serving) == REPLICAS and set(serving) - first_ids, f"the replacement does not serve: {serving}"

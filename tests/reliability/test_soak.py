@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,18 +22,18 @@ import pytest
 import tritonclient.http as triton_http
 from tritonclient.utils import np_to_triton_dtype
 
-from tests.e2e.harness import (
+from devtools.processes import rss_bytes
+from tests.conftest import reference
+from tests.e2e.checks import json_request
+from tests.e2e.load import ClosedLoop, Send
+from tests.e2e.serve_run import (
     RUNTIMES,
-    ClosedLoop,
     ServeRun,
     app_config,
-    free_grpc_ports,
-    free_port,
+    fixed_replicas,
     replica_processes,
-    replica_states,
-    rss_bytes,
-    run_torchscript,
-    wait_for,
+    wait_for_replica_processes,
+    wait_for_replicas,
 )
 
 SOAK_S = float(os.environ.get("SERVE_APP_SOAK_S", "60"))
@@ -47,11 +46,8 @@ RUNTIME = os.environ.get("SERVE_APP_SOAK_RUNTIME", RUNTIMES[-1])  # triton where
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(int(SOAK_S) + 240)]
 
-# A request: (client, n) → "" when the answer is right, else what was wrong.
-Request = Callable[[httpx.Client, int], str]
 
-
-def json_infer(model: str, inputs: dict[str, np.ndarray], expected: tuple[np.ndarray, ...]) -> Request:
+def json_infer(model: str, inputs: dict[str, np.ndarray], expected: list[np.ndarray]) -> Send:
     body = orjson.dumps(
         {
             "inputs": [
@@ -84,8 +80,8 @@ def json_infer(model: str, inputs: dict[str, np.ndarray], expected: tuple[np.nda
 
 
 def binary_infer(
-    model: str, inputs: dict[str, np.ndarray], outputs: list[str], expected: tuple[np.ndarray, ...]
-) -> Request:
+    model: str, inputs: dict[str, np.ndarray], outputs: list[str], expected: list[np.ndarray]
+) -> Send:
     """The binary tensor extension, built and parsed by tritonclient's own codec."""
     tensors = []
     for name, array in inputs.items():
@@ -114,7 +110,7 @@ def binary_infer(
     return send
 
 
-def read(method: str, path: str) -> Request:
+def read(method: str, path: str) -> Send:
     def send(http: httpx.Client, _: int) -> str:
         response = http.request(method, path, json={} if method == "POST" else None)
         return "" if response.status_code == 200 else f"{method} {path}: HTTP {response.status_code}"
@@ -122,7 +118,7 @@ def read(method: str, path: str) -> Request:
     return send
 
 
-def bad(status: int, method: str, path: str, body: bytes = b"") -> Request:
+def bad(status: int, method: str, path: str, body: bytes = b"") -> Send:
     """A bad request: its 4xx status with Triton's {"error": ...} body is the right answer."""
 
     def send(http: httpx.Client, _: int) -> str:
@@ -135,17 +131,17 @@ def bad(status: int, method: str, path: str, body: bytes = b"") -> Request:
     return send
 
 
-def traffic(repository: Path) -> list[Request]:
+def traffic(repository: Path) -> list[Send]:
     """One cycle of the mix: 12 infers (JSON and binary, every model), 5 reads, 3 bad requests."""
     rng = np.random.default_rng(0)
     rows = rng.random((4, 16), dtype=np.float32)
     image = rng.random((1, 3, 224, 224), dtype=np.float32)
     x, scale = rng.random((2, 7), dtype=np.float32), np.array([[2.0], [0.5]], dtype=np.float32)
     ints = np.array([[1, -2, 3], [-4, 5, -6]], dtype=np.int32)
-    linear = run_torchscript(repository, "linear", rows)
-    image_out = run_torchscript(repository, "image_classifier", image)
-    multi_out = run_torchscript(repository, "multi_io", x, scale)
-    int_out = run_torchscript(repository, "int_ops", ints)
+    linear = reference(repository, "linear", rows)
+    image_out = reference(repository, "image_classifier", image)
+    multi_out = reference(repository, "multi_io", x, scale)
+    int_out = reference(repository, "int_ops", ints)
     infers = [
         json_infer("linear", {"input__0": rows}, linear),
         binary_infer("linear", {"input__0": rows}, ["output__0"], linear),
@@ -162,9 +158,7 @@ def traffic(repository: Path) -> list[Request]:
         read("GET", "/v2/models/linear/stats"),
         read("POST", "/v2/repository/index"),
     ]
-    wrong_shape = orjson.dumps(
-        {"inputs": [{"name": "input__0", "shape": [2, 15], "datatype": "FP32", "data": [0.0] * 30}]}
-    )
+    wrong_shape = orjson.dumps(json_request(np.zeros((2, 15), np.float32)))
     bads = [
         bad(404, "POST", "/v2/models/no_such_model/infer", b'{"inputs": []}'),
         bad(400, "POST", "/v2/models/linear/infer", wrong_shape),
@@ -182,15 +176,11 @@ def test_soak_mixed_traffic(ray_address: str, example_repository: Path, tmp_path
         calls[index] += 1
         return cycle[index](http, n)
 
-    config = app_config(
-        free_port(),
-        args={"model_repository": str(example_repository), "runtime": RUNTIME},
-        deployment={"autoscaling_config": None, "num_replicas": 1},
-    )
-    free_grpc_ports(config)
+    config = app_config({"model_repository": str(example_repository), "runtime": RUNTIME}, fixed_replicas(1))
     with ServeRun(config, tmp_path, address=ray_address) as run:
-        wait_for(lambda: replica_states() == {"RUNNING": 1}, 120, "1 RUNNING replica")
-        replica = replica_processes(os.getpid())
+        wait_for_replicas({"RUNNING": 1}, 120)
+        # The one replica's process (an earlier app's may still be exiting).
+        replica = wait_for_replica_processes(1)
         ((pid, _),) = replica
         started = time.monotonic()
         samples: list[tuple[float, int]] = []

@@ -22,6 +22,7 @@ from serve_app.runtimes.torch import runtime as torch_runtime
 from serve_app.runtimes.torch.runtime import TorchRuntime
 from serve_app.runtimes.torch.statistics import ModelStatistics
 from serve_app.runtimes.torch.torchscript import Timings, TorchScriptModel
+from tests.conftest import add_picky, example_cases, infer_picky
 
 pytestmark = pytest.mark.anyio
 
@@ -29,16 +30,7 @@ CPU = torch.device("cpu")
 Reference = Callable[..., list[np.ndarray]]
 RNG = np.random.default_rng(0)
 
-# model → (inputs by name, in forward order; output names in tuple order)
-CASES: dict[str, tuple[dict[str, np.ndarray], list[str]]] = {
-    "image_classifier": ({"input__0": RNG.random((2, 3, 224, 224), dtype=np.float32)}, ["output__0"]),
-    "multi_io": (
-        {"x": RNG.random((3, 7), dtype=np.float32), "scale": RNG.random((3, 1), dtype=np.float32)},
-        ["output__0", "output__1"],
-    ),
-    "linear": ({"input__0": RNG.standard_normal((5, 16), dtype=np.float32)}, ["output__0"]),
-    "int_ops": ({"INPUT__0": RNG.integers(-9, 9, (2, 3), dtype=np.int32)}, ["OUTPUT__0", "OUTPUT__1"]),
-}
+CASES = example_cases(RNG)
 
 
 @pytest.mark.parametrize("model", sorted(CASES))
@@ -248,37 +240,14 @@ async def test_stop_finishes_requests_in_flight(example_repository: Path) -> Non
         assert all(p.done() and p.result()["output__0"].shape == (2, 10) for p in pending)
 
 
-class Picky(nn.Module):
-    """Fails on negative inputs: a fault only one request of a batch triggers."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x < 0).any()):
-            raise ValueError("negative input")
-        return x * 2
-
-
 async def test_a_request_that_breaks_the_model_fails_alone(tmp_path: Path) -> None:
-    (tmp_path / "picky" / "1").mkdir(parents=True)
-    torch.jit.script(Picky()).save(str(tmp_path / "picky" / "1" / "model.pt"))
-    (tmp_path / "picky" / "config.pbtxt").write_text("""
-platform: "pytorch_libtorch"
-max_batch_size: 8
-input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
-output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
-dynamic_batching { max_queue_delay_microseconds: 20000 }
-""")
+    add_picky(tmp_path, 20000)
     runtime = TorchRuntime(tmp_path, CPU, 1)
     await runtime.start()
     try:
         values = [1.0, -1.0, 2.0, 3.0]
         with anyio.fail_after(10):
-            results = await asyncio.gather(
-                *(
-                    runtime.infer("picky", "1", {"input__0": np.full((1, 2), v, np.float32)}, ["output__0"])
-                    for v in values
-                ),
-                return_exceptions=True,
-            )
+            results = await infer_picky(runtime, values)
         assert isinstance(results[1], InternalError)
         assert "negative input" in str(results[1]) and "Traceback" not in str(results[1])
         for value, result in zip(values, results, strict=True):

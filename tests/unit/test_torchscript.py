@@ -41,47 +41,50 @@ A = np.array([[5.0, 7.0]], np.float32)
 B = np.array([[1.0, 2.0]], np.float32)
 
 
-def test_indexed_inputs_go_by_index_not_config_order(tmp_path: Path) -> None:
-    path = save(tmp_path, Difference(), torch.from_numpy(A), torch.from_numpy(B))
-    model = TorchScriptModel(path, ["INPUT__1", "INPUT__0"], ["OUTPUT__0"], [F32], CPU)
-    outputs, _ = model({"INPUT__0": A, "INPUT__1": B})
-    np.testing.assert_array_equal(outputs["OUTPUT__0"], A - B)
+# case → (module, input names in config order, inputs by name, expected output__0): indexed names
+# go by their index, forward-argument names by name, others in config order.
+INPUT_CASES = {
+    "indexed": (Difference(), ["INPUT__1", "INPUT__0"], {"INPUT__0": A, "INPUT__1": B}, A - B),
+    "lowercase-indexed": (Difference(), ["input__0", "input__1"], {"input__1": A, "input__0": B}, B - A),
+    "forward-argument-names": (ShiftByScale(), ["scale", "x"], {"scale": B, "x": A}, A - 2 * B),
+    # "second" is the first argument
+    "other-names": (ShiftByScale(), ["second", "first"], {"first": A, "second": B}, B - 2 * A),
+}
 
 
-def test_lowercase_indexed_inputs(tmp_path: Path) -> None:
-    path = save(tmp_path, Difference(), torch.from_numpy(A), torch.from_numpy(B))
-    model = TorchScriptModel(path, ["input__0", "input__1"], ["output__0"], [F32], CPU)
-    np.testing.assert_array_equal(model({"input__1": A, "input__0": B})[0]["output__0"], B - A)
+@pytest.mark.parametrize(
+    ("module", "config_order", "inputs", "expected"), INPUT_CASES.values(), ids=list(INPUT_CASES)
+)
+def test_inputs_reach_their_forward_argument(
+    tmp_path: Path,
+    module: nn.Module,
+    config_order: list[str],
+    inputs: dict[str, np.ndarray],
+    expected: np.ndarray,
+) -> None:
+    path = save(tmp_path, module, torch.from_numpy(A), torch.from_numpy(B))
+    model = TorchScriptModel(path, config_order, ["output__0"], [F32], CPU)
+    outputs, _ = model(inputs)
+    np.testing.assert_array_equal(outputs["output__0"], expected)
 
 
-def test_forward_argument_names_win_over_config_order(tmp_path: Path) -> None:
-    path = save(tmp_path, ShiftByScale(), torch.from_numpy(A), torch.from_numpy(B))
-    model = TorchScriptModel(path, ["scale", "x"], ["output__0"], [F32], CPU)
-    outputs, _ = model({"scale": B, "x": A})
-    np.testing.assert_array_equal(outputs["output__0"], A - 2 * B)
-
-
-def test_other_names_are_passed_in_config_order(tmp_path: Path) -> None:
-    path = save(tmp_path, ShiftByScale(), torch.from_numpy(A), torch.from_numpy(B))
-    model = TorchScriptModel(path, ["second", "first"], ["output__0"], [F32], CPU)
-    outputs, _ = model({"first": A, "second": B})
-    np.testing.assert_array_equal(outputs["output__0"], B - 2 * A)  # "second" is the first argument
-
-
-def test_indexed_outputs_pick_their_tuple_element(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("config_order", "plus_one", "times_ten"),
+    [
+        pytest.param(
+            ["output__1", "output__0"], "output__0", "output__1", id="indexed-names-pick-their-element"
+        ),
+        pytest.param(["plus_one", "times_ten"], "plus_one", "times_ten", id="other-names-in-config-order"),
+    ],
+)
+def test_outputs_map_to_tuple_elements(
+    tmp_path: Path, config_order: list[str], plus_one: str, times_ten: str
+) -> None:
     path = save(tmp_path, TwoOutputs(), torch.from_numpy(A))
-    model = TorchScriptModel(path, ["input__0"], ["output__1", "output__0"], [F32, F32], CPU)
+    model = TorchScriptModel(path, ["input__0"], config_order, [F32, F32], CPU)
     outputs, _ = model({"input__0": A})
-    np.testing.assert_array_equal(outputs["output__0"], A + 1)
-    np.testing.assert_array_equal(outputs["output__1"], A * 10)
-
-
-def test_other_output_names_map_in_config_order(tmp_path: Path) -> None:
-    path = save(tmp_path, TwoOutputs(), torch.from_numpy(A))
-    model = TorchScriptModel(path, ["input__0"], ["plus_one", "times_ten"], [F32, F32], CPU)
-    outputs, _ = model({"input__0": A})
-    np.testing.assert_array_equal(outputs["plus_one"], A + 1)
-    np.testing.assert_array_equal(outputs["times_ten"], A * 10)
+    np.testing.assert_array_equal(outputs[plus_one], A + 1)
+    np.testing.assert_array_equal(outputs[times_ten], A * 10)
 
 
 def test_single_tensor_output(tmp_path: Path) -> None:

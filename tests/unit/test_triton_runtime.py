@@ -45,6 +45,7 @@ from serve_app.runtimes.triton import runtime as triton_module
 from serve_app.runtimes.triton.bindings_caller import BindingsCaller
 from serve_app.runtimes.triton.extension_caller import ExtensionCaller, extension
 from serve_app.runtimes.triton.runtime import TritonRuntime
+from tests.conftest import add_picky, example_cases, infer_picky
 
 pytest.importorskip("tritonserver", reason="needs `python -m serve_app.triton_install install`")
 
@@ -54,25 +55,17 @@ CPU_PLACEMENT = Placement(gpu_ids=(), cuda_visible_devices=None, num_cpus=1.0, r
 TOLERANCE = 1e-5
 RNG = np.random.default_rng(4)
 
-# Every example model → (inputs by name, output names). Batched models get several rows.
-CASES: dict[str, tuple[dict[str, np.ndarray], list[str]]] = {
-    "image_classifier": ({"input__0": RNG.random((3, 3, 224, 224), dtype=np.float32)}, ["output__0"]),
-    "multi_io": (
-        {"x": RNG.standard_normal((4, 9), dtype=np.float32), "scale": RNG.random((4, 1), dtype=np.float32)},
-        ["output__0", "output__1"],
-    ),
-    "linear": ({"input__0": RNG.standard_normal((5, 16), dtype=np.float32)}, ["output__0"]),
-    "int_ops": ({"INPUT__0": RNG.integers(-9, 9, (2, 3), dtype=np.int32)}, ["OUTPUT__0", "OUTPUT__1"]),
-}
+CASES = example_cases(RNG)
 
 # Models beside the examples in this module's repository (`repository` adds them).
 ADDED_HERE = ("double", "echo", "linear_gathered", "linear_twice", "picky")
-PICKY_CONFIG = """
+
+
+DOUBLE_CONFIG = """
 platform: "pytorch_libtorch"
-max_batch_size: 8
-input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
-output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 2 ] } ]
-dynamic_batching { max_queue_delay_microseconds: 50000 }
+max_batch_size: 64
+input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
 """
 
 
@@ -102,12 +95,6 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("fields", fields)]))
         return responses
 """
-DOUBLE_CONFIG = """
-platform: "pytorch_libtorch"
-max_batch_size: 64
-input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
-output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
-"""
 # linear (16 → 4) then double: an ensemble of two TorchScript models, run by Triton's scheduler.
 ENSEMBLE_CONFIG = """
 platform: "ensemble"
@@ -128,15 +115,6 @@ class Double(nn.Module):
         return x * 2
 
 
-class Picky(nn.Module):
-    """Fails on negative inputs: a fault only one request of a batch triggers."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x < 0).any()):
-            raise ValueError("negative input")
-        return x * 2
-
-
 def triton_args(repository: Path, **overrides: object) -> AppArgs:
     return AppArgs.model_validate(
         {"model_repository": repository, "runtime": "triton", "torch_threads": 1, **overrides}
@@ -148,9 +126,7 @@ def repository(mixed_repository: Path, tmp_path_factory: pytest.TempPathFactory)
     """The examples, the broken entries (tests/conftest.py) and `picky`; writable, this module's."""
     path = tmp_path_factory.mktemp("triton") / "repo"
     shutil.copytree(mixed_repository, path)
-    (path / "picky" / "1").mkdir(parents=True)
-    torch.jit.script(Picky()).save(str(path / "picky" / "1" / "model.pt"))
-    (path / "picky" / "config.pbtxt").write_text(PICKY_CONFIG)
+    add_picky(path, 50000)
     (path / "double" / "1").mkdir(parents=True)
     torch.jit.script(Double()).save(str(path / "double" / "1" / "model.pt"))
     (path / "double" / "config.pbtxt").write_text(DOUBLE_CONFIG)
@@ -333,13 +309,7 @@ async def test_a_request_that_breaks_the_model_fails_its_execution_only(triton: 
     one-line reason; requests after it serve. (The torch runtime retries batch-mates alone.)"""
     values = [1.0, -1.0, 2.0, 3.0]
     with anyio.fail_after(60):
-        results = await asyncio.gather(
-            *(
-                triton.infer("picky", "1", {"input__0": np.full((1, 2), v, np.float32)}, ["output__0"])
-                for v in values
-            ),
-            return_exceptions=True,
-        )
+        results = await infer_picky(triton, values)
     assert isinstance(results[1], InternalError), results[1]
     assert "negative input" in str(results[1]) and "Traceback" not in str(results[1])
     assert "\n" not in str(results[1])
@@ -482,7 +452,7 @@ async def test_stop_completes_requests_in_flight(example_repository: Path, tmp_p
         await runtime.stop()
         took = time.monotonic() - started
     assert not runtime.healthy()
-    assert all(p.done() and p.result()["output__0"].shape == (3, 10) for p in pending)
+    assert all(p.done() and p.result()["output__0"].shape == (2, 10) for p in pending)
     assert took < args.stop_timeout_s
     with pytest.raises(ModelNotReadyError, match="stopped"):
         runtime.resolve("image_classifier", None)

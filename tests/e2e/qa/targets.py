@@ -28,9 +28,9 @@ import tritonclient.http.aio as httpaio
 
 from benchmarks import standalone
 from benchmarks.servers import isolation_env
+from devtools.processes import http_get
 from serve_app import triton_layout
-from tests.e2e.harness import RUNTIMES, ServeRun, app_config, http_get
-from tests.processes import free_port
+from tests.e2e.serve_run import RUNTIMES, ServeRun, app_config, fixed_replicas
 
 STANDALONE = "standalone"
 # serve_app's runtimes, and standalone Triton where its binary and backends are installed.
@@ -150,11 +150,7 @@ def standalone_target(repository: Path, control_repository: Path, workdir: Path)
 def serve_app_target(
     runtime: str, repository: Path, control_repository: Path, workdir: Path, ray_address: str
 ) -> Iterator[Target]:
-    config = app_config(
-        free_port(),
-        args={"model_repository": str(repository), "runtime": runtime},
-        deployment={"autoscaling_config": None, "num_replicas": 1},
-    )
+    config = app_config({"model_repository": str(repository), "runtime": runtime}, fixed_replicas(1))
     # Replicas' own gRPC servers of two Ray clusters on one host can listen on the same port (seen:
     # two on *:40000, from Ray's default range) and the kernel then splits connections between them:
     # direct-ingress ports of this run's own (not isolation_env's HAProxy paths: a socket path under
