@@ -276,7 +276,7 @@ CASES: dict[str, Case] = {
         "/models/linear/load", b'{"parameters": {"config": "{}"}}', 400, "are not supported", "control"
     ),
     "load-malformed": control("/models/linear/load", b'{"parameters": ', 400, "malformed JSON", "control"),
-    "load-unknown-model": control("/models/nope/load", b"", 404, "no directory 'nope'", "control"),
+    "load-unknown-model": control("/models/nope/load", b"", 400, "no model directory 'nope'", "control"),
     "unload-parameters-number": control(
         "/models/linear/unload", b'{"parameters": 1}', 400, "valid dictionary", "control"
     ),
