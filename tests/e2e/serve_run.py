@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from devtools.processes import (
     free_port,
     interrupt_group,
     spawn,
+    tcp_listeners,
     wait_for,
     wait_ready,
 )
@@ -272,3 +274,35 @@ def wait_for_replica_processes(
 
     wait_for(reached, timeout_s, lambda: f"{count} replica processes (last seen {sorted(found)})")
     return found
+
+
+# Ray's direct-ingress servers of each replica: HTTP and gRPC (the ports HAProxy forwards to).
+REPLICA_HTTP_PORTS, REPLICA_GRPC_PORTS = range(30000, 31000), range(40000, 41000)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One way to reach the deployment: the front ports (HAProxy), or one replica's own servers."""
+
+    name: str
+    http: str  # host:port
+    grpc: str
+
+
+def replica_endpoints(app: str = APP, deployment: str = DEPLOYMENT) -> dict[Process, Endpoint]:
+    """Every replica of the session cluster's `app` that listens on its own HTTP and gRPC ports."""
+    found = {}
+    for process in replica_processes(os.getpid(), app, deployment):
+        ports = [port for _, port, _ in tcp_listeners({process[0]})]
+        http = [p for p in ports if p in REPLICA_HTTP_PORTS]
+        grpc = [p for p in ports if p in REPLICA_GRPC_PORTS]
+        if http and grpc:
+            found[process] = Endpoint(f"replica {process[0]}", f"127.0.0.1:{http[0]}", f"127.0.0.1:{grpc[0]}")
+    return found
+
+
+def endpoints(run: ServeRun, count: int, timeout_s: float = 180.0) -> list[Endpoint]:
+    """The front ports and each replica's own, once `count` replicas listen on theirs."""
+    wait_for(lambda: len(replica_endpoints()) == count, timeout_s, f"{count} replicas listening")
+    front = Endpoint("front", f"127.0.0.1:{run.port}", f"127.0.0.1:{run.config['grpc_options']['port']}")
+    return [front, *replica_endpoints().values()]

@@ -9,21 +9,21 @@ the server metadata (GET /v2 → "serve_app").
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from devtools.processes import free_port, http_get
+from devtools.processes import free_port
 from tests.conftest import reference
 from tests.e2e.checks import infer_json, replicas_answering
 from tests.e2e.conftest import FAKE_GPUS
-from tests.e2e.serve_run import ROOT, ServeRun, free_request_path_ports
+from tests.e2e.serve_run import ROOT, ServeRun, endpoints, free_request_path_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -74,29 +74,19 @@ def test_each_replica_is_pinned_to_its_gpu(served: ServeRun) -> None:
 
 
 def test_inference_is_correct_on_every_replica(served: ServeRun, example_repository: Path) -> None:
+    """Each replica's own server answers correctly, and the deployment's statistics count every
+    request, whichever replica served it."""
     rows = np.random.default_rng(1).random((1, 16), dtype=np.float32)
     (expected,) = reference(example_repository, "linear", rows)
-    stats_url = served.url + "/v2/models/linear/stats"
-    # Rounds of concurrent clients until both replicas have served (HAProxy balances by least
-    # connections, and a replica may join its backends a moment after Serve reports it running).
-    # The total stays odd, so the two replicas' counts differ and GET stats tells them apart.
-    sent = 0
-    counts: set[int] = set()
-    deadline = time.monotonic() + 120
+    front, *replicas = endpoints(served, FAKE_GPUS)
+    stats = httpclient.InferenceServerClient(front.http)
+    before = stats.get_inference_statistics("linear")["model_stats"][0]["inference_count"]
+    for replica in replicas:
+        outputs = infer_json(f"http://{replica.http}", "linear", rows)
+        np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
     with ThreadPoolExecutor(CLIENTS) as clients:
-        while time.monotonic() < deadline:
-            batch = 21 if sent == 0 else 20
-            for outputs in clients.map(lambda _: infer_json(served.url, "linear", rows), range(batch)):
-                np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
-            sent += batch
-            counts = set()
-            for _ in range(10):  # each GET .../stats lands on one replica
-                for status, body in clients.map(lambda _: http_get(stats_url, timeout=10), range(CLIENTS)):
-                    assert status == 200, body
-                    counts.add(json.loads(body)["model_stats"][0]["inference_count"])
-                if len(counts) == FAKE_GPUS:
-                    break
-            if len(counts) == FAKE_GPUS and min(counts) > 0:
-                break
-    print(f"\nlinear inferences per replica: {sorted(counts)} of {sent}")
-    assert len(counts) == FAKE_GPUS and sum(counts) == sent and min(counts) > 0, counts
+        for outputs in clients.map(lambda _: infer_json(served.url, "linear", rows), range(20)):
+            np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
+    after = stats.get_inference_statistics("linear")["model_stats"][0]["inference_count"]
+    stats.close()
+    assert after - before == len(replicas) + 20

@@ -12,7 +12,6 @@ import shutil
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +22,16 @@ import ray
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from devtools.processes import Process, tcp_listeners, wait_for
+from devtools.processes import wait_for
 from serve_app.examples import build_example_repository
 from tests.e2e.checks import json_request
 from tests.e2e.load import ClosedLoop
-from tests.e2e.serve_run import ServeRun, app_config, replica_processes
+from tests.e2e.serve_run import Endpoint, ServeRun, app_config, endpoints, replica_endpoints
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 REPLICAS, MOST = 2, 3
-REPLICA_HTTP_PORTS, REPLICA_GRPC_PORTS = range(30000, 31000), range(40000, 41000)
 ROWS = np.arange(32, dtype=np.float32).reshape(2, 16) / 32
-
-
-@dataclass(frozen=True)
-class Connection:
-    """One way to reach the deployment: the front ports, or one replica's own servers."""
-
-    name: str
-    http: str  # host:port
-    grpc: str
 
 
 @pytest.fixture(scope="module")
@@ -68,30 +57,7 @@ def served_config(runtime: str, repository: Path) -> dict[str, Any]:
     return app_config({**args, "repository_poll_s": 1}, {"autoscaling_config": autoscaling})
 
 
-def replica_connections() -> dict[Process, Connection]:
-    """Every replica of the session cluster's app that listens on its own HTTP and gRPC ports."""
-    found = {}
-    for process in replica_processes(os.getpid()):
-        ports = [port for _, port, _ in tcp_listeners({process[0]})]
-        http = [p for p in ports if p in REPLICA_HTTP_PORTS]
-        grpc = [p for p in ports if p in REPLICA_GRPC_PORTS]
-        if http and grpc:
-            found[process] = Connection(
-                f"replica {process[0]}", f"127.0.0.1:{http[0]}", f"127.0.0.1:{grpc[0]}"
-            )
-    return found
-
-
-def connections(served: ServeRun, count: int = REPLICAS) -> list[Connection]:
-    """The front ports and every replica's own, once `count` replicas listen."""
-    wait_for(lambda: len(replica_connections()) == count, 180, f"{count} replicas listening")
-    front = Connection(
-        "front", f"127.0.0.1:{served.port}", f"127.0.0.1:{served.config['grpc_options']['port']}"
-    )
-    return [front, *replica_connections().values()]
-
-
-def ready_everywhere(links: list[Connection], model: str) -> set[bool]:
+def ready_everywhere(links: list[Endpoint], model: str) -> set[bool]:
     """`model`'s readiness as every connection answers it, over HTTP and gRPC (the front ports
     four times each: HAProxy spreads them)."""
     answers = set()
@@ -118,7 +84,7 @@ def success_count(stats: dict[str, Any]) -> int:
 
 
 def test_an_unload_and_a_load_are_seen_from_every_connection(served: ServeRun) -> None:
-    links = connections(served)
+    links = endpoints(served)
     assert post(served, "/v2/repository/models/int_ops/unload").status_code == 200
     assert ready_everywhere(links, "int_ops") == {False}
     grpc = grpcclient.InferenceServerClient(links[0].grpc)
@@ -128,7 +94,7 @@ def test_an_unload_and_a_load_are_seen_from_every_connection(served: ServeRun) -
 
 
 def test_statistics_and_the_index_are_the_deployments(served: ServeRun) -> None:
-    links = connections(served)
+    links = endpoints(served)
     http = httpclient.InferenceServerClient(links[0].http)
     before = success_count(http.get_inference_statistics("linear"))
     body = json_request(ROWS)
@@ -154,18 +120,18 @@ def test_statistics_and_the_index_are_the_deployments(served: ServeRun) -> None:
 
 
 def test_a_replica_killed_after_an_unload_comes_back_without_the_model(served: ServeRun) -> None:
-    connections(served)
+    endpoints(served)
     assert post(served, "/v2/repository/models/multi_io/unload").status_code == 200
-    before = replica_connections()
+    before = replica_endpoints()
     victim = sorted(before)[0]
     os.kill(victim[0], signal.SIGKILL)
 
     def replaced() -> bool:
-        now = replica_connections()
+        now = replica_endpoints()
         return len(now) == REPLICAS and victim not in now
 
     wait_for(replaced, 180, "the killed replica's replacement listening")
-    links = connections(served)
+    links = endpoints(served)
     assert ready_everywhere(links, "multi_io") == {False}
     assert ready_everywhere(links, "linear") == {True}
     assert post(served, "/v2/repository/models/multi_io/load").status_code == 200
@@ -173,7 +139,7 @@ def test_a_replica_killed_after_an_unload_comes_back_without_the_model(served: S
 
 
 def test_a_scaled_up_replica_gets_the_current_set(served: ServeRun) -> None:
-    connections(served)
+    endpoints(served)
     assert post(served, "/v2/repository/models/multi_io/unload").status_code == 200
     body = json_request(ROWS)
 
@@ -182,7 +148,7 @@ def test_a_scaled_up_replica_gets_the_current_set(served: ServeRun) -> None:
         return "" if response.status_code == 200 else response.text
 
     with ClosedLoop(served.url, send, clients=12):
-        links = connections(served, MOST)
+        links = endpoints(served, MOST)
     assert ready_everywhere(links, "multi_io") == {False}
     assert post(served, "/v2/repository/models/multi_io/load").status_code == 200
     assert ready_everywhere(links, "multi_io") == {True}
@@ -191,14 +157,14 @@ def test_a_scaled_up_replica_gets_the_current_set(served: ServeRun) -> None:
 def test_a_new_version_rolls_out_under_load_without_a_failed_request(
     served: ServeRun, repository: Path
 ) -> None:
-    links = connections(served, MOST)
+    links = endpoints(served, MOST)
     body = json_request(ROWS)
 
     def send(http: httpx.Client, _: int) -> str:
         response = http.post("/v2/models/linear/infer", json=body)
         return "" if response.status_code == 200 else f"{response.status_code} {response.text}"
 
-    def serving_version(link: Connection) -> list[str]:
+    def serving_version(link: Endpoint) -> list[str]:
         return httpx.get(f"http://{link.http}/v2/models/linear", timeout=30).json()["versions"]
 
     with ClosedLoop(served.url, send, clients=8) as load:
@@ -217,7 +183,7 @@ def test_a_new_version_rolls_out_under_load_without_a_failed_request(
 
 
 def test_a_load_of_a_missing_or_broken_model(served: ServeRun, repository: Path) -> None:
-    links = connections(served, MOST)
+    links = endpoints(served, MOST)
     index = post(served, "/v2/repository/index").json()
     response = post(served, "/v2/repository/models/nowhere/load")
     assert response.status_code == 400 and "nowhere" in response.json()["error"]
@@ -239,7 +205,7 @@ def test_a_load_of_a_missing_or_broken_model(served: ServeRun, repository: Path)
 
 
 def test_a_load_and_an_unload_at_once_end_alike_everywhere(served: ServeRun) -> None:
-    links = connections(served, MOST)
+    links = endpoints(served, MOST)
 
     def change(operation: str) -> int:
         return post(served, f"/v2/repository/models/image_classifier/{operation}").status_code
@@ -253,7 +219,7 @@ def test_a_load_and_an_unload_at_once_end_alike_everywhere(served: ServeRun) -> 
 
 
 def test_the_state_holder_killed_during_a_load(served: ServeRun) -> None:
-    links = connections(served, MOST)
+    links = endpoints(served, MOST)
     assert post(served, "/v2/repository/models/int_ops/unload").status_code == 200
     (holder,) = [
         a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].endswith("::model_state")
