@@ -117,7 +117,7 @@ class ModelCache:
         waited = 0.0
         if entry is None:
             started = self._clock()
-            self.check(model)  # before it counts: a name that is no model leaves no trace
+            await self._admitted(model)  # before it counts: a name that is no model leaves no trace
             self._frequencies.record(model)
             self.counters.misses += 1
             while entry is None:  # evicted between its load and this request's turn: load again
@@ -161,6 +161,18 @@ class ModelCache:
         """Raise why `model` cannot be served now: not servable, or its last load failed and its
         back-off has not passed. A model that can is ready, resident here or not."""
         self._admit(model)
+        self._raise_failure(model)
+
+    async def _admitted(self, model: str) -> None:
+        """`check`, where a model unknown here is looked for in the repository (added since)."""
+        try:
+            self._admit(model)
+        except ModelNotFoundError:
+            if not await self._runtime.in_repository(model):
+                raise
+        self._raise_failure(model)
+
+    def _raise_failure(self, model: str) -> None:
         failure = self._failures.get(model)
         if failure is not None and self._clock() < failure.retry_at:
             raise failure.error
@@ -187,7 +199,9 @@ class ModelCache:
             admitted = await self._make_room(model, estimate)
             self._reserved[model] = estimate
             try:
-                alone = len(self._reserved) == 1
+                # Measured alone, and not the replica's first load: that one also pays the runtime's
+                # one-time costs (the backend's libraries, a CUDA context), which no model frees.
+                alone = len(self._reserved) == 1 and self.counters.loads > 0
                 before, started = self._memory_used(), self._clock()
                 await self._runtime.load(model, {})
                 load_s = self._clock() - started

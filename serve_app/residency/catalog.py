@@ -40,6 +40,8 @@ class Catalog:
             return None
         try:
             config = parse_config(self._root / model)
+            if not config.HasField("version_policy"):  # Triton's default: the latest version
+                config.version_policy.latest.num_versions = 1
             versions = [str(v) for v in select_versions(config, version_dirs(self._root / model))]
         except ModelEntryError:
             return None

@@ -34,6 +34,9 @@ class SlowLoads:
         self.concurrent_loads = 0
         self.most_concurrent_loads = 0
 
+    async def in_repository(self, model: str) -> bool:
+        return False
+
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
         self.loads.append(model)
         self.concurrent_loads += 1
