@@ -22,8 +22,11 @@ from serve_app.grpc_api import GRPCIngress
 from serve_app.http_api import build_http_app
 from serve_app.metrics import ReplicaMetrics
 from serve_app.model_state.actor import ActorHolder, actor_config
-from serve_app.model_state.replica import DeploymentModels
+from serve_app.model_state.replica import DeploymentModels, OnDemand
 from serve_app.placement import Placement
+from serve_app.residency.cache import Budget
+from serve_app.residency.catalog import Catalog
+from serve_app.residency.memory import memory_meter, size_estimator
 from serve_app.runtimes.factory import start_runtime
 
 logger = logging.getLogger(__name__)
@@ -81,10 +84,18 @@ class InferenceServer(GRPCIngress):
         # through any replica before this one started apply here too.
         holder = ActorHolder()
         state = await holder.call("snapshot")
-        self._runtime = await start_runtime(args, placement, state.wants)
+        on_demand = on_demand_placement(args, placement)
+        warm = set(args.model_placement.warm)
+        wanted = state.wants if on_demand is None else lambda model: state.wants(model) and model in warm
+        self._runtime = await start_runtime(args, placement, wanted)
         context = ray.get_runtime_context()
-        self._models = DeploymentModels(self._runtime, holder, context.get_actor_name(), context.namespace)
+        self._models = DeploymentModels(
+            self._runtime, holder, context.get_actor_name(), context.namespace, on_demand
+        )
         await self._models.join(state)
+        residency = self._models.residency
+        if residency is not None:
+            residency.adopt([row.name for row in self._runtime.index() if row.state == "READY"])
         self._metrics: ReplicaMetrics | None = None
         if args.metrics.enabled:
             self._metrics = ReplicaMetrics(self._runtime, args.metrics.interval_s, placement.gpu_ids)
@@ -95,6 +106,8 @@ class InferenceServer(GRPCIngress):
             model_control=args.model_control,
             placement=placement.as_dict(),
             observer=self._metrics,
+            residency=residency,
+            catalog=None if residency is None else Catalog(args.model_repository),
         )
         logger.info(
             "replica %s ready: runtime=%s device=%s gpu_ids=%s CUDA_VISIBLE_DEVICES=%s",
@@ -125,6 +138,15 @@ class InferenceServer(GRPCIngress):
             await asyncio.wait_for(self._runtime.stop(), self._args.stop_timeout_s)
         except asyncio.TimeoutError:  # not the builtin before Python 3.11
             logger.error("runtime stop exceeded %.0f s; exiting anyway", self._args.stop_timeout_s)
+
+
+def on_demand_placement(args: AppArgs, placement: Placement) -> OnDemand | None:
+    """`args.model_placement` for a replica: its budget, and how it estimates and measures model sizes."""
+    options = args.model_placement
+    if options.mode != "on_demand":
+        return None
+    budget = Budget(options.max_models_per_replica, options.memory_budget_bytes, options.idle_unload_s)
+    return OnDemand(budget, size_estimator(args.model_repository), memory_meter(placement.gpu_ids))
 
 
 # Ray's default for RAY_SERVE_HAPROXY_SOCKET_PATH; Ray puts it in <dir>/<node id>/.

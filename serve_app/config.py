@@ -56,6 +56,30 @@ class MetricsOptions(BaseModel):
     )
 
 
+class PlacementOptions(BaseModel):
+    """Where models are loaded: on every replica at start, or on demand within a budget per replica."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["all", "on_demand"] = Field(
+        "all",
+        description="all: every replica loads every model at start; on_demand: a replica loads a model "
+        "at the first request for it, and evicts idle ones to stay within its budget (docs/placement.md).",
+    )
+    max_models_per_replica: PositiveInt | None = Field(None, description="on_demand: models a replica holds.")
+    memory_budget_bytes: PositiveInt | None = Field(
+        None,
+        description="on_demand: bytes of models a replica holds (host memory on CPU replicas, GPU memory "
+        "on GPU replicas, measured at each load); a model larger than this is refused with 507.",
+    )
+    idle_unload_s: PositiveFloat | None = Field(
+        None, description="on_demand: unload a model no request used for this long."
+    )
+    warm: list[str] = Field(
+        default_factory=list, description="on_demand: models every replica loads at start."
+    )
+
+
 class AppArgs(BaseModel):
     """What a user sets under `args:` in configs/app.yaml."""
 
@@ -91,6 +115,9 @@ class AppArgs(BaseModel):
         description="torch runtime: a model execution running longer is wedged; the "
         "health check (every 10 s) then fails and Serve replaces the replica. Raise it above your "
         "slowest legitimate batch.",
+    )
+    model_placement: PlacementOptions = Field(
+        default_factory=PlacementOptions, description="Which models each replica loads, and when."
     )
     triton: TritonOptions = Field(
         default_factory=TritonOptions, description="Options of the in-process Triton (runtime: triton)."

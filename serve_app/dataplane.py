@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Awaitable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import numpy as np
@@ -69,6 +70,30 @@ class Deployment(Protocol):
 
     async def index(self) -> list[dict[str, Any]]: ...
 
+    def describe(self) -> dict[str, Any]:
+        """This replica's `loaded_models` and `model_loads`, for GET /v2."""
+
+
+class Residency(Protocol):
+    """On-demand placement (serve_app.residency.ModelCache): which models this replica holds."""
+
+    def use(self, model: str) -> AbstractAsyncContextManager[float]:
+        """Hold `model` resident for one request, loading it first if it is not (yields the
+        seconds the request waited for that)."""
+
+    def holds(self, model: str) -> bool: ...
+
+    def check(self, model: str) -> None:
+        """Raise why `model` cannot be served now; otherwise it is ready, resident or not."""
+
+
+class Catalog(Protocol):
+    """What a model's config says without loading it (serve_app.residency.Catalog); None: load it."""
+
+    def metadata(self, model: str, version: str | None) -> dict[str, Any] | None: ...
+
+    def config(self, model: str) -> dict[str, Any] | None: ...
+
 
 class Expected:
     """What a model version takes and returns, indexed once per signature for every request's checks."""
@@ -94,8 +119,12 @@ class DataPlane:
         model_control: bool,
         placement: dict[str, Any],
         observer: InferObserver | None = None,
+        residency: Residency | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self._runtime = runtime
+        self._residency = residency
+        self._catalog = catalog
         self._deployment = deployment
         self._model_control = model_control
         self._placement = placement
@@ -113,18 +142,45 @@ class DataPlane:
         runs (runtime, device, GPU ids)."""
         metadata = self._runtime.server_metadata()
         honoured = [name for name in RUNTIME_EXTENSIONS if name in metadata.get("extensions", ())]
-        placement = {"runtime": self._runtime.name, "device": self._runtime.device(), **self._placement}
+        placement = {
+            "runtime": self._runtime.name,
+            "device": self._runtime.device(),
+            **self._placement,
+            **self._deployment.describe(),
+        }
         return {**metadata, "extensions": [*SERVED_EXTENSIONS, *honoured], "serve_app": placement}
 
+    def _elsewhere(self, model: str) -> bool:
+        """On demand: `model` is not resident here (what the config says answers for it)."""
+        return self._residency is not None and not self._residency.holds(model)
+
     def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        if self._elsewhere(model) and self._catalog is not None:
+            assert self._residency is not None
+            self._residency.check(model)
+            described = self._catalog.metadata(model, version)
+            if described is not None:
+                return described
         return self._runtime.metadata(model, version)
 
     def model_config(self, model: str, version: str | None) -> dict[str, Any]:
+        if self._elsewhere(model) and self._catalog is not None:
+            assert self._residency is not None
+            self._residency.check(model)
+            config = self._catalog.config(model)
+            if config is not None:
+                return config
         return self._runtime.config(model, version)
 
     def model_ready(self, model: str, version: str | None) -> dict[str, Any]:
-        """Raises 404 (unknown) or 503 (not ready); returns the KServe ready body."""
-        self._runtime.resolve(model, version)
+        """Raises 404 (unknown) or 503 (not ready); returns the KServe ready body. On demand, a
+        model the deployment serves is ready whether or not it is resident here: its first
+        request loads it."""
+        if self._elsewhere(model):
+            assert self._residency is not None
+            self._residency.check(model)
+        else:
+            self._runtime.resolve(model, version)
         return {"name": model, "ready": True}
 
     async def statistics(self, model: str | None, version: str | None) -> dict[str, Any]:
@@ -157,6 +213,14 @@ class DataPlane:
             raise InvalidInputError(f"'{model}' is not a model directory name")
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        if self._residency is None:
+            return await self._infer_latest(request)
+        async with self._residency.use(request.model_name) as waited_s:
+            response = await self._infer_latest(request)
+        response.model_load_s = waited_s
+        return response
+
+    async def _infer_latest(self, request: InferRequest) -> InferResponse:
         version = self._runtime.resolve(request.model_name, request.model_version)
         try:
             return await self._infer(request, version)

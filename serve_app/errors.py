@@ -33,6 +33,11 @@ class PayloadTooLargeError(ServeAppError):
     """The request body is larger than the configured limit."""
 
 
+class InsufficientStorageError(ServeAppError):
+    """A model larger than a replica's whole memory budget (on-demand placement): 507, as Triton's
+    SageMaker front answers a load that runs out of memory."""
+
+
 class ModelControlDisabledError(ServeAppError):
     """Load/unload was requested but the app was started without model control."""
 
@@ -53,6 +58,7 @@ _STATUS_BY_ERROR: dict[type[ServeAppError], Status] = {
     ModelControlDisabledError: Status(403, "PERMISSION_DENIED"),
     ModelNotFoundError: Status(404, "NOT_FOUND"),
     PayloadTooLargeError: Status(413, "RESOURCE_EXHAUSTED"),
+    InsufficientStorageError: Status(507, "RESOURCE_EXHAUSTED"),
     InternalError: Status(500, "INTERNAL"),
     ModelNotReadyError: Status(503, "UNAVAILABLE"),
 }

@@ -106,20 +106,37 @@ dynamic_batching { }
     )
 
 
-def _linear(repository: Path) -> None:
-    write_model(
-        repository,
-        "linear",
-        nn.Linear(16, 4),
-        (torch.rand(1, 16),),
-        """
+LINEAR_CONFIG = """
 platform: "pytorch_libtorch"
 max_batch_size: 64
 input [ { name: "input__0" data_type: TYPE_FP32 dims: [ 16 ] } ]
 output [ { name: "output__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
 dynamic_batching { }
-""",
-    )
+"""
+
+
+def _linear(repository: Path) -> None:
+    write_model(repository, "linear", nn.Linear(16, 4), (torch.rand(1, 16),), LINEAR_CONFIG)
+
+
+class Ballasted(nn.Module):
+    """`linear`'s contract with `size_bytes` of weights it carries but barely uses: a model whose
+    memory is chosen and whose compute stays tiny (repositories of many models of a given size)."""
+
+    def __init__(self, size_bytes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+        self.ballast = nn.Parameter(torch.rand(max(size_bytes // 4, 1)), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + self.ballast[0] * 0.0
+
+
+def write_sized_linear(repository: Path, name: str, size_bytes: int, seed: int) -> Path:
+    """A model of `linear`'s inputs and outputs whose file (and memory once loaded) is about
+    `size_bytes`; `seed` makes its outputs its own."""
+    torch.manual_seed(seed)
+    return write_model(repository, name, Ballasted(size_bytes), (torch.rand(1, 16),), LINEAR_CONFIG)
 
 
 def _int_ops(repository: Path) -> None:

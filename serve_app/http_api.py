@@ -189,6 +189,8 @@ def _json_output_bytes(response: InferResponse) -> int:
 
 
 _HEADER_LENGTH = HEADER_LENGTH.encode()
+# On-demand placement: on a response whose request waited for its model's load, the seconds it waited.
+MODEL_LOAD_HEADER = b"serve-app-model-load-s"
 _INFER_HEADERS = (b"content-length", b"content-encoding", _HEADER_LENGTH)
 
 
@@ -211,11 +213,14 @@ async def infer(dataplane: DataPlane, request: Request) -> Response:
     response = await dataplane.infer(inference)
     content, json_size = await _run(_json_output_bytes(response) > OFFLOAD_BYTES, encode_response, response)
     if json_size is None:
-        return Response(content, media_type="application/json")
-    binary = Response(content, media_type="application/octet-stream")
-    # Where Starlette puts headers given to it, without it encoding a dict for every response.
-    binary.raw_headers.insert(0, (_HEADER_LENGTH, str(json_size).encode()))
-    return binary
+        answer = Response(content, media_type="application/json")
+    else:
+        answer = Response(content, media_type="application/octet-stream")
+        # Where Starlette puts headers given to it, without it encoding a dict for every response.
+        answer.raw_headers.insert(0, (_HEADER_LENGTH, str(json_size).encode()))
+    if response.model_load_s:
+        answer.raw_headers.append((MODEL_LOAD_HEADER, f"{response.model_load_s:.6f}".encode()))
+    return answer
 
 
 _Control = TypeVar("_Control", RepositoryIndexBody, ModelControlBody)

@@ -66,6 +66,8 @@ class InferResponse:
     outputs: list[tuple[RequestedOutput, np.ndarray]]
     id: str | None = None
     parameters: dict[str, Any] | None = None
+    # On-demand placement: seconds this request waited for its model to load (0.0: a hit).
+    model_load_s: float = 0.0
 
 
 # Tensor parameters of Triton extensions this server does not implement, and the extension.

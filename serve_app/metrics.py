@@ -157,7 +157,7 @@ class ReplicaMetrics:
         self._totals: dict[Key, _Totals] = {}
         # Cancellations seen by the dataplane that the runtime's statistics had not counted yet.
         self._unmatched_cancels: dict[Key, int] = {}
-        self._gpus = _GpuReader.open(gpu_ids) if gpu_ids else None
+        self._gpus = GpuReader.open(gpu_ids) if gpu_ids else None
         self._instruments = _Instruments(gpu=self._gpus is not None)
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -308,7 +308,7 @@ class _Instruments:
                 self._counters[sample.name].inc(sample.value, sample.tags)
 
 
-class _GpuReader:
+class GpuReader:
     """Utilisation and memory of the replica's GPUs from NVML, as Triton reports them."""
 
     def __init__(self, nvml: Any, handles: dict[str, Any]) -> None:
@@ -316,7 +316,7 @@ class _GpuReader:
         self._handles = handles  # GPU UUID → NVML handle
 
     @classmethod
-    def open(cls, gpu_ids: tuple[str, ...]) -> _GpuReader | None:
+    def open(cls, gpu_ids: tuple[str, ...]) -> GpuReader | None:
         """NVML handles for Ray's GPU ids (indices or UUIDs); None, logged, where NVML is missing."""
         try:
             nvml = _import_nvml()
@@ -333,6 +333,10 @@ class _GpuReader:
             logger.warning("no GPU metrics for GPUs %s: NVML unavailable (%s)", ",".join(gpu_ids), exc)
             return None
         return cls(nvml, handles)
+
+    def memory_used(self) -> int:
+        """Bytes in use on the replica's GPUs (what a model's load adds, on-demand placement)."""
+        return sum(self._nvml.nvmlDeviceGetMemoryInfo(handle).used for handle in self._handles.values())
 
     def read(self) -> list[Sample]:
         samples = []

@@ -9,7 +9,7 @@ wherever they differ.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # Rows of these lists add up by these fields (Triton's ModelStatistics message).
@@ -104,3 +104,26 @@ def _disagreeing(name: str, views: Mapping[str, list[Mapping[str, Any]]]) -> lis
             row["version"] = version
         out.append(row)
     return out
+
+
+def on_demand_index(
+    names: list[str], wanted: Callable[[str], bool], answers: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """`/v2/repository/index` under on-demand placement: every model of the repository, READY
+    when the deployment serves it (loaded on its first request if no replica holds it yet), with
+    the replicas that hold it now (`loaded_on`); UNAVAILABLE when unloaded, or while a replica's
+    failed load of it is in its back-off, with the reason."""
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        failed = [
+            (replica, a["failed"][name]) for replica, a in sorted(answers.items()) if name in a["failed"]
+        ]
+        if not wanted(name):
+            rows.append({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"})
+        elif failed:
+            reason = "; ".join(f"{replica}: {error}" for replica, error in failed)
+            rows.append({"name": name, "state": "UNAVAILABLE", "reason": reason})
+        else:
+            loaded_on = [replica for replica, a in sorted(answers.items()) if name in a["loaded"]]
+            rows.append({"name": name, "state": "READY", "reason": "", "loaded_on": loaded_on})
+    return rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from serve_app.errors import (
@@ -23,7 +24,8 @@ from serve_app.errors import (
 )
 from serve_app.model_state.desired import Answer, Applied, Command, DesiredState, Update
 from serve_app.model_state.holder import InProcessHolder, MemoryStore, ModelStateHolder, always_alive
-from serve_app.model_state.merge import merge_index, merge_statistics
+from serve_app.model_state.merge import merge_index, merge_statistics, on_demand_index
+from serve_app.residency.cache import Budget, MemoryUsed, ModelCache, SizeEstimate
 from serve_app.runtimes.base import Runtime
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,15 @@ _ERRORS: dict[str, type[ServeAppError]] = {
 }
 
 
+@dataclass(frozen=True)
+class OnDemand:
+    """On-demand placement: each replica's budget, and how model sizes are estimated and measured."""
+
+    budget: Budget
+    estimate: SizeEstimate
+    memory_used: MemoryUsed
+
+
 class Holder(Protocol):
     """The holder's methods as a replica calls them: through Ray (`actor.ActorHolder`) or in-process."""
 
@@ -51,7 +62,14 @@ class Holder(Protocol):
 class DeploymentModels:
     """This replica's runtime, kept in step with the deployment's model state."""
 
-    def __init__(self, runtime: Runtime, holder: Holder, replica: str, namespace: str = "") -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        holder: Holder,
+        replica: str,
+        namespace: str = "",
+        on_demand: OnDemand | None = None,
+    ) -> None:
         self._runtime = runtime
         self._holder = holder
         self._replica = replica
@@ -61,7 +79,16 @@ class DeploymentModels:
         self._applying: dict[str, asyncio.Task[None]] = {}
         self._answering: set[asyncio.Task[None]] = set()
         self._follower: asyncio.Task[None] | None = None
+        self._loads = 0
         self._unreported = False  # a report failed: register again, which sends every outcome
+        # On-demand placement: which models this replica holds (None: every model, `mode: all`).
+        self.residency = (
+            None
+            if on_demand is None
+            else ModelCache(
+                runtime, on_demand.budget, on_demand.estimate, on_demand.memory_used, self.servable
+            )
+        )
 
     @classmethod
     def in_process(cls, runtime: Runtime) -> DeploymentModels:
@@ -73,6 +100,7 @@ class DeploymentModels:
         """Follow the deployment's state from `state`, the snapshot whose `wants` the runtime
         started with (`holder.call("snapshot")`; None: a fresh deployment's, everything)."""
         self._state = state or DesiredState()
+        self._loads = len({row.name for row in self._runtime.index() if row.state == "READY"})
         failed = {row.name: row.reason for row in self._runtime.index() if row.state != "READY"}
         self._applied = {
             model: Applied(target.generation, failed.get(model, "") if target.loaded else "")
@@ -87,6 +115,8 @@ class DeploymentModels:
             await self._holder.call("leave", self._replica)
         except Exception as exc:  # noqa: BLE001 - a holder already gone forgets replicas itself
             logger.warning("could not leave the model state: %s", exc)
+        if self.residency is not None:
+            await self.residency.stop()
         tasks = [t for t in (self._follower, *self._applying.values(), *self._answering) if t is not None]
         for task in tasks:
             task.cancel()
@@ -148,10 +178,14 @@ class DeploymentModels:
             del self._applying[model]
 
     async def _error_of(self, model: str, loaded: bool) -> str:
-        """Load or unload `model` in the runtime; why it failed, "" when it did not."""
+        """Load or unload `model` in the runtime (on demand: load again or unload where it is
+        resident); why it failed, "" when it did not."""
         try:
-            if loaded:
+            if self.residency is not None:
+                await (self.residency.reload(model) if loaded else self.residency.drop(model))
+            elif loaded:
                 await self._runtime.load(model, {})
+                self._loads += 1
             else:
                 await self._runtime.unload(model)
         except ModelNotFoundError as exc:
@@ -176,7 +210,23 @@ class DeploymentModels:
     def _value_of(self, command: Command) -> Any:
         if command.kind == "statistics":
             return self._runtime.statistics(*command.args)
+        if self.residency is not None:
+            return {"loaded": self.residency.resident(), "failed": self.residency.failures()}
         return [row.as_dict() for row in self._runtime.index()]
+
+    def servable(self, model: str) -> None:
+        """Raise unless the deployment serves `model` (on demand: whether resident here or not)."""
+        if not self._state.wants(model):
+            raise ModelNotReadyError(f"model '{model}' is not ready: unloaded")
+        if model not in self._state.targets and not any(row.name == model for row in self._runtime.index()):
+            raise ModelNotFoundError(f"unknown model '{model}'")
+
+    def describe(self) -> dict[str, Any]:
+        """This replica's models for GET /v2: those loaded here, and loads since it started."""
+        if self.residency is not None:
+            return self.residency.describe()
+        loaded = sorted({row.name for row in self._runtime.index() if row.state == "READY"})
+        return {"loaded_models": loaded, "model_loads": self._loads}
 
     # --- the API's calls, for the whole deployment --------------------------------------------
 
@@ -208,7 +258,11 @@ class DeploymentModels:
         return merge_statistics(list((await self._collect("statistics", model, version)).values()))
 
     async def index(self) -> list[dict[str, Any]]:
-        return merge_index(await self._collect("index"))
+        answers = await self._collect("index")
+        if self.residency is None:
+            return merge_index(answers)
+        names = sorted({row.name for row in self._runtime.index()} | set(self._state.targets))
+        return on_demand_index(names, self._state.wants, answers)
 
     async def _collect(self, kind: str, *args: Any) -> dict[str, Any]:
         """Every replica's answer by replica; the first error when no replica had an answer

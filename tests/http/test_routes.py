@@ -83,7 +83,13 @@ def test_server_metadata(client: TestClient) -> None:
     assert {"binary_tensor_data", "model_repository", "statistics", "model_configuration"} <= set(
         body["extensions"]
     )
-    assert body["serve_app"] == {"runtime": "torch", "device": "cpu", "replica": "test"}
+    block = body["serve_app"]
+    assert {key: block[key] for key in ("runtime", "device", "replica")} == {
+        "runtime": "torch",
+        "device": "cpu",
+        "replica": "test",
+    }
+    assert block["model_loads"] >= 1 and "linear" in block["loaded_models"]
 
 
 @pytest.mark.parametrize("prefix", ["/v2/models/linear", "/v2/models/linear/versions/1"])

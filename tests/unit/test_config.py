@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from serve_app.config import AppArgs, InvalidArgsError, parse_args
 
@@ -63,3 +64,21 @@ def test_preflight_check_reports_each_problem(example_repository: Path) -> None:
     config["applications"][0]["args"] = {"model_repository": str(example_repository)}
     config["applications"][0]["deployments"][0]["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 2}
     assert check_config(config) == []
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_the_on_demand_config_is_the_shipped_one_but_for_placement() -> None:
+    """configs/app.on_demand.yaml differs from configs/app.yaml in placement and routing only."""
+    shipped = yaml.safe_load((CONFIGS / "app.yaml").read_text())
+    on_demand = yaml.safe_load((CONFIGS / "app.on_demand.yaml").read_text())
+    balance = on_demand["controller_options"]["runtime_env"]["env_vars"].pop(
+        "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"
+    )
+    assert balance.splitlines()[0] == "hash path,field(4,/)" and "hash-type consistent" in balance
+    args = on_demand["applications"][0]["args"]
+    placement = parse_args({**args, "model_repository": str(CONFIGS)}).model_placement
+    assert placement.mode == "on_demand" and placement.max_models_per_replica
+    del args["model_placement"]
+    assert on_demand == shipped

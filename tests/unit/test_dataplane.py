@@ -247,7 +247,13 @@ async def test_dataplane_metadata_and_model_control(runtime: TorchRuntime) -> No
     dataplane = DataPlane(runtime, models, model_control=False, placement={"gpu_ids": [3]})
     assert dataplane.live() and dataplane.ready()
     metadata = dataplane.server_metadata()
-    assert metadata["serve_app"] == {"runtime": "torch", "device": "cpu", "gpu_ids": [3]}
+    assert metadata["serve_app"] == {
+        "runtime": "torch",
+        "device": "cpu",
+        "gpu_ids": [3],
+        "loaded_models": ["image_classifier", "int_ops", "linear", "multi_io"],
+        "model_loads": 4,
+    }
     # Exactly what is served: the torch runtime honours neither priorities nor sequences.
     assert metadata["extensions"] == list(SERVED_EXTENSIONS)
     assert dataplane.model_ready("linear", "1") == {"name": "linear", "ready": True}

@@ -33,6 +33,7 @@ def test_the_grpc_codes() -> None:
         "ModelControlDisabledError": "PERMISSION_DENIED",
         "ModelNotFoundError": "NOT_FOUND",
         "PayloadTooLargeError": "RESOURCE_EXHAUSTED",
+        "InsufficientStorageError": "RESOURCE_EXHAUSTED",
         "InternalError": "INTERNAL",
         "ModelNotReadyError": "UNAVAILABLE",
         "ServeAppError": "INTERNAL",

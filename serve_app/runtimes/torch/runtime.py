@@ -42,6 +42,7 @@ from serve_app.storage import RepositoryMirror, RepositoryURL, StorageError
 logger = logging.getLogger(__name__)
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration"]
+LOAD_THREADS = 4
 DEFAULT_EXECUTION_TIMEOUT_S: float = AppArgs.model_fields["execution_timeout_s"].default
 
 Call = Callable[[Tensors], tuple[Tensors, Timings]]
@@ -127,7 +128,8 @@ class TorchRuntime:
         self._device = device
         torch.set_num_threads(threads)
         self._execution_timeout_ns = int(execution_timeout_s * 1e9)
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-load")
+        # Loads of different models side by side (on-demand placement: a miss never queues behind another).
+        self._loader = ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="torch-load")
         self._models: dict[str, _Model] = {}
         self._draining: list[tuple[str, _Version]] = []  # replaced or unloaded, still answering
         self._stopped = False

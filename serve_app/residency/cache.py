@@ -1,0 +1,386 @@
+"""A replica's models on demand: loaded by the first request that needs them, kept within a budget.
+
+`ModelCache.use(model)` wraps one inference: a model already resident is a hit; otherwise the
+request loads it (concurrent requests for it wait for that one load; loads of different models
+run side by side). When the replica is full (`max_models`, `memory_bytes`), idle models are
+evicted by `policy.priority`, never one with a request in flight; a newcomer worth less than
+what it would displace is served from one spare model's room and dropped once idle, so the
+replica never holds more than its budget plus one model. A model larger than the whole budget is
+refused (507) instead of emptying the replica for it; a load that fails is answered at once with
+its reason until its back-off has passed. Models idle for `idle_unload_s` are unloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from serve_app.errors import InsufficientStorageError, ModelNotFoundError, ServeAppError
+from serve_app.residency.policy import Frequencies, priority
+from serve_app.runtimes.base import Runtime
+
+logger = logging.getLogger(__name__)
+
+# A failed load is retried after this long, doubling with each failure up to the last.
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+# Frequencies are halved every this many requests per slot of the budget (TinyLFU's sample).
+WINDOW_PER_SLOT = 20
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much one replica holds (None: no bound); `idle_unload_s`: unload models idle this long."""
+
+    max_models: int | None = None
+    memory_bytes: int | None = None
+    idle_unload_s: float | None = None
+
+
+@dataclass
+class Resident:
+    """A loaded model: what it costs, what it is worth keeping, and its requests in flight."""
+
+    size_bytes: int
+    load_s: float
+    priority: float
+    admitted: bool  # False: in the spare room, dropped once idle
+    in_flight: int = 0
+    last_used: float = 0.0
+
+
+@dataclass
+class Failure:
+    error: ServeAppError
+    retry_at: float
+    attempts: int
+
+
+@dataclass
+class Counters:
+    """What the cache did since the replica started, for metrics and GET /v2."""
+
+    hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    load_seconds: list[float] = field(default_factory=list)  # taken by the metrics exporter
+    unloads: dict[str, int] = field(default_factory=lambda: {"idle": 0, "evicted": 0, "failed": 0})
+
+
+# Size of a model before it is loaded (bytes of its files), and the memory the replica uses now.
+SizeEstimate = Callable[[str], int]
+MemoryUsed = Callable[[], int]
+# Raises when a model may not be served now (unknown, or unloaded for the deployment).
+Admission = Callable[[str], None]
+
+
+class ModelCache:
+    def __init__(
+        self,
+        runtime: Runtime,
+        budget: Budget,
+        estimate: SizeEstimate,
+        memory_used: MemoryUsed,
+        admit: Admission,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._runtime = runtime
+        self._admit = admit
+        self._budget = budget
+        self._estimate = estimate
+        self._memory_used = memory_used
+        self._clock = clock
+        slots = budget.max_models or 16
+        self._frequencies = Frequencies(window=WINDOW_PER_SLOT * slots)
+        self._age = 0.0  # GDSF's clock: the priority of the last model evicted
+        self._resident: dict[str, Resident] = {}
+        self._loading: dict[str, asyncio.Task[Resident]] = {}
+        self._reserved: dict[str, int] = {}  # bytes of the loads under way
+        self._locks: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
+        self._failures: dict[str, Failure] = {}
+        self._load_s: dict[str, float] = {}  # each model's last load time, resident or not
+        self._room = asyncio.Condition()
+        self._idle_task: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Task[None]] = set()
+        self.counters = Counters()
+
+    # --- serving ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def use(self, model: str) -> AsyncIterator[float]:
+        """Hold `model` resident for one request; yields how long it waited for a load (0.0: a hit)."""
+        entry = self._resident.get(model)
+        waited = 0.0
+        if entry is None:
+            started = self._clock()
+            await self._admitted(model)  # before it counts: a name that is no model leaves no trace
+            self._frequencies.record(model)
+            self.counters.misses += 1
+            while entry is None:  # evicted between its load and this request's turn: load again
+                await self._load_once(model)
+                entry = self._resident.get(model)
+            waited = self._clock() - started
+        else:
+            self._frequencies.record(model)
+            self.counters.hits += 1
+        entry.in_flight += 1
+        entry.priority = priority(self._age, self._frequencies.of(model), entry.load_s, entry.size_bytes)
+        try:
+            yield waited
+        finally:
+            entry.in_flight -= 1
+            entry.last_used = self._clock()
+            if entry.in_flight == 0:
+                self._released(model, entry)
+
+    def resident(self) -> list[str]:
+        return list(self._resident)
+
+    def resident_bytes(self) -> int:
+        return sum(entry.size_bytes for entry in self._resident.values())
+
+    def failures(self) -> dict[str, str]:
+        """Models whose last load failed and whose back-off has not passed, with the reason."""
+        now = self._clock()
+        return {m: str(f.error) for m, f in self._failures.items() if now < f.retry_at}
+
+    def adopt(self, models: list[str]) -> None:
+        """Models the runtime loaded at start (the warm set) count as resident and admitted."""
+        for model in models:
+            size = self._estimate(model)
+            self._resident[model] = Resident(size, 0.0, priority(self._age, 0.0, 0.0, size), True)
+
+    def holds(self, model: str) -> bool:
+        return model in self._resident
+
+    def check(self, model: str) -> None:
+        """Raise why `model` cannot be served now: not servable, or its last load failed and its
+        back-off has not passed. A model that can is ready, resident here or not."""
+        self._admit(model)
+        self._raise_failure(model)
+
+    async def _admitted(self, model: str) -> None:
+        """`check`, where a model unknown here is looked for in the repository (added since)."""
+        try:
+            self._admit(model)
+        except ModelNotFoundError:
+            if not await self._runtime.in_repository(model):
+                raise
+        self._raise_failure(model)
+
+    def _raise_failure(self, model: str) -> None:
+        failure = self._failures.get(model)
+        if failure is not None and self._clock() < failure.retry_at:
+            raise failure.error
+
+    # --- loading ----------------------------------------------------------------------------
+
+    async def _load_once(self, model: str) -> Resident:
+        task = self._loading.get(model)
+        if task is None:
+            task = self._loading[model] = asyncio.get_running_loop().create_task(self._load(model))
+            task.add_done_callback(lambda _: self._loading.pop(model, None))
+        return await asyncio.shield(task)  # a client that gives up does not cancel the others' load
+
+    async def _load(self, model: str) -> Resident:
+        async with self._lock(model):
+            if model in self._resident:  # loaded while this waited for an unload to finish
+                return self._resident[model]
+            estimate = await asyncio.to_thread(self._estimate, model)
+            if self._budget.memory_bytes is not None and estimate > self._budget.memory_bytes:
+                raise InsufficientStorageError(
+                    f"model '{model}' needs about {estimate} bytes, more than the replica's whole "
+                    f"memory budget of {self._budget.memory_bytes} bytes (args.model_placement.memory_bytes)"
+                )
+            admitted = await self._make_room(model, estimate)
+            self._reserved[model] = estimate
+            try:
+                # Measured alone, and not the replica's first load: that one also pays the runtime's
+                # one-time costs (the backend's libraries, a CUDA context), which no model frees.
+                alone = len(self._reserved) == 1 and self.counters.loads > 0
+                before, started = self._memory_used(), self._clock()
+                await self._runtime.load(model, {})
+                load_s = self._clock() - started
+                grew = self._memory_used() - before if alone else 0
+            except ServeAppError as exc:
+                self._failed(model, exc)
+                raise
+            finally:
+                del self._reserved[model]
+                await self._notify()
+            self._failures.pop(model, None)
+            self._load_s[model] = load_s
+            size = max(estimate, grew)
+            entry = Resident(
+                size, load_s, priority(self._age, self._frequencies.of(model), load_s, size), admitted
+            )
+            entry.last_used = self._clock()
+            self._resident[model] = entry
+            self.counters.loads += 1
+            self.counters.load_seconds.append(load_s)
+            logger.info(
+                "loaded model '%s' in %.2f s (%d bytes%s)", model, load_s, size, "" if admitted else ", spare"
+            )
+            self._start_idle_unloads()
+            return entry
+
+    def _failed(self, model: str, error: ServeAppError) -> None:
+        previous = self._failures.get(model)
+        attempts = previous.attempts + 1 if previous else 1
+        retry_in = BACKOFF_S[min(attempts, len(BACKOFF_S)) - 1]
+        self._failures[model] = Failure(error, self._clock() + retry_in, attempts)
+        self.counters.unloads["failed"] += 1
+        logger.warning("model '%s' failed to load (again in %.0f s): %s", model, retry_in, error)
+
+    def _lock(self, model: str) -> asyncio.Lock:
+        return self._locks.setdefault(model, asyncio.Lock())
+
+    # --- room -------------------------------------------------------------------------------
+
+    def _fits(self, extra_models: int, extra_bytes: int) -> bool:
+        budget = self._budget
+        models = len(self._resident) + len(self._reserved) + extra_models
+        used = self.resident_bytes() + sum(self._reserved.values()) + extra_bytes
+        return (budget.max_models is None or models <= budget.max_models) and (
+            budget.memory_bytes is None or used <= budget.memory_bytes
+        )
+
+    async def _make_room(self, model: str, estimate: int) -> bool:
+        """Room for `model`: True when admitted (within the budget), False in the spare room."""
+        async with self._room:
+            while True:
+                if self._fits(1, estimate):
+                    return True
+                worth = priority(
+                    self._age, self._frequencies.of(model), self._load_time(model, estimate), estimate
+                )
+                victims = self._victims(estimate)
+                spare_free = not any(not e.admitted for e in self._resident.values()) and not any(
+                    m not in self._resident for m in self._reserved if m != model
+                )
+                if victims is not None and (worth > max(v.priority for _, v in victims) or not spare_free):
+                    for name, entry in victims:
+                        await self._evict(name, entry, "evicted")
+                    return True
+                if spare_free and self._fits(0, 0):
+                    return False
+                await self._room.wait()
+
+    def _load_time(self, model: str, estimate: int) -> float:
+        """How long loading `model` takes: its last load, else the replica's loads' rate per byte."""
+        if model in self._load_s:
+            return self._load_s[model]
+        loaded = [(self._load_s[m], e.size_bytes) for m, e in self._resident.items() if m in self._load_s]
+        seconds, sizes = sum(s for s, _ in loaded), sum(b for _, b in loaded)
+        return seconds / sizes * estimate if sizes else 0.0
+
+    def _victims(self, estimate: int) -> list[tuple[str, Resident]] | None:
+        """The idle admitted models of lowest priority whose eviction makes room; None if none would."""
+        idle = sorted(
+            ((m, e) for m, e in self._resident.items() if e.in_flight == 0),
+            key=lambda item: (item[1].admitted, item[1].priority),
+        )
+        chosen: list[tuple[str, Resident]] = []
+        freed_models, freed_bytes = 0, 0
+        for name, entry in idle:
+            if self._fits(1 - freed_models, estimate - freed_bytes):
+                break
+            chosen.append((name, entry))
+            freed_models += 1
+            freed_bytes += entry.size_bytes
+        return chosen if chosen and self._fits(1 - freed_models, estimate - freed_bytes) else None
+
+    async def _evict(self, model: str, entry: Resident, reason: str) -> None:
+        """Unload an idle model (called holding `_room`)."""
+        del self._resident[model]
+        self._age = max(self._age, entry.priority)
+        self.counters.unloads[reason] += 1
+        async with self._lock(model):
+            with contextlib.suppress(ModelNotFoundError):
+                await self._runtime.unload(model)
+        logger.info("unloaded model '%s' (%s)", model, reason)
+
+    def _released(self, model: str, entry: Resident) -> None:
+        """The last request of a model ended: a model in the spare room goes, and waiters look again."""
+        task = asyncio.get_running_loop().create_task(self._after_release(model, entry))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _after_release(self, model: str, entry: Resident) -> None:
+        """A model in the spare room stays if it is now worth more than an admitted idle model
+        (which goes in its place), else it goes."""
+        async with self._room:
+            if not entry.admitted and entry.in_flight == 0 and self._resident.get(model) is entry:
+                del self._resident[model]  # judged as a newcomer
+                victims = self._victims(entry.size_bytes)
+                self._resident[model] = entry
+                if victims is not None and entry.priority > max(v.priority for _, v in victims):
+                    for name, victim in victims:
+                        await self._evict(name, victim, "evicted")
+                    entry.admitted = True
+                else:
+                    await self._evict(model, entry, "evicted")
+            self._room.notify_all()
+
+    async def _notify(self) -> None:
+        async with self._room:
+            self._room.notify_all()
+
+    # --- idle unloads and control -----------------------------------------------------------
+
+    def _start_idle_unloads(self) -> None:
+        if self._budget.idle_unload_s is None or self._idle_task is not None:
+            return
+        self._idle_task = asyncio.get_running_loop().create_task(
+            self._unload_idle(self._budget.idle_unload_s)
+        )
+
+    async def _unload_idle(self, idle_s: float) -> None:
+        while True:
+            await asyncio.sleep(min(idle_s / 4, 1.0))
+            now = self._clock()
+            async with self._room:
+                for model, entry in list(self._resident.items()):
+                    if entry.in_flight == 0 and now - entry.last_used >= idle_s:
+                        await self._evict(model, entry, "idle")
+                self._room.notify_all()
+
+    async def reload(self, model: str) -> None:
+        """The repository or a client changed `model`: load it again where it is resident."""
+        self._failures.pop(model, None)
+        if model in self._resident:
+            async with self._lock(model):
+                await self._runtime.load(model, {})
+
+    async def drop(self, model: str) -> None:
+        """A client unloaded `model` (or it left the repository): unload it here once its requests end."""
+        self._failures.pop(model, None)
+        entry = self._resident.get(model)
+        if entry is None:
+            return
+        async with self._room:
+            if self._resident.get(model) is entry:
+                del self._resident[model]
+                async with self._lock(model):
+                    await self._runtime.unload(model)  # lets its requests in flight complete
+            self._room.notify_all()
+
+    async def stop(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            await asyncio.gather(self._idle_task, return_exceptions=True)
+
+    def describe(self) -> dict[str, Any]:
+        """The `serve_app` block's part: models loaded here, loads since the replica started, and
+        how requests found their models (hits: resident; misses: loaded for them or refused)."""
+        return {
+            "loaded_models": sorted(self._resident),
+            "model_loads": self.counters.loads,
+            "model_hits": self.counters.hits,
+            "model_misses": self.counters.misses,
+            "loaded_bytes": self.resident_bytes(),
+        }

@@ -1,0 +1,61 @@
+"""How much memory a replica's models take: measured at each load, estimated from the files before.
+
+On GPU replicas the measure is the GPU's memory in use (NVML), on CPU replicas the process's
+resident set; a model's files are the estimate that decides, before it loads, whether it fits.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from serve_app.metrics import GpuReader
+from serve_app.storage import RepositoryURL, filesystem
+
+logger = logging.getLogger(__name__)
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def process_rss() -> int:
+    """This process's resident set in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * _PAGE
+
+
+def memory_meter(gpu_ids: tuple[str, ...]) -> Callable[[], int]:
+    """Memory in use where this replica's models live: its GPUs, else this process."""
+    reader = GpuReader.open(gpu_ids) if gpu_ids else None
+    return reader.memory_used if reader is not None else process_rss
+
+
+def size_estimator(repository: Path | RepositoryURL) -> Callable[[str], int]:
+    """Bytes of a model's files (names starting with "." left out), locally or on object storage."""
+    if isinstance(repository, RepositoryURL):
+        return functools.partial(_store_size, repository)
+    return functools.partial(_local_size, repository)
+
+
+def _local_size(repository: Path, model: str) -> int:
+    root = repository / model
+    return sum(
+        path.stat().st_size
+        for path in root.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )
+
+
+def _store_size(location: RepositoryURL, model: str) -> int:
+    try:
+        objects = filesystem(location).find(f"{location.root}/{model}", detail=True)
+    except Exception as exc:  # noqa: BLE001 - no estimate: the measured size decides after the load
+        logger.warning("no size estimate for model '%s': %s", model, exc)
+        return 0
+    return sum(
+        int(info.get("size") or 0)
+        for name, info in objects.items()
+        if not PurePosixPath(name).name.startswith(".")
+    )

@@ -1,0 +1,209 @@
+"""Models on demand within a budget (serve_app.residency), with a stand-in runtime whose loads take
+as long as a test says: what is loaded once, what is evicted, and what never is."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from serve_app.errors import InsufficientStorageError, ModelNotFoundError, ModelNotReadyError
+from serve_app.residency.cache import Budget, ModelCache
+from serve_app.residency.policy import Frequencies
+
+pytestmark = pytest.mark.anyio
+
+MIB = 2**20
+
+
+class SlowLoads:
+    """A runtime whose loads take `load_s` and whose models `broken` never load."""
+
+    def __init__(self, load_s: float = 0.0, broken: frozenset[str] = frozenset()) -> None:
+        self.load_s = load_s
+        self.broken = broken
+        self.loaded: set[str] = set()
+        self.loads: list[str] = []
+        self.unloads: list[str] = []
+        self.most_loaded = 0
+        self.concurrent_loads = 0
+        self.most_concurrent_loads = 0
+
+    async def in_repository(self, model: str) -> bool:
+        return False
+
+    async def load(self, model: str, parameters: dict[str, Any]) -> None:
+        self.loads.append(model)
+        self.concurrent_loads += 1
+        self.most_concurrent_loads = max(self.most_concurrent_loads, self.concurrent_loads)
+        try:
+            await asyncio.sleep(self.load_s)
+        finally:
+            self.concurrent_loads -= 1
+        if model in self.broken:
+            raise ModelNotReadyError(f"failed to load '{model}': broken file")
+        self.loaded.add(model)
+        self.most_loaded = max(self.most_loaded, len(self.loaded))
+
+    async def unload(self, model: str) -> None:
+        self.unloads.append(model)
+        self.loaded.discard(model)
+
+
+def anything(model: str) -> None:
+    return None
+
+
+def cache_of(
+    runtime: SlowLoads,
+    budget: Budget,
+    size: Callable[[str], int] = lambda _: 10 * MIB,
+    admit: Callable[[str], None] = anything,
+    clock: Callable[[], float] = time.monotonic,
+) -> ModelCache:
+    return ModelCache(runtime, budget, size, lambda: 0, admit, clock)  # type: ignore[arg-type]
+
+
+async def request(cache: ModelCache, model: str, hold_s: float = 0.0) -> None:
+    async with cache.use(model):
+        await asyncio.sleep(hold_s)
+
+
+async def test_concurrent_first_requests_load_a_model_once() -> None:
+    runtime = SlowLoads(load_s=0.05)
+    cache = cache_of(runtime, Budget(max_models=3))
+    with anyio.fail_after(10):
+        await asyncio.gather(*(request(cache, "a") for _ in range(8)))
+    assert runtime.loads == ["a"]
+    assert cache.counters.misses == 8 and cache.counters.loads == 1
+
+
+async def test_loads_of_different_models_run_side_by_side() -> None:
+    runtime = SlowLoads(load_s=0.1)
+    cache = cache_of(runtime, Budget(max_models=4))
+    with anyio.fail_after(10):
+        await asyncio.gather(*(request(cache, m) for m in "abcd"))
+    assert runtime.most_concurrent_loads == 4
+
+
+async def test_a_model_in_use_is_never_evicted_and_the_budget_holds_but_for_one_spare() -> None:
+    runtime = SlowLoads()
+    cache = cache_of(runtime, Budget(max_models=2))
+    with anyio.fail_after(10):
+        busy = asyncio.create_task(request(cache, "busy", hold_s=0.3))
+        await asyncio.sleep(0.01)
+        for model in "abcdefg":
+            await request(cache, model)
+        await busy
+    assert (
+        "busy" not in runtime.unloads[: runtime.unloads.index("busy")] if "busy" in runtime.unloads else True
+    )
+    assert runtime.most_loaded <= 3  # two, and the spare room
+    assert len(cache.resident()) <= 2
+
+
+async def test_a_hot_model_stays_while_cold_ones_pass_through_the_spare_room() -> None:
+    runtime = SlowLoads()
+    cache = cache_of(runtime, Budget(max_models=2))
+    with anyio.fail_after(10):
+        for cold in range(20):
+            for _ in range(5):
+                await request(cache, "hot")
+            await request(cache, f"cold{cold}")
+            await asyncio.sleep(0)  # the spare model's release runs
+    assert runtime.loads.count("hot") == 1
+    assert "hot" in cache.resident()
+
+
+async def test_hit_ratio_beats_lru_on_a_zipf_workload() -> None:
+    """100 models, room for 10, Zipf(1.1) requests: frequency-aware admission keeps the head."""
+    models = [f"m{i}" for i in range(100)]
+    weights = [1 / (i + 1) ** 1.1 for i in range(100)]
+    trace = random.Random(7).choices(models, weights, k=6000)
+    cache = cache_of(SlowLoads(), Budget(max_models=10))
+    with anyio.fail_after(60):
+        for model in trace[:1000]:  # warm-up
+            await request(cache, model)
+        hits_before = cache.counters.hits
+        for model in trace[1000:]:
+            await request(cache, model)
+            await asyncio.sleep(0)
+    hit_ratio = (cache.counters.hits - hits_before) / 5000
+    oracle = sum(1 for m in trace[1000:] if int(m[1:]) < 10) / 5000
+    lru = lru_hit_ratio(trace, 10)
+    print(f"\nhit ratio {hit_ratio:.3f}, LRU {lru:.3f}, oracle {oracle:.3f}")
+    assert hit_ratio >= 0.9 * oracle and hit_ratio > lru
+
+
+def lru_hit_ratio(trace: list[str], slots: int) -> float:
+    resident: dict[str, None] = {}
+    hits = 0
+    for index, model in enumerate(trace):
+        if model in resident:
+            resident.pop(model)
+            hits += index >= 1000
+        elif len(resident) >= slots:
+            resident.pop(next(iter(resident)))
+        resident[model] = None
+    return hits / (len(trace) - 1000)
+
+
+async def test_a_model_larger_than_the_budget_is_refused_without_evicting_anything() -> None:
+    runtime = SlowLoads()
+    cache = ModelCache(
+        runtime, Budget(memory_bytes=50 * MIB), lambda m: 80 * MIB if m == "big" else MIB, lambda: 0, anything
+    )  # type: ignore[arg-type]
+    await request(cache, "small")
+    with pytest.raises(InsufficientStorageError, match="memory budget"):
+        await request(cache, "big")
+    assert runtime.unloads == [] and cache.resident() == ["small"]
+
+
+async def test_a_failed_load_is_answered_at_once_until_its_back_off_passes() -> None:
+    now = [0.0]
+    runtime = SlowLoads(broken=frozenset({"broken"}))
+    cache = cache_of(runtime, Budget(max_models=2), clock=lambda: now[0])
+    for _ in range(3):
+        with pytest.raises(ModelNotReadyError, match="broken file"):
+            await request(cache, "broken")
+    assert runtime.loads == ["broken"]
+    now[0] = 1.5
+    with pytest.raises(ModelNotReadyError):
+        await request(cache, "broken")
+    assert runtime.loads == ["broken", "broken"]
+
+
+async def test_idle_models_are_unloaded() -> None:
+    runtime = SlowLoads()
+    cache = cache_of(runtime, Budget(max_models=4, idle_unload_s=0.2))
+    try:
+        await request(cache, "a")
+        with anyio.fail_after(5):
+            while cache.resident():
+                await asyncio.sleep(0.05)
+        assert runtime.unloads == ["a"] and cache.counters.unloads["idle"] == 1
+    finally:
+        await cache.stop()
+
+
+async def test_a_model_not_admitted_is_refused_before_any_load() -> None:
+    def unknown(model: str) -> None:
+        raise ModelNotFoundError(f"unknown model '{model}'")
+
+    runtime = SlowLoads()
+    cache = cache_of(runtime, Budget(max_models=2), admit=unknown)
+    with pytest.raises(ModelNotFoundError):
+        await request(cache, "nope")
+    assert runtime.loads == []
+
+
+def test_frequencies_halve_every_window() -> None:
+    frequencies = Frequencies(window=4)
+    for model in "aaab":
+        frequencies.record(model)
+    assert frequencies.of("a") == 1.5 and frequencies.of("b") == 0.5
