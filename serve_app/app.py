@@ -66,6 +66,7 @@ class InferenceServer(GRPCIngress):
     (the gRPC methods, named like the RPCs, come from `GRPCIngress`)."""
 
     async def __init__(self, args: AppArgs) -> None:
+        entered_s = process_age_s()
         log_through_serve()
         self._args = args
         keep_haproxy_directory_private()  # this replica's node
@@ -87,7 +88,9 @@ class InferenceServer(GRPCIngress):
         on_demand = on_demand_placement(args, placement)
         warm = set(args.model_placement.warm)
         wanted = state.wants if on_demand is None else lambda model: state.wants(model) and model in warm
+        runtime_from_s = process_age_s()
         self._runtime = await start_runtime(args, placement, wanted)
+        runtime_s = process_age_s() - runtime_from_s
         context = ray.get_runtime_context()
         self._models = DeploymentModels(
             self._runtime, holder, context.get_actor_name(), context.namespace, on_demand
@@ -110,12 +113,16 @@ class InferenceServer(GRPCIngress):
             catalog=None if residency is None else Catalog(args.model_repository),
         )
         logger.info(
-            "replica %s ready: runtime=%s device=%s gpu_ids=%s CUDA_VISIBLE_DEVICES=%s",
+            "replica %s ready: runtime=%s device=%s gpu_ids=%s CUDA_VISIBLE_DEVICES=%s; %.2f s after its "
+            "process started (its constructor at %.2f s, the runtime's start %.2f s)",
             placement.replica,
             self._runtime.name,
             self._runtime.device(),
             list(placement.gpu_ids),
             placement.cuda_visible_devices,
+            process_age_s(),
+            entered_s,
+            runtime_s,
         )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
@@ -138,6 +145,15 @@ class InferenceServer(GRPCIngress):
             await asyncio.wait_for(self._runtime.stop(), self._args.stop_timeout_s)
         except asyncio.TimeoutError:  # not the builtin before Python 3.11
             logger.error("runtime stop exceeded %.0f s; exiting anyway", self._args.stop_timeout_s)
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (where a cold start's time goes: Ray's worker start and
+    imports before the constructor, the runtime's start in it)."""
+    with open("/proc/self/stat") as stat:
+        started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as uptime:
+        return float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def on_demand_placement(args: AppArgs, placement: Placement) -> OnDemand | None:
