@@ -1,0 +1,155 @@
+"""One deployment, one Triton, measured: what deployment-wide model state costs.
+
+`python -m benchmarks.model_state [--runtime triton]` serves the examples on 2 replicas with model
+control and repository polling (1 s), then measures, through HAProxy's port:
+- a load and an unload of `linear` until every replica applied it (median of `--rounds`);
+- a statistics read (`GET /v2/models/linear/stats`, summed over replicas) against a health read
+  on the same path (`GET /v2/health/ready`), medians of 200 each;
+- a version roll under 8 closed-loop clients: version 2 written beside and renamed into place, the
+  time until every replica serves it, and the requests that failed meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from devtools.processes import (
+    command_line,
+    descendants,
+    free_port,
+    interrupt_group,
+    spawn,
+    tcp_listeners,
+    wait_for,
+)
+from serve_app.examples import build_example_repository
+
+ROOT = Path(__file__).resolve().parents[1]
+REPLICAS = 2
+BODY = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
+
+
+def app(repository: Path, runtime: str) -> dict:
+    config = yaml.safe_load((ROOT / "configs" / "app.yaml").read_text())
+    config["http_options"]["port"] = free_port()
+    config["grpc_options"]["port"] = free_port()
+    env_vars = config["controller_options"]["runtime_env"]["env_vars"]
+    for name in ("STATS", "METRICS"):
+        env_vars[f"RAY_SERVE_HAPROXY_{name}_PORT"] = str(free_port())
+    for name in ("HTTP", "GRPC"):
+        env_vars[f"RAY_SERVE_FALLBACK_PROXY_{name}_PORT"] = str(free_port())
+    application = config["applications"][0]
+    application["args"].update(
+        model_repository=str(repository), runtime=runtime, model_control=True, repository_poll_s=1
+    )
+    application["deployments"][0].update(autoscaling_config=None, num_replicas=REPLICAS)
+    return config
+
+
+def replica_ports(root: int) -> list[int]:
+    pids = {pid for pid, _ in descendants(root) if command_line(pid).startswith("ray::ServeReplica")}
+    return sorted({port for _, port, _ in tcp_listeners(pids) if 30000 <= port < 31000})
+
+
+def median_ms(seconds: list[float]) -> float:
+    return round(statistics.median(seconds) * 1e3, 2)
+
+
+def timed(call: object, rounds: int) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        call()  # type: ignore[operator]
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def version_roll(url: str, repository: Path, ports: list[int]) -> dict[str, float]:
+    failed, ok, stop = [], [0], threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while not stop.is_set():
+                response = http.post("/v2/models/linear/infer", json=BODY)
+                if response.status_code == 200:
+                    ok[0] += 1
+                else:
+                    failed.append(response.text)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    staged = repository / "linear" / ".2"
+    shutil.copytree(repository / "linear" / "1", staged)
+    started = time.monotonic()
+    staged.rename(repository / "linear" / "2")
+
+    def everywhere() -> bool:
+        return all(
+            httpx.get(f"http://127.0.0.1:{port}/v2/models/linear", timeout=30).json()["versions"] == ["2"]
+            for port in ports
+        )
+
+    wait_for(everywhere, 60, "version 2 on every replica", period_s=0.05)
+    rolled = time.monotonic() - started
+    time.sleep(3)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return {"roll s": round(rolled, 2), "requests": ok[0] + len(failed), "failed": len(failed)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runtime", default="triton", choices=["triton", "torch"])
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="serve_app-state-"))
+    repository = workdir / "repository"
+    build_example_repository(repository)
+    config = app(repository, args.runtime)
+    (workdir / "app.yaml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{config['http_options']['port']}"
+    serve = str(Path(sys.executable).with_name("serve"))
+    process = spawn([serve, "run", str(workdir / "app.yaml")], workdir / "serve.log", cwd=workdir)
+    try:
+        wait_for(lambda: len(replica_ports(process.pid)) == REPLICAS, 240, f"{REPLICAS} replicas")
+        ports = replica_ports(process.pid)
+        with httpx.Client(base_url=url, timeout=120) as http:
+            wait_for(lambda: http.get("/v2/health/ready").status_code == 200, 60, "ready")
+            cycles = []
+            for _ in range(args.rounds):
+                cycles += timed(
+                    lambda: http.post("/v2/repository/models/linear/unload").raise_for_status(), 1
+                )
+                cycles += timed(lambda: http.post("/v2/repository/models/linear/load").raise_for_status(), 1)
+            stats = timed(lambda: http.get("/v2/models/linear/stats").raise_for_status(), 200)
+            health = timed(lambda: http.get("/v2/health/ready").raise_for_status(), 200)
+        result = {
+            "runtime": args.runtime,
+            "replicas": REPLICAS,
+            "load or unload applied on every replica, median ms": median_ms(cycles),
+            "statistics read, median ms": median_ms(stats),
+            "health read, median ms": median_ms(health),
+            **version_roll(url, repository, ports),
+        }
+        print(json.dumps(result))
+    finally:
+        interrupt_group(process, 60)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
