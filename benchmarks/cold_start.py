@@ -13,44 +13,25 @@ import argparse
 import json
 import re
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from devtools.processes import (
-    command_line,
-    descendants,
-    free_port,
     http_post,
-    interrupt_group,
-    spawn,
     wait_for,
 )
-from serve_app.examples import build_example_repository
+from devtools.serve_configs import examples_workdir, replica_pids, serving, shipped
 
-ROOT = Path(__file__).resolve().parents[1]
 READY = re.compile(
     r"replica (\S+) ready: .*?; ([\d.]+) s after its process started \(its constructor at ([\d.]+) s, "
     r"the runtime's start ([\d.]+) s\)"
 )
+LINEAR_REQUEST = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
 LOADED = re.compile(r"loaded model 'linear' in ([\d.]+) s")
 
 
 def config(repository: Path, runtime: str) -> dict:
-    config = yaml.safe_load((ROOT / "configs" / "app.on_demand.yaml").read_text())
-    config["http_options"]["port"] = free_port()
-    config["grpc_options"]["port"] = free_port()
-    env_vars = config["controller_options"]["runtime_env"]["env_vars"]
-    for name in (
-        "HAPROXY_STATS_PORT",
-        "HAPROXY_METRICS_PORT",
-        "FALLBACK_PROXY_HTTP_PORT",
-        "FALLBACK_PROXY_GRPC_PORT",
-    ):
-        env_vars[f"RAY_SERVE_{name}"] = str(free_port())
+    config = shipped("app.on_demand.yaml")
     app = config["applications"][0]
     app["args"].update(model_repository=str(repository), runtime=runtime)
     app["deployments"][0]["autoscaling_config"].update(
@@ -59,32 +40,22 @@ def config(repository: Path, runtime: str) -> dict:
     return config
 
 
-def replicas(root: int) -> list[int]:
-    return [pid for pid, _ in descendants(root) if command_line(pid).startswith("ray::ServeReplica")]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runtime", default="triton", choices=["triton", "torch"])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="serve_app-cold-"))
-    repository = workdir / "repository"
-    build_example_repository(repository)
-    path = workdir / "app.yaml"
+    workdir, repository = examples_workdir("serve_app-cold-")
     served = config(repository, args.runtime)
-    path.write_text(yaml.safe_dump(served))
-    url = f"http://127.0.0.1:{served['http_options']['port']}"
     log = workdir / "serve.log"
-    process = spawn([str(Path(sys.executable).with_name("serve")), "run", str(path)], log, cwd=workdir)
     body = json.dumps(
         {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
     )
     rows = []
-    try:
-        wait_for(lambda: replicas(process.pid), 180, "the first replica")
+    with serving(served, workdir) as (process, url):
+        wait_for(lambda: replica_pids(process.pid), 180, "the first replica")
         for _ in range(args.rounds):
-            wait_for(lambda: not replicas(process.pid), 180, "scale to zero")
+            wait_for(lambda: not replica_pids(process.pid), 180, "scale to zero")
             time.sleep(1)
             seen = log.read_text(errors="replace")
             started = time.monotonic()
@@ -108,9 +79,7 @@ def main() -> None:
                 row["model load s"] = float(loaded.group(1))
             rows.append(row)
             print(json.dumps(row), flush=True)
-    finally:
-        interrupt_group(process, 60)
-        print(f"serve run's log: {log}")
+    print(f"serve run's log: {log}")
     medians = {key: statistics.median(r[key] for r in rows if key in r) for key in rows[0]}
     print("median:", json.dumps({k: round(v, 2) for k, v in medians.items()}))
 

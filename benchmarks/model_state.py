@@ -15,51 +15,29 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import yaml
 
+from benchmarks.cold_start import LINEAR_REQUEST
 from devtools.processes import (
-    command_line,
-    descendants,
-    free_port,
-    interrupt_group,
-    spawn,
-    tcp_listeners,
     wait_for,
 )
-from serve_app.examples import build_example_repository
+from devtools.serve_configs import examples_workdir, replica_http_ports, serving, shipped
 
-ROOT = Path(__file__).resolve().parents[1]
 REPLICAS = 2
-BODY = {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
 
 
 def app(repository: Path, runtime: str) -> dict:
-    config = yaml.safe_load((ROOT / "configs" / "app.yaml").read_text())
-    config["http_options"]["port"] = free_port()
-    config["grpc_options"]["port"] = free_port()
-    env_vars = config["controller_options"]["runtime_env"]["env_vars"]
-    for name in ("STATS", "METRICS"):
-        env_vars[f"RAY_SERVE_HAPROXY_{name}_PORT"] = str(free_port())
-    for name in ("HTTP", "GRPC"):
-        env_vars[f"RAY_SERVE_FALLBACK_PROXY_{name}_PORT"] = str(free_port())
+    config = shipped("app.yaml")
     application = config["applications"][0]
     application["args"].update(
         model_repository=str(repository), runtime=runtime, model_control=True, repository_poll_s=1
     )
     application["deployments"][0].update(autoscaling_config=None, num_replicas=REPLICAS)
     return config
-
-
-def replica_ports(root: int) -> list[int]:
-    pids = {pid for pid, _ in descendants(root) if command_line(pid).startswith("ray::ServeReplica")}
-    return sorted({port for _, port, _ in tcp_listeners(pids) if 30000 <= port < 31000})
 
 
 def median_ms(seconds: list[float]) -> float:
@@ -81,7 +59,7 @@ def version_roll(url: str, repository: Path, ports: list[int]) -> dict[str, floa
     def client() -> None:
         with httpx.Client(base_url=url, timeout=60) as http:
             while not stop.is_set():
-                response = http.post("/v2/models/linear/infer", json=BODY)
+                response = http.post("/v2/models/linear/infer", json=LINEAR_REQUEST)
                 if response.status_code == 200:
                     ok[0] += 1
                 else:
@@ -116,17 +94,11 @@ def main() -> None:
     parser.add_argument("--runtime", default="triton", choices=["triton", "torch"])
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="serve_app-state-"))
-    repository = workdir / "repository"
-    build_example_repository(repository)
+    workdir, repository = examples_workdir("serve_app-state-")
     config = app(repository, args.runtime)
-    (workdir / "app.yaml").write_text(yaml.safe_dump(config))
-    url = f"http://127.0.0.1:{config['http_options']['port']}"
-    serve = str(Path(sys.executable).with_name("serve"))
-    process = spawn([serve, "run", str(workdir / "app.yaml")], workdir / "serve.log", cwd=workdir)
-    try:
-        wait_for(lambda: len(replica_ports(process.pid)) == REPLICAS, 240, f"{REPLICAS} replicas")
-        ports = replica_ports(process.pid)
+    with serving(config, workdir) as (process, url):
+        wait_for(lambda: len(replica_http_ports(process.pid)) == REPLICAS, 240, f"{REPLICAS} replicas")
+        ports = replica_http_ports(process.pid)
         with httpx.Client(base_url=url, timeout=120) as http:
             wait_for(lambda: http.get("/v2/health/ready").status_code == 200, 60, "ready")
             cycles = []
@@ -146,9 +118,7 @@ def main() -> None:
             **version_roll(url, repository, ports),
         }
         print(json.dumps(result))
-    finally:
-        interrupt_group(process, 60)
-        shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

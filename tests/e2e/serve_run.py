@@ -4,7 +4,6 @@ replicas they run as Serve and /proc see them."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
 import math
 import os
@@ -24,16 +23,16 @@ from devtools.processes import (
     answers,
     command_line,
     descendants,
-    free_port,
     interrupt_group,
     spawn,
     tcp_listeners,
     wait_for,
     wait_ready,
 )
+from devtools.serve_configs import CONFIGS, REPLICA_GRPC_PORTS, REPLICA_HTTP_PORTS, shipped
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_CONFIG = ROOT / "configs" / "app.yaml"
+APP_CONFIG = CONFIGS / "app.yaml"
 SERVE = str(Path(sys.executable).with_name("serve"))
 # The runtimes `served` and the other per-module apps are parametrised by: triton where the
 # in-process build is installed (`python -m serve_app.triton_install install`; CI installs it).
@@ -47,9 +46,7 @@ def app_config(
 ) -> dict[str, Any]:
     """configs/app.yaml on free ports (HTTP: `port` if given), its app args and deployment
     options overridden."""
-    config = copy.deepcopy(yaml.safe_load(APP_CONFIG.read_text()))
-    config["http_options"]["port"] = port or free_port()
-    free_request_path_ports(config)
+    config = shipped("app.yaml", port)
     app = config["applications"][0]
     app["args"].update(args or {})
     app["deployments"][0].update(deployment or {})
@@ -59,20 +56,6 @@ def app_config(
 def fixed_replicas(count: int, **options: Any) -> dict[str, Any]:
     """Deployment options for `count` replicas without autoscaling (and any other `options`)."""
     return {"autoscaling_config": None, "num_replicas": count, **options}
-
-
-def free_request_path_ports(config: dict[str, Any]) -> None:
-    """Move HAProxy's stats and metrics listeners, the fallback proxy and gRPC to free ports.
-
-    The shipped configs leave them at fixed defaults (8404, 9101, 8500 and 9500; gRPC 8001);
-    a test run must not depend on those being free.
-    """
-    env_vars = config["controller_options"]["runtime_env"]["env_vars"]
-    fallback_ports = ("FALLBACK_PROXY_HTTP_PORT", "FALLBACK_PROXY_GRPC_PORT")
-    for name in ("HAPROXY_STATS_PORT", "HAPROXY_METRICS_PORT", *fallback_ports):
-        env_vars[f"RAY_SERVE_{name}"] = str(free_port())
-    if "grpc_options" in config:
-        config["grpc_options"]["port"] = free_port()
 
 
 class ServeRun:
@@ -274,10 +257,6 @@ def wait_for_replica_processes(
 
     wait_for(reached, timeout_s, lambda: f"{count} replica processes (last seen {sorted(found)})")
     return found
-
-
-# Ray's direct-ingress servers of each replica: HTTP and gRPC (the ports HAProxy forwards to).
-REPLICA_HTTP_PORTS, REPLICA_GRPC_PORTS = range(30000, 31000), range(40000, 41000)
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from devtools.processes import free_port
+from devtools.serve_configs import free_request_path_ports
 from tests.conftest import reference
 from tests.e2e.checks import infer_json, replicas_answering
 from tests.e2e.conftest import FAKE_GPUS
-from tests.e2e.serve_run import ROOT, ServeRun, endpoints, free_request_path_ports
+from tests.e2e.serve_run import ROOT, ServeRun, endpoints
 
 pytestmark = pytest.mark.e2e
 

@@ -21,14 +21,14 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-import yaml
 
-from devtools.processes import free_port, wait_for
+from devtools.processes import wait_for
+from devtools.serve_configs import shipped
 from serve_app.examples import write_sized_linear
 from tests.conftest import reference
 from tests.e2e.checks import json_request
 from tests.e2e.load import ClosedLoop
-from tests.e2e.serve_run import ROOT, Endpoint, ServeRun, endpoints, fixed_replicas, free_request_path_ports
+from tests.e2e.serve_run import Endpoint, ServeRun, endpoints, fixed_replicas
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -55,9 +55,7 @@ def expected(repository: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def served_config(runtime: str, repository: Path) -> dict[str, Any]:
     """configs/app.on_demand.yaml on this machine: 2 replicas, room for 3 models each."""
-    config = yaml.safe_load((ROOT / "configs" / "app.on_demand.yaml").read_text())
-    config["http_options"]["port"] = free_port()
-    free_request_path_ports(config)
+    config = shipped("app.on_demand.yaml")
     app = config["applications"][0]
     app["args"].update(model_repository=str(repository), runtime=runtime)
     app["args"]["model_placement"].update(

@@ -17,9 +17,10 @@ import torch
 import yaml
 
 from devtools.processes import free_port
+from devtools.serve_configs import free_request_path_ports
 from tests.conftest import reference
 from tests.e2e.checks import infer_json, replicas_answering
-from tests.e2e.serve_run import ROOT, ServeRun, free_request_path_ports
+from tests.e2e.serve_run import ROOT, ServeRun
 from tests.gpu.test_gpu import TOLERANCE, with_instance_group
 
 pytestmark = [
