@@ -101,7 +101,9 @@ class InferenceServer(GRPCIngress):
             residency.adopt([row.name for row in self._runtime.index() if row.state == "READY"])
         self._metrics: ReplicaMetrics | None = None
         if args.metrics.enabled:
-            self._metrics = ReplicaMetrics(self._runtime, args.metrics.interval_s, placement.gpu_ids)
+            self._metrics = ReplicaMetrics(
+                self._runtime, args.metrics.interval_s, placement.gpu_ids, residency=residency
+            )
             self._metrics.start()
         self._dataplane = DataPlane(
             self._runtime,

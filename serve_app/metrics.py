@@ -17,6 +17,11 @@ Two sources, merged every `interval_s` by one background task:
 The latency histogram is counted here, in cumulative buckets, and exported as Prometheus
 histogram series (`_bucket{le}`, `_sum`, `_count`) held in Ray gauges: a Ray `Histogram.observe`
 per request would cost a sizeable share of a tiny model's request in Ray's recorder.
+
+On-demand placement adds the replica's model cache (`serve_app_*`): its counters (hits, misses,
+loads, unloads by reason) read every interval, its load times as a histogram of the same kind, and
+what it holds against its budget. A model's statistics leave the runtime with the model, so the
+cache tells the metrics before each unload and what they counted since the last read is kept.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import bisect
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from ray.serve import metrics as serve_metrics
 
+from serve_app.residency.cache import Budget, Counters
 from serve_app.runtimes.base import Runtime
 
 logger = logging.getLogger(__name__)
@@ -59,11 +65,26 @@ STATISTICS_COUNTERS = {
 FAILURE = "nv_inference_request_failure"
 PENDING = "nv_inference_pending_request_count"
 LATENCY = "nv_inference_request_histogram_ms"  # exported as LATENCY_bucket, _sum and _count
-_LE = [*(str(float(bound)) for bound in LATENCY_BUCKETS_MS), "+Inf"]  # Prometheus's `le` labels
 GPU_GAUGES = {
     "nv_gpu_utilization": "GPU utilization rate [0.0 - 1.0)",
     "nv_gpu_memory_used_bytes": "GPU used memory, in bytes",
     "nv_gpu_memory_total_bytes": "GPU total memory, in bytes",
+}
+
+# On-demand placement: one series per replica (Serve's tags), named after GET /v2's fields.
+MODEL_LOADS = "serve_app_model_loads"
+MODEL_UNLOADS = "serve_app_model_unloads"  # reason: idle, evicted, failed (Counters.unloads)
+CACHE_REQUESTS = "serve_app_cache_requests"  # result: hit, miss
+LOAD_DURATION = "serve_app_model_load_duration_seconds"  # histogram series, as LATENCY
+# Model load times (s): a tiny model on CPU to a large one onto a GPU.
+LOAD_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300]
+LOADED_MODELS, LOADED_BYTES = "serve_app_loaded_models", "serve_app_loaded_bytes"
+MAX_MODELS, MEMORY_BUDGET = "serve_app_max_models_per_replica", "serve_app_memory_budget_bytes"
+PLACEMENT_GAUGES = {
+    LOADED_MODELS: "Models loaded on the replica",
+    LOADED_BYTES: "Bytes of the models loaded on the replica (measured, else estimated)",
+    MAX_MODELS: "The replica's budget of models (args.model_placement)",
+    MEMORY_BUDGET: "The replica's memory budget for models, bytes (args.model_placement)",
 }
 
 
@@ -110,25 +131,28 @@ class _Totals(NamedTuple):
 
 
 class _Histogram:
-    """Latencies of one model version since the replica started, in LATENCY_BUCKETS_MS."""
+    """Observations since the replica started, counted in `bounds`, exported as `name`'s series."""
 
-    __slots__ = ("counts", "sum_ms")  # updated per request: slots are the faster attributes
+    __slots__ = ("bounds", "counts", "name", "total")  # updated per request: the faster attributes
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)  # the last one: above every bound
-        self.sum_ms = 0.0
+    def __init__(self, name: str, bounds: list[float]) -> None:
+        self.name = name
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
+        self.total = 0.0
 
-    def observe(self, ms: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS_MS, ms)] += 1  # le: ms <= bound
-        self.sum_ms += ms
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        self.total += value
 
     def samples(self, tags: dict[str, str]) -> list[Sample]:
         samples, cumulative = [], 0
-        for bound, count in zip(_LE, self.counts, strict=True):
+        labels = [*(str(float(bound)) for bound in self.bounds), "+Inf"]  # Prometheus's `le`
+        for bound, count in zip(labels, self.counts, strict=True):
             cumulative += count
-            samples.append(Sample(f"{LATENCY}_bucket", cumulative, {**tags, "le": bound}))
-        samples.append(Sample(f"{LATENCY}_sum", self.sum_ms, tags))
-        samples.append(Sample(f"{LATENCY}_count", cumulative, tags))
+            samples.append(Sample(f"{self.name}_bucket", cumulative, {**tags, "le": bound}))
+        samples.append(Sample(f"{self.name}_sum", self.total, tags))
+        samples.append(Sample(f"{self.name}_count", cumulative, tags))
         return samples
 
 
@@ -140,25 +164,90 @@ class _Outcomes:
     in_flight: int = 0
     rejected: int = 0
     canceled: int = 0
-    latency: _Histogram = field(default_factory=_Histogram)
+    latency: _Histogram = field(default_factory=lambda: _Histogram(LATENCY, LATENCY_BUCKETS_MS))
 
 
 def _tags(key: Key) -> dict[str, str]:
     return {"model": key[0], "version": key[1]}
 
 
-class ReplicaMetrics:
-    """The replica's metrics: the dataplane's observer, and the task that exports every interval."""
+class Residency(Protocol):
+    """What the metrics read of on-demand placement (serve_app.residency.ModelCache)."""
 
-    def __init__(self, runtime: Runtime, interval_s: float, gpu_ids: tuple[str, ...] = ()) -> None:
+    counters: Counters
+
+    @property
+    def budget(self) -> Budget: ...
+
+    def resident(self) -> list[str]: ...
+
+    def resident_bytes(self) -> int: ...
+
+    def before_unload(self, listener: Callable[[str], None]) -> None: ...
+
+
+class _PlacementReader:
+    """The model cache's counters as increments since the last read, and its state as gauges."""
+
+    def __init__(self, cache: Residency) -> None:
+        self._cache = cache
+        self._seen = Counters()  # the counters at the last read
+        self._load_time = _Histogram(LOAD_DURATION, LOAD_BUCKETS_S)
+
+    def read(self) -> list[Sample]:
+        counters, seen = self._cache.counters, self._seen
+        taken, counters.load_seconds = counters.load_seconds, []
+        for seconds in taken:
+            self._load_time.observe(seconds)
+        increments = [
+            Sample(MODEL_LOADS, counters.loads - seen.loads, {}),
+            Sample(CACHE_REQUESTS, counters.hits - seen.hits, {"result": "hit"}),
+            Sample(CACHE_REQUESTS, counters.misses - seen.misses, {"result": "miss"}),
+            *(
+                Sample(MODEL_UNLOADS, count - seen.unloads.get(reason, 0), {"reason": reason})
+                for reason, count in counters.unloads.items()
+            ),
+        ]
+        self._seen = Counters(counters.hits, counters.misses, counters.loads, unloads=dict(counters.unloads))
+        budget = self._cache.budget
+        gauges = {
+            LOADED_MODELS: len(self._cache.resident()),
+            LOADED_BYTES: self._cache.resident_bytes(),
+            MAX_MODELS: budget.max_models,  # None: no bound, no series
+            MEMORY_BUDGET: budget.memory_bytes,
+        }
+        return [
+            *(sample for sample in increments if sample.value > 0),
+            *self._load_time.samples({}),
+            *(Sample(name, value, {}) for name, value in gauges.items() if value is not None),
+        ]
+
+
+class ReplicaMetrics:
+    """The replica's metrics: the dataplane's observer, and the task that exports every interval.
+
+    `residency`: the replica's model cache under on-demand placement (None: every model resident,
+    nothing to add)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        interval_s: float,
+        gpu_ids: tuple[str, ...] = (),
+        residency: Residency | None = None,
+    ) -> None:
         self._runtime = runtime
         self._interval_s = interval_s
         self._outcomes: dict[Key, _Outcomes] = {}
         self._totals: dict[Key, _Totals] = {}
+        self._unloaded: list[Sample] = []  # counted from the statistics of models unloaded since
         # Cancellations seen by the dataplane that the runtime's statistics had not counted yet.
         self._unmatched_cancels: dict[Key, int] = {}
         self._gpus = GpuReader.open(gpu_ids) if gpu_ids else None
-        self._instruments = _Instruments(gpu=self._gpus is not None)
+        self._placement = None if residency is None else _PlacementReader(residency)
+        if residency is not None:
+            residency.before_unload(self._unloading)
+        self._instruments = _Instruments(gpu=self._gpus is not None, placement=residency is not None)
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
@@ -194,7 +283,8 @@ class ReplicaMetrics:
 
     def collect(self) -> list[Sample]:
         """Everything since the last call, as metric updates."""
-        samples = list(self._from_statistics())
+        samples, self._unloaded = self._unloaded, []
+        samples += self._from_statistics()
         for key, record in self._outcomes.items():
             tags = _tags(key)
             samples.append(Sample(PENDING, record.in_flight, tags))
@@ -204,20 +294,39 @@ class ReplicaMetrics:
             record.rejected = record.canceled = 0
         if self._gpus is not None:
             samples += self._gpus.read()
+        if self._placement is not None:
+            samples += self._placement.read()
         return samples
 
     def _from_statistics(self) -> Iterator[Sample]:
         stats = self._runtime.statistics(None, None)["model_stats"]
         current = {(s["name"], str(s["version"])): _Totals.from_statistics(s) for s in stats}
         for key, totals in current.items():
-            delta = totals.since(self._totals.get(key))
-            tags = _tags(key)
-            for name, value in zip(STATISTICS_COUNTERS, delta, strict=False):
-                if value > 0:
-                    yield Sample(name, value, tags)
-            for reason, count in self._split_failures(key, delta.failures):
-                yield Sample(FAILURE, count, {**tags, "reason": reason})
+            yield from self._increments(key, totals)
         self._totals = current  # an unloaded version drops out: a reload counts from zero
+
+    def _increments(self, key: Key, totals: _Totals) -> Iterator[Sample]:
+        delta = totals.since(self._totals.get(key))
+        tags = _tags(key)
+        for name, value in zip(STATISTICS_COUNTERS, delta, strict=False):
+            if value > 0:
+                yield Sample(name, value, tags)
+        for reason, count in self._split_failures(key, delta.failures):
+            yield Sample(FAILURE, count, {**tags, "reason": reason})
+
+    def _unloading(self, model: str) -> None:
+        """The cache is about to unload `model`: keep what its statistics counted since the last
+        read for the next export (a model evicted right after its requests would count nothing)."""
+        try:
+            stats = self._runtime.statistics(model, None)["model_stats"]
+            for entry in stats:
+                key = (entry["name"], str(entry["version"]))
+                self._unloaded += self._increments(key, _Totals.from_statistics(entry))
+                self._totals.pop(key, None)  # loaded again, it counts from zero
+                if key in self._outcomes:
+                    self._outcomes[key].canceled = 0  # matched against these failures
+        except Exception as exc:  # noqa: BLE001 - an unload must not fail for its metrics
+            logger.warning("statistics of model '%s' before its unload not counted: %s", model, exc)
 
     def _split_failures(self, key: Key, failures: int) -> Iterator[tuple[str, int]]:
         """The runtime's failures by Triton's reason: its statistics only count them.
@@ -272,7 +381,7 @@ class ReplicaMetrics:
 class _Instruments:
     """The Ray metric objects, one per name, created once per replica."""
 
-    def __init__(self, gpu: bool) -> None:
+    def __init__(self, gpu: bool, placement: bool) -> None:
         self._counters = {
             name: serve_metrics.Counter(name, description=text, tag_keys=MODEL_TAGS)
             for name, text in STATISTICS_COUNTERS.items()
@@ -292,13 +401,32 @@ class _Instruments:
                 self._gauges[name] = serve_metrics.Gauge(name, description=text, tag_keys=("gpu_uuid",))
         latency = "latency of successful inference requests in the dataplane (validated request handed "
         "to the runtime until its outputs), milliseconds"
-        for suffix, what, tag_keys in [
-            ("bucket", "Histogram buckets (cumulative counts) of the", (*MODEL_TAGS, "le")),
-            ("sum", "Sum of the", MODEL_TAGS),
-            ("count", "Count of the", MODEL_TAGS),
+        self._add_histogram(LATENCY, latency, MODEL_TAGS)
+        if placement:
+            self._add_placement()
+
+    def _add_histogram(self, name: str, what: str, tag_keys: tuple[str, ...]) -> None:
+        """The gauges that hold a histogram's `_bucket{le}`, `_sum` and `_count` series."""
+        for suffix, series, keys in [
+            ("bucket", "Histogram buckets (cumulative counts) of the", (*tag_keys, "le")),
+            ("sum", "Sum of the", tag_keys),
+            ("count", "Count of the", tag_keys),
         ]:
-            name = f"{LATENCY}_{suffix}"
-            self._gauges[name] = serve_metrics.Gauge(name, description=f"{what} {latency}", tag_keys=tag_keys)
+            self._gauges[f"{name}_{suffix}"] = serve_metrics.Gauge(
+                f"{name}_{suffix}", description=f"{series} {what}", tag_keys=keys
+            )
+
+    def _add_placement(self) -> None:
+        """On-demand placement's series (mode all has none)."""
+        for name, text, tag_keys in [
+            (MODEL_LOADS, "Models loaded on the replica for requests", ()),
+            (MODEL_UNLOADS, "Models unloaded (idle, evicted) or failed to load (failed)", ("reason",)),
+            (CACHE_REQUESTS, "Inference requests whose model was resident (hit) or not (miss)", ("result",)),
+        ]:
+            self._counters[name] = serve_metrics.Counter(name, description=text, tag_keys=tag_keys)
+        for name, text in PLACEMENT_GAUGES.items():
+            self._gauges[name] = serve_metrics.Gauge(name, description=text, tag_keys=())
+        self._add_histogram(LOAD_DURATION, "load times of models loaded on the replica, seconds", ())
 
     def record(self, samples: list[Sample]) -> None:
         for sample in samples:

@@ -106,7 +106,17 @@ class ModelCache:
         self._room = asyncio.Condition()
         self._idle_task: asyncio.Task[None] | None = None
         self._releases: set[asyncio.Task[None]] = set()
+        self._unload_listeners: list[Callable[[str], None]] = []
         self.counters = Counters()
+
+    @property
+    def budget(self) -> Budget:
+        return self._budget
+
+    def before_unload(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(model)` just before the runtime unloads a model, while its statistics
+        still exist (an unloaded model's statistics go with it)."""
+        self._unload_listeners.append(listener)
 
     # --- serving ----------------------------------------------------------------------------
 
@@ -300,9 +310,14 @@ class ModelCache:
         self._age = max(self._age, entry.priority)
         self.counters.unloads[reason] += 1
         async with self._lock(model):
+            self._unloading(model)
             with contextlib.suppress(ModelNotFoundError):
                 await self._runtime.unload(model)
         logger.info("unloaded model '%s' (%s)", model, reason)
+
+    def _unloading(self, model: str) -> None:
+        for listener in self._unload_listeners:
+            listener(model)
 
     def _released(self, model: str, entry: Resident) -> None:
         """The last request of a model ended: a model in the spare room goes, and waiters look again."""
@@ -366,6 +381,7 @@ class ModelCache:
             if self._resident.get(model) is entry:
                 del self._resident[model]
                 async with self._lock(model):
+                    self._unloading(model)
                     await self._runtime.unload(model)  # lets its requests in flight complete
             self._room.notify_all()
 

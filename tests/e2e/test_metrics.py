@@ -7,6 +7,12 @@ app runs two replicas with `metrics.interval_s: 1` and Ray's worker metrics repo
 1 s (`RAY_metrics_report_interval_ms`, 10 s by default); known traffic goes to two models, and
 the sums over replicas, read back through Prometheus's query API, must equal what was sent.
 Every PromQL expression of the shipped Grafana dashboard must parse and return data there.
+
+The torch app runs on-demand placement with room for one model per replica (so the two models
+evict each other, and idle out after the traffic): its placement series (`ray_serve_app_*`) must
+add up, and its Triton series still equal what was sent (the cache hands a model's statistics to
+the metrics before it unloads it). The triton app runs `mode: all`, which exports no placement
+series. One app per runtime covers both modes without a third `serve run`.
 """
 
 from __future__ import annotations
@@ -47,6 +53,14 @@ BAD = {"linear_a": 4, "linear_b": 3}  # wrong shape: refused before the runtime 
 WAIT_S = 60.0
 SUCCESS = "ray_nv_inference_request_success_total"
 TOP_UPS = 5  # bursts at most before "one replica never serves" is the test's failure
+ON_DEMAND_RUNTIME = "torch"  # the other runtime's app runs mode all
+BUDGET_BYTES = 2**30
+PLACEMENT = {
+    "mode": "on_demand",
+    "max_models_per_replica": 1,
+    "memory_budget_bytes": BUDGET_BYTES,
+    "idle_unload_s": 3,
+}
 
 
 class Prometheus:
@@ -107,11 +121,14 @@ def prometheus(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="module")
 def served_config(runtime: str, example_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two replicas of an app of its own name, serving two copies of `linear`."""
+    """Two replicas of an app of its own name, serving two copies of `linear` (on demand, for
+    ON_DEMAND_RUNTIME)."""
     repository = tmp_path_factory.mktemp("metrics-repository")
     for model in MODELS:
         shutil.copytree(example_repository / "linear", repository / model)
     args = {"model_repository": str(repository), "runtime": runtime, "metrics": {"interval_s": 1}}
+    if runtime == ON_DEMAND_RUNTIME:
+        args["model_placement"] = PLACEMENT
     config = app_config(args, fixed_replicas(2))
     config["applications"][0]["name"] = f"metrics_{runtime}"
     # Read by the controller, passed on to the replicas it starts: report to the agent every second.
@@ -124,6 +141,7 @@ class Traffic:
     app: str
     good: dict[str, int]  # successful requests per model (batch of 2 each)
     bad: dict[str, int]  # refused requests per model
+    on_demand: bool
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +150,8 @@ def traffic(served: ServeRun, prometheus: Prometheus) -> Traffic:
     both served: see `_top_up`)."""
     # Both replicas answer through HAProxy (ready ≠ already in its backend).
     assert len(replicas_answering(served.url, 2, WAIT_S)) == 2, "not both replicas answer"
-    traffic = Traffic(served.config["applications"][0]["name"], dict(GOOD), dict(BAD))
+    app = served.config["applications"][0]
+    traffic = Traffic(app["name"], dict(GOOD), dict(BAD), "model_placement" in app["args"])
     send_traffic(served.url, traffic.good, traffic.bad)
     _top_up(served.url, prometheus, traffic)
     return traffic
@@ -192,6 +211,37 @@ def test_traffic_sums_over_replicas(traffic: Traffic, prometheus: Prometheus) ->
     print_scrape(prometheus, app, MODELS[0])
 
 
+def test_placement_series_add_up_on_demand_and_mode_all_has_none(
+    traffic: Traffic, prometheus: Prometheus
+) -> None:
+    app = traffic.app
+    if not traffic.on_demand:
+        assert prometheus.query(f'{{__name__=~"ray_serve_app_.+", application="{app}"}}') == []
+        return
+
+    def per_replica(metric: str) -> dict[str, float]:
+        return prometheus.sum_by("replica", metric, app)
+
+    def idled_out() -> bool:
+        """Every model loaded was unloaded again (evicted, or idle after the traffic)."""
+        loaded = per_replica("ray_serve_app_loaded_models")
+        loads, unloads = (per_replica(f"ray_serve_app_model_{n}_total") for n in ("loads", "unloads"))
+        return bool(loaded) and not any(loaded.values()) and loads == unloads
+
+    loaded_now = functools.partial(per_replica, "ray_serve_app_loaded_models")
+    wait_for(idled_out, WAIT_S, lambda: f"every model unloaded (loaded now: {loaded_now()})", 0.5)
+    requests = prometheus.sum_by("result", "ray_serve_app_cache_requests_total", app)
+    loads = sum(per_replica("ray_serve_app_model_loads_total").values())
+    assert sum(requests.values()) == sum(traffic.good.values()) + sum(traffic.bad.values())
+    assert len(MODELS) <= loads <= requests["miss"]  # a miss loads its model or waits for that load
+    assert sum(per_replica("ray_serve_app_model_load_duration_seconds_count").values()) == loads
+    assert "idle" in prometheus.sum_by("reason", "ray_serve_app_model_unloads_total", app)
+    replicas = set(per_replica(SUCCESS))
+    assert per_replica("ray_serve_app_max_models_per_replica") == dict.fromkeys(replicas, 1)
+    assert per_replica("ray_serve_app_memory_budget_bytes") == dict.fromkeys(replicas, BUDGET_BYTES)
+    print(f"\ncache requests {requests}, loads {loads}")
+
+
 def print_scrape(prometheus: Prometheus, app: str, model: str) -> None:
     """One replica's series for one model, as the metrics agent exports them (for the record)."""
     text = http_get(f"http://{prometheus.targets[0]}/metrics")[1].decode()
@@ -208,7 +258,8 @@ def dashboard_expressions() -> list[str]:
 
 
 def test_dashboard_queries_parse_and_return_data(traffic: Traffic, prometheus: Prometheus) -> None:
-    """After the traffic: `$application` is the app, `$model` all models; GPU panels need a GPU."""
+    """After the traffic: `$application` is the app, `$model` all models; GPU panels need a GPU,
+    on-demand placement's an app that runs it."""
     variables = {"$application": traffic.app, "$model": ".*", "$__rate_interval": "1m"}
     expressions = dashboard_expressions()
     assert expressions
@@ -219,6 +270,9 @@ def test_dashboard_queries_parse_and_return_data(traffic: Traffic, prometheus: P
         assert "$" not in expr, f"unsubstituted variable in {expr}"
         if "nv_gpu_" in expr:
             prometheus.query(expr)  # parses; no GPU here, so no data
+            continue
+        if "ray_serve_app_" in expr and not traffic.on_demand:
+            assert prometheus.query(expr) == [], f"{expr}: placement series from an app in mode all"
             continue
         checked.append(expr)
     for expr in checked:

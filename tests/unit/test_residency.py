@@ -191,6 +191,26 @@ async def test_idle_models_are_unloaded() -> None:
         await cache.stop()
 
 
+async def test_every_unload_is_announced_while_the_model_is_still_loaded() -> None:
+    """Evicted, idle or dropped: the metrics read a model's statistics before they go with it."""
+    runtime = SlowLoads()
+    cache = cache_of(runtime, Budget(max_models=1, idle_unload_s=0.2))
+    heard: list[tuple[str, bool]] = []
+    cache.before_unload(lambda model: heard.append((model, model in runtime.loaded)))
+    try:
+        with anyio.fail_after(5):
+            await request(cache, "a")
+            await request(cache, "b")  # no room for both: one of them is evicted
+            while cache.resident():  # the other idles out
+                await asyncio.sleep(0.05)
+            await request(cache, "c")
+            await cache.drop("c")
+    finally:
+        await cache.stop()
+    assert len(runtime.unloads) == 3 and runtime.unloads[-1] == "c"
+    assert heard == [(model, True) for model in runtime.unloads]
+
+
 async def test_a_model_not_admitted_is_refused_before_any_load() -> None:
     def unknown(model: str) -> None:
         raise ModelNotFoundError(f"unknown model '{model}'")
