@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # A failed load is retried after this long, doubling with each failure up to the last.
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+# Load times kept for the metrics exporter to take (it takes them every interval).
+KEPT_LOAD_TIMES = 4096
 # Frequencies are halved every this many requests per slot of the budget (TinyLFU's sample).
 WINDOW_PER_SLOT = 20
 
@@ -231,7 +233,8 @@ class ModelCache:
             entry.last_used = self._clock()
             self._resident[model] = entry
             self.counters.loads += 1
-            self.counters.load_seconds.append(load_s)
+            if len(self.counters.load_seconds) < KEPT_LOAD_TIMES:  # none taken: metrics are off
+                self.counters.load_seconds.append(load_s)
             logger.info(
                 "loaded model '%s' in %.2f s (%d bytes%s)", model, load_s, size, "" if admitted else ", spare"
             )
