@@ -81,7 +81,7 @@ class InferenceServer(GRPCIngress):
         # through any replica before this one started apply here too.
         holder = ActorHolder()
         state = await holder.call("snapshot")
-        self._runtime = await start_runtime(args, placement, state.wants)
+        self._runtime = await start_runtime(args, placement, state.load_parameters)
         context = ray.get_runtime_context()
         self._models = DeploymentModels(self._runtime, holder, context.get_actor_name(), context.namespace)
         await self._models.join(state)

@@ -19,12 +19,14 @@ from serve_app.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     ServeAppError,
+    load_not_polled,
     summarize,
+    unknown_model,
 )
-from serve_app.model_state.desired import Answer, Applied, Command, DesiredState, Update
+from serve_app.model_state.desired import Answer, Applied, Command, DesiredState, Target, Update
 from serve_app.model_state.holder import InProcessHolder, MemoryStore, ModelStateHolder, always_alive
 from serve_app.model_state.merge import merge_index, merge_statistics
-from serve_app.runtimes.base import Runtime
+from serve_app.runtimes.base import LoadParameters, Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +137,7 @@ class DeploymentModels:
         try:
             while True:
                 target = self._state.targets[model]
-                applied = Applied(target.generation, await self._error_of(model, target.loaded))
+                applied = Applied(target.generation, await self._error_of(model, target))
                 self._applied[model] = applied
                 try:
                     await self._holder.call("report", self._replica, model, applied)
@@ -147,19 +149,20 @@ class DeploymentModels:
         finally:
             del self._applying[model]
 
-    async def _error_of(self, model: str, loaded: bool) -> str:
-        """Load or unload `model` in the runtime; why it failed, "" when it did not."""
+    async def _error_of(self, model: str, target: Target) -> str:
+        """Load (with the target's parameters) or unload `model` in the runtime; why it failed,
+        "" when it did not."""
         try:
-            if loaded:
-                await self._runtime.load(model, {})
+            if target.loaded:
+                await self._runtime.load(model, dict(target.parameters))
             else:
                 await self._runtime.unload(model)
         except ModelNotFoundError as exc:
-            return str(exc) if loaded else ""  # unloading a model this replica does not have: done
+            return str(exc) if target.loaded else ""  # unloading a model this replica does not have: done
         except ServeAppError as exc:
             return str(exc)
         except Exception as exc:  # reported to the client that asked for the change
-            logger.exception("model '%s': %s failed", model, "load" if loaded else "unload")
+            logger.exception("model '%s': %s failed", model, "load" if target.loaded else "unload")
             return summarize(exc)
         return ""
 
@@ -180,21 +183,23 @@ class DeploymentModels:
 
     # --- the API's calls, for the whole deployment --------------------------------------------
 
-    async def load(self, model: str) -> None:
+    async def load(self, model: str, parameters: LoadParameters) -> None:
+        """Load on every replica, with the load's parameters; a model the repository does not have
+        is refused before anything is recorded (Triton's text)."""
         if not await self._runtime.in_repository(model):
-            raise InvalidInputError(
-                f"failed to load '{model}': no model directory '{model}' in the repository"
-            )
-        await self._change(model, loaded=True)
+            raise load_not_polled(model, f"no model directory '{model}' in the repository")
+        await self._change(model, loaded=True, parameters=dict(parameters))
 
     async def unload(self, model: str) -> None:
         known = any(row.name == model for row in self._runtime.index())
         if not known and not await self._runtime.in_repository(model):
-            raise ModelNotFoundError(f"unknown model '{model}'")
+            raise unknown_model(model)
         await self._change(model, loaded=False)
 
-    async def _change(self, model: str, loaded: bool) -> None:
-        outcomes: dict[str, str] = await self._holder.call("apply", model, loaded, APPLY_TIMEOUT_S)
+    async def _change(self, model: str, loaded: bool, parameters: dict[str, str] | None = None) -> None:
+        outcomes: dict[str, str] = await self._holder.call(
+            "apply", model, loaded, APPLY_TIMEOUT_S, parameters
+        )
         failures: dict[str, list[str]] = {}
         for replica, error in sorted(outcomes.items()):
             if error:
