@@ -87,7 +87,9 @@ class InferenceServer(GRPCIngress):
         state = await holder.call("snapshot")
         on_demand = on_demand_placement(args, placement)
         warm = set(args.model_placement.warm)
-        wanted = state.wants if on_demand is None else lambda model: state.wants(model) and model in warm
+        wanted = state.load_parameters
+        if on_demand is not None:  # a replica starts with its warm set only
+            wanted = lambda model: state.load_parameters(model) if model in warm else None  # noqa: E731
         runtime_from_s = process_age_s()
         self._runtime = await start_runtime(args, placement, wanted)
         runtime_s = process_age_s() - runtime_from_s

@@ -16,11 +16,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from serve_app import __version__
 from serve_app.datatypes import numpy_dtype
-from serve_app.errors import InvalidInputError, ModelControlDisabledError, ModelNotReadyError
+from serve_app.errors import (
+    MODEL_CONTROL_OFF,
+    InvalidInputError,
+    ModelControlDisabledError,
+    ModelNotReadyError,
+    load_not_polled,
+)
 from serve_app.infer_types import InferRequest, InferResponse, InputTensor, RequestedOutput
-from serve_app.repository import ModelSignature, TensorSpec
-from serve_app.runtimes.base import NO_OPTIONS, InferOptions, Runtime
+from serve_app.repository import ModelEntryError, ModelSignature, TensorSpec, config_override
+from serve_app.runtimes.base import NO_OPTIONS, InferOptions, LoadParameters, Runtime
 
 # Protocol extensions the codecs, routes and dataplane serve whatever the runtime, and those that
 # are the runtime's to honour (advertised only where the runtime's own metadata lists them).
@@ -62,7 +69,7 @@ class Deployment(Protocol):
     """The models of the whole deployment (serve_app.model_state.DeploymentModels): a load or an
     unload applies to every replica before it returns, statistics and the index cover them all."""
 
-    async def load(self, model: str) -> None: ...
+    async def load(self, model: str, parameters: LoadParameters) -> None: ...
 
     async def unload(self, model: str) -> None: ...
 
@@ -101,6 +108,8 @@ class Expected:
     def __init__(self, signature: ModelSignature) -> None:
         self.signature = signature
         self.inputs = {t.name: t for t in signature.inputs}
+        self.required = tuple(t.name for t in signature.inputs if not t.optional)
+        self.has_optional = len(self.required) != len(self.inputs)
         self.output_names = [t.name for t in signature.outputs]
         self.output_set = frozenset(self.output_names)
         # Every output in model order (a request that names none), binary or not.
@@ -138,17 +147,19 @@ class DataPlane:
         return self._runtime.healthy()
 
     def server_metadata(self) -> dict[str, Any]:
-        """The runtime's server metadata with the extensions served here, plus where this replica
-        runs (runtime, device, GPU ids)."""
+        """The runtime's server metadata (`name: triton` on both runtimes, as clients read it) with
+        the extensions served here, plus serve_app's own facts: its version and where this
+        replica runs (runtime, device, GPU ids)."""
         metadata = self._runtime.server_metadata()
         honoured = [name for name in RUNTIME_EXTENSIONS if name in metadata.get("extensions", ())]
-        placement = {
+        own = {
+            "version": __version__,
             "runtime": self._runtime.name,
             "device": self._runtime.device(),
             **self._placement,
             **self._deployment.describe(),
         }
-        return {**metadata, "extensions": [*SERVED_EXTENSIONS, *honoured], "serve_app": placement}
+        return {**metadata, "extensions": [*SERVED_EXTENSIONS, *honoured], "serve_app": own}
 
     def _elsewhere(self, model: str) -> bool:
         """On demand: `model` is not resident here (what the config says answers for it)."""
@@ -192,13 +203,9 @@ class DataPlane:
         return [r for r in rows if r["state"] == "READY"] if ready_only else rows
 
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
+        """Load on every replica; a `config` override is checked here, before anything changes."""
         self._check_model_control(model)
-        if parameters:
-            raise InvalidInputError(
-                f"load parameters {sorted(parameters)} (config or file overrides) are not supported; "
-                "edit the model in the repository and load it again"
-            )
-        await self._deployment.load(model)
+        await self._deployment.load(model, load_parameters(model, parameters))
 
     async def unload(self, model: str) -> None:
         self._check_model_control(model)
@@ -206,9 +213,7 @@ class DataPlane:
 
     def _check_model_control(self, model: str) -> None:
         if not self._model_control:
-            raise ModelControlDisabledError(
-                "model load/unload is disabled; set args.model_control: true in the app config"
-            )
+            raise ModelControlDisabledError(MODEL_CONTROL_OFF)
         if not model or model.startswith(".") or "/" in model or "\\" in model:
             raise InvalidInputError(f"'{model}' is not a model directory name")
 
@@ -297,8 +302,43 @@ def infer_options(parameters: dict[str, Any]) -> InferOptions:
     )
 
 
+def load_parameters(model: str, parameters: dict[str, Any]) -> LoadParameters:
+    """A load's parameters as Triton reads them: `config`, the JSON of a model configuration that
+    replaces config.pbtxt for this load, checked here so that one that does not parse changes
+    nothing. File overrides (`file:<path>`) are refused: the repository holds the model's files."""
+    for key, value in parameters.items():
+        if key.startswith("file:"):
+            raise InvalidInputError(
+                f"load parameter '{key}': file overrides are not supported by this server; "
+                "put the model's files in the repository and load it"
+            )
+        if key != "config":
+            raise load_not_polled(model, f"Unrecognized load parameter '{key}'")
+        if not isinstance(value, str):
+            raise InvalidInputError(
+                f"load parameter 'config' must be a string (the JSON of a model configuration), "
+                f"not {type(value).__name__}"
+            )
+        try:
+            config_override(model, value)
+        except ModelEntryError as exc:
+            raise load_not_polled(model, str(exc)) from None
+    return dict(parameters)
+
+
+def _dims(dims: Sequence[int]) -> str:
+    """Triton's rendering of a shape: [1,16]."""
+    return "[" + ",".join(map(str, dims)) + "]"
+
+
+def _names(names: Sequence[str]) -> str:
+    """Triton's rendering of input names: ['INPUT0','INPUT1']."""
+    return "[" + ",".join(f"'{name}'" for name in names) + "]"
+
+
 def resolve_raw_input(request: InferRequest, signature: ModelSignature) -> InferRequest:
-    """A raw binary request's body as the model's one input (Triton's rules); others pass through.
+    """A raw binary request's body as the model's one input (Triton's rules and texts); others
+    pass through.
 
     The model must have exactly one input with at most one variable dimension, which the
     byte count decides; a batching model gets a batch of 1. (Triton also takes a BYTES input
@@ -309,25 +349,26 @@ def resolve_raw_input(request: InferRequest, signature: ModelSignature) -> Infer
         return request
     if len(signature.inputs) != 1:
         raise InvalidInputError(
-            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; "
-            f"model '{signature.name}' has {len(signature.inputs)}"
+            f"Raw request must only have 1 input (found 1) to be deduced but got {len(signature.inputs)} "
+            f"inputs in '{signature.name}' model configuration"
         )
     [spec] = signature.inputs
     dtype = numpy_dtype(spec.datatype)
     dims = list(spec.dims)
     variable = [i for i, dim in enumerate(dims) if dim == -1]
-    element_bytes = math.prod(dim for dim in dims if dim != -1) * dtype.itemsize
     if len(variable) > 1:
         raise InvalidInputError(
-            f"a raw binary request needs an input with at most one variable dimension; "
-            f"input '{spec.name}' of model '{signature.name}' has dims {dims}"
+            f"The shape of the raw input '{spec.name}' can not be deduced because there are more than "
+            "one variable-sized dimension"
         )
-    if variable and element_bytes and len(raw) % element_bytes == 0:
-        dims[variable[0]] = len(raw) // element_bytes
-    elif variable or len(raw) != element_bytes:
+    element_bytes = math.prod(dim for dim in dims if dim != -1) * dtype.itemsize
+    if variable:
+        # As Triton: a size that does not divide is refused below, with the byte counts.
+        dims[variable[0]] = len(raw) // element_bytes if element_bytes else 0
+    if math.prod(dims) * dtype.itemsize != len(raw):
         raise InvalidInputError(
-            f"a raw binary request of {len(raw)} bytes does not fill input '{spec.name}' of model "
-            f"'{signature.name}' (dims {list(spec.dims)} of {spec.datatype})"
+            f"input byte size mismatch for input '{spec.name}' for model '{signature.name}'. "
+            f"Expected {math.prod(dims) * dtype.itemsize}, got {len(raw)}"
         )
     shape = (1, *dims) if signature.max_batch_size > 0 else tuple(dims)
     array = np.frombuffer(raw, dtype=dtype).reshape(shape)
@@ -337,32 +378,68 @@ def resolve_raw_input(request: InferRequest, signature: ModelSignature) -> Infer
 
 
 def validate_inputs(expected: Expected, inputs: list[InputTensor]) -> dict[str, np.ndarray]:
-    """Check names, datatypes, shapes and batch size against the model; 400 on mismatch."""
+    """Check the inputs against the model as Triton does, with Triton's texts; 400 on mismatch.
+
+    Triton checks a request's inputs in the order of its map of them, which for a request's few
+    inputs is the last one first: so do these checks, so that of two wrong inputs the same one
+    is named.
+    """
     signature = expected.signature
+    if not len(expected.required) <= len(inputs) <= len(expected.inputs):
+        _refuse_input_count(expected, inputs)
     arrays: dict[str, np.ndarray] = {}
-    batch_sizes = set()
-    for tensor in inputs:
+    batch = 0
+    for tensor in reversed(inputs):
         spec = expected.inputs.get(tensor.name)
         if spec is None:
             raise InvalidInputError(
-                f"unexpected inference input '{tensor.name}' for model '{signature.name}'; "
-                f"expected {sorted(expected.inputs)}"
+                f"unexpected inference input '{tensor.name}' for model '{signature.name}'"
             )
         if tensor.name in arrays:
-            raise InvalidInputError(f"input '{tensor.name}' is given more than once")
+            raise InvalidInputError(f"input '{tensor.name}' already exists in request")
         if tensor.datatype != spec.datatype:
             raise InvalidInputError(
                 f"inference input '{tensor.name}' data-type is '{tensor.datatype}', "
                 f"but model '{signature.name}' expects '{spec.datatype}'"
             )
-        batch_sizes.add(_check_shape(signature, spec, tensor.shape))
+        size = _check_shape(signature, spec, tensor.shape)
+        if batch and size != batch:
+            raise InvalidInputError(
+                f"input '{tensor.name}' batch size does not match other inputs for '{signature.name}'"
+            )
+        batch = size
         arrays[tensor.name] = tensor.array
-    if len(arrays) != len(expected.inputs):  # none unknown, none twice: some are missing
-        missing = sorted(set(expected.inputs) - set(arrays))
-        raise InvalidInputError(f"model '{signature.name}' expects inputs {missing} that are missing")
-    if len(batch_sizes) > 1:
-        raise InvalidInputError(f"inputs have different batch sizes {sorted(batch_sizes)}")
+    if expected.has_optional and any(name not in arrays for name in expected.required):
+        _refuse_input_count(expected, inputs)
     return arrays
+
+
+def _refuse_input_count(expected: Expected, inputs: list[InputTensor]) -> None:
+    """Triton's answer to a request without every required input (or with more than the model has)."""
+    given = list(dict.fromkeys(t.name for t in reversed(inputs)))  # Triton's order; duplicates once
+    if len(given) != len(inputs):
+        duplicate = next(t.name for t in inputs if sum(u.name == t.name for u in inputs) > 1)
+        raise InvalidInputError(f"input '{duplicate}' already exists in request")
+    missing = [name for name in expected.required if name not in given]
+    count = (
+        f"expected {len(expected.inputs)} inputs"
+        if not expected.has_optional
+        else f"expected number of inputs between {len(expected.required)} and {len(expected.inputs)}"
+    )
+    raise InvalidInputError(
+        f"{count} but got {len(given)} inputs for model '{expected.signature.name}'. Got input(s) "
+        f"{_names(given)}, but missing required input(s) {_names(missing)}. Please provide all "
+        "required input(s)."
+    )
+
+
+# Triton's note on a shape that does not fit a batching model.
+_BATCH_NOTE = (
+    "NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be "
+    "prepended to each input shape. If you want to specify the full shape including the batch dim "
+    "in your input dims config, try setting max_batch_size to zero. See the model configuration "
+    "docs for more info on max_batch_size."
+)
 
 
 def _check_shape(signature: ModelSignature, spec: TensorSpec, shape: tuple[int, ...]) -> int:
@@ -371,18 +448,27 @@ def _check_shape(signature: ModelSignature, spec: TensorSpec, shape: tuple[int, 
     batch = 1
     if signature.max_batch_size > 0:
         if not shape:
-            raise InvalidInputError(f"input '{spec.name}' needs a leading batch dimension")
-        batch, dims = shape[0], shape[1:]
-        if not 1 <= batch <= signature.max_batch_size:
             raise InvalidInputError(
-                f"inference request batch-size {batch} for input '{spec.name}' must be between "
-                f"1 and max_batch_size {signature.max_batch_size} of model '{signature.name}'"
+                f"input '{spec.name}' has no shape but model requires batch dimension for '{signature.name}'"
+            )
+        batch, dims = shape[0], shape[1:]
+        if batch > signature.max_batch_size:
+            raise InvalidInputError(
+                f"inference request batch-size must be <= {signature.max_batch_size} for '{signature.name}'"
+            )
+        if batch < 1:  # Triton would run an empty batch; serve_app refuses it
+            raise InvalidInputError(
+                f"inference request batch-size 0 of input '{spec.name}' for '{signature.name}' is not "
+                f"between 1 and max_batch_size {signature.max_batch_size}"
             )
     if not _fits(spec.dims, dims):
-        expected = [-1, *spec.dims] if signature.max_batch_size > 0 else list(spec.dims)
+        if signature.max_batch_size > 0:
+            expected, note = [-1, *spec.dims], _BATCH_NOTE
+        else:
+            expected, note = list(spec.dims), ""
         raise InvalidInputError(
-            f"unexpected shape for input '{spec.name}' of model '{signature.name}': "
-            f"expected {expected}, got {list(shape)}"
+            f"unexpected shape for input '{spec.name}' for model '{signature.name}'. Expected "
+            f"{_dims(expected)}, got {_dims(shape)}. {note}".rstrip()
         )
     return batch
 
@@ -398,10 +484,9 @@ def requested_outputs(expected: Expected, request: InferRequest) -> Sequence[Req
     """The outputs to return (all of them in model order when none are named)."""
     if request.outputs is None:
         return expected.every_output[request.binary_output]
-    if any(o.name not in expected.output_set for o in request.outputs):
-        unknown = sorted({o.name for o in request.outputs} - expected.output_set)
-        raise InvalidInputError(
-            f"model '{expected.signature.name}' has no outputs {unknown}; "
-            f"its outputs are {expected.output_names}"
-        )
+    for output in request.outputs:
+        if output.name not in expected.output_set:
+            raise InvalidInputError(
+                f"unexpected inference output '{output.name}' for model '{expected.signature.name}'"
+            )
     return request.outputs

@@ -1,10 +1,14 @@
-"""Typed errors and the one table that gives each its HTTP status and gRPC code.
+"""Typed errors, the one table that gives each its HTTP status and gRPC code, and Triton's texts.
 
 Everything below the transports raises these; `http_api.py` renders them as
 `{"error": message}` with `status_for(exc)`, `grpc_api.py` as a gRPC status with
 `grpc_code_for(exc)`. One row per error type holds both, so the transports cannot drift
 apart. gRPC codes are `grpc.StatusCode` names and Triton's errors are mapped by class
 name, so this module imports neither `grpc` nor `tritonserver`.
+
+Where Triton (r24.10's server and core) answers the same condition, the message begins with
+Triton's text and the code is Triton's, so that clients and scripts written against Triton
+match it; serve_app's own detail may follow. The texts both runtimes share are built here.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ class InsufficientStorageError(ServeAppError):
 
 
 class ModelControlDisabledError(ServeAppError):
-    """Load/unload was requested but the app was started without model control."""
+    """Load/unload was requested but the app was started without model control (Triton:
+    UNAVAILABLE, as when its model control mode is not explicit)."""
 
 
 class InternalError(ServeAppError):
@@ -55,12 +60,12 @@ class Status(NamedTuple):
 
 _STATUS_BY_ERROR: dict[type[ServeAppError], Status] = {
     InvalidInputError: Status(400, "INVALID_ARGUMENT"),
-    ModelControlDisabledError: Status(403, "PERMISSION_DENIED"),
     ModelNotFoundError: Status(404, "NOT_FOUND"),
     PayloadTooLargeError: Status(413, "RESOURCE_EXHAUSTED"),
     InsufficientStorageError: Status(507, "RESOURCE_EXHAUSTED"),
     InternalError: Status(500, "INTERNAL"),
     ModelNotReadyError: Status(503, "UNAVAILABLE"),
+    ModelControlDisabledError: Status(503, "UNAVAILABLE"),
 }
 _UNMAPPED = Status(500, "INTERNAL")
 
@@ -112,3 +117,43 @@ def summarize(exc: BaseException) -> str:
     """The last meaningful line of an error: TorchScript errors embed a traceback."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
+
+
+# --- Triton's texts that both runtimes and the dataplane raise --------------------------------
+
+
+def unknown_model(model: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"Request for unknown model: '{model}' is not found")
+
+
+def unknown_version(model: str, version: int) -> ModelNotFoundError:
+    return ModelNotFoundError(f"Request for unknown model: '{model}' version {version} is not found")
+
+
+def version_not_ready(model: str, version: int, reason: str) -> ModelNotReadyError:
+    """A version the policy serves that is not loaded (Triton: "is not at ready state")."""
+    return ModelNotReadyError(
+        f"Request for unknown model: '{model}' version {version} is not at ready state: {reason}"
+    )
+
+
+def no_ready_version(model: str, reason: str) -> ModelNotReadyError:
+    """A model with no version ready. Triton answers NOT_FOUND; serve_app UNAVAILABLE, the
+    code of a model that is there but cannot serve now (load failed, unloaded), with why."""
+    return ModelNotReadyError(
+        f"Request for unknown model: '{model}' has no available versions; "
+        f"model '{model}' is not ready: {reason}"
+    )
+
+
+def load_not_polled(model: str, detail: str) -> InvalidInputError:
+    """A load of a model the repository does not have, or with a config override that is not a
+    model configuration: nothing changes. Triton's text; its code is INTERNAL, serve_app's 400
+    (500 is for faults of the server, and this is the request's)."""
+    return InvalidInputError(f"failed to load '{model}', failed to poll from model repository: {detail}")
+
+
+MODEL_CONTROL_OFF = (
+    "explicit model load / unload is not allowed if polling is enabled: model control is off "
+    "(set args.model_control: true in the app config)"
+)

@@ -54,6 +54,16 @@ CONTENTS_FIELD: dict[str, str] = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
+_FIELD_TYPE = {
+    "bool_contents": "BOOL",
+    "int_contents": "INT32",
+    "int64_contents": "INT64",
+    "uint_contents": "UINT32",
+    "uint64_contents": "UINT64",
+    "fp32_contents": "FP32",
+    "fp64_contents": "FP64",
+    "bytes_contents": "BYTES",
+}
 _FIELD_DTYPE: dict[str, np.dtype] = {
     "bool_contents": np.dtype(np.bool_),
     "int_contents": np.dtype(np.int32),
@@ -105,7 +115,7 @@ def decode_infer_request(message: pb.ModelInferRequest, limits: Limits) -> Infer
                 f"request has {len(tensors)} {kind}; at most {limits.max_tensors} are accepted"
             )
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+    if len(raw) > len(message.inputs):
         raise InvalidInputError(
             f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; "
             "send one per input, or none and typed contents"
@@ -113,7 +123,7 @@ def decode_infer_request(message: pb.ModelInferRequest, limits: Limits) -> Infer
     budget = limits.max_bytes
     inputs = []
     for index, tensor in enumerate(message.inputs):
-        array = _decode_input(tensor, raw[index] if raw else None, budget, limits)
+        array = _decode_input(message, tensor, index, budget, limits)
         budget -= array.nbytes
         inputs.append(InputTensor(tensor.name, tensor.datatype, array.shape, array))
     outputs = [
@@ -133,25 +143,50 @@ def decode_infer_request(message: pb.ModelInferRequest, limits: Limits) -> Infer
     )
 
 
+def _byte_size_mismatch(name: str, model: str, expected: int, got: int) -> InvalidInputError:
+    return InvalidInputError(
+        f"input byte size mismatch for input '{name}' for model '{model}'. Expected {expected}, got {got}"
+    )
+
+
 def _decode_input(
-    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, budget: int, limits: Limits
+    message: pb.ModelInferRequest,
+    tensor: pb.ModelInferRequest.InferInputTensor,
+    index: int,
+    budget: int,
+    limits: Limits,
 ) -> np.ndarray:
+    """One input from `raw_input_contents[index]` or its typed contents, with Triton's texts."""
+    model = message.model_name
     dtype = numpy_dtype(tensor.datatype)
     shape = tuple(tensor.shape)
     tensor_parameters("input", tensor.name, parameter_values(tensor.parameters))
     count = element_count(tensor.name, tensor.datatype, list(shape), dtype.itemsize, budget, limits)
-    if raw is not None:
+    raw = message.raw_input_contents
+    if raw:
         if tensor.HasField("contents"):
             raise InvalidInputError(
-                f"input '{tensor.name}' has typed contents as well as raw_input_contents; send one"
+                f"contents field must not be specified when using raw_input_contents for '{tensor.name}' "
+                f"for model '{model}'"
             )
-        if len(raw) != count * dtype.itemsize:
+        if index >= len(raw):
             raise InvalidInputError(
-                f"input '{tensor.name}': raw_input_contents holds {len(raw)} bytes, shape "
-                f"{list(shape)} of {tensor.datatype} needs {count * dtype.itemsize}"
+                f"unable to find data for input tensor '{tensor.name}' for model '{model}' in request."
             )
-        return np.frombuffer(raw, dtype).reshape(shape)
+        if len(raw[index]) != count * dtype.itemsize:
+            raise _byte_size_mismatch(tensor.name, model, count * dtype.itemsize, len(raw[index]))
+        return np.frombuffer(raw[index], dtype).reshape(shape)
+    if not tensor.HasField("contents"):
+        raise InvalidInputError(
+            f"unable to find data for input tensor '{tensor.name}' for model '{model}' in request."
+        )
     field = CONTENTS_FIELD.get(tensor.datatype)
+    for given, _ in tensor.contents.ListFields():
+        if given.name != field:
+            raise InvalidInputError(
+                f"unexpected explicit tensor data for input tensor '{tensor.name}' for model '{model}' of "
+                f"type '{_contents_type(given.name, tensor.datatype)}', expected datatype '{tensor.datatype}'"
+            )
     if field is None:
         raise InvalidInputError(
             f"input '{tensor.name}': {tensor.datatype} has no typed contents field; "
@@ -159,10 +194,7 @@ def _decode_input(
         )
     values = getattr(tensor.contents, field)
     if len(values) != count:
-        raise InvalidInputError(
-            f"input '{tensor.name}': {len(values)} values in contents.{field} for shape "
-            f"{list(shape)} ({count} values)"
-        )
+        raise _byte_size_mismatch(tensor.name, model, count * dtype.itemsize, len(values) * dtype.itemsize)
     array = np.array(values, dtype=_FIELD_DTYPE[field])
     if dtype != array.dtype and array.size:
         info = np.iinfo(dtype)
@@ -171,6 +203,14 @@ def _decode_input(
                 f"input '{tensor.name}': contents.{field} holds values outside the range of {tensor.datatype}"
             )
     return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _contents_type(field: str, datatype: str) -> str:
+    """The datatype Triton reads a typed contents field as: the request's own where the field
+    carries it (int_contents for INT8 and INT16), else the field's own type."""
+    if CONTENTS_FIELD.get(datatype) == field:
+        return datatype
+    return _FIELD_TYPE[field]
 
 
 def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:

@@ -29,7 +29,13 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from serve_app.dataplane import DataPlane
-from serve_app.errors import InvalidInputError, PayloadTooLargeError, ServeAppError, status_for
+from serve_app.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    ServeAppError,
+    status_for,
+)
 from serve_app.http_codec import (
     HEADER_LENGTH,
     ModelControlBody,
@@ -147,7 +153,12 @@ async def read_body(request: Request, declared: str | None, limit: int) -> Buffe
 
 
 def _version(request: Request) -> str | None:
-    return request.path_params.get("version")
+    """The path's version; as in Triton, whose version routes take only digits, a path with any
+    other version is no route at all (404 "Not Found")."""
+    version = request.path_params.get("version")
+    if version is not None and not (version.isascii() and version.isdigit()):
+        raise ModelNotFoundError("Not Found")
+    return version
 
 
 async def health_live(dataplane: DataPlane, request: Request) -> Response:

@@ -211,12 +211,13 @@ def decode_request(
     budget = limits.max_bytes
     inputs = []
     for tensor in document["inputs"]:
-        array, offset = _decode_input(tensor, binary, offset, budget, limits)
+        array, offset = _decode_input(model_name, tensor, binary, offset, budget, limits, header_length)
         budget -= array.nbytes
         inputs.append(InputTensor(tensor["name"], tensor["datatype"], array.shape, array))
     if offset != len(body):
         raise InvalidInputError(
-            f"request body has {len(body) - offset} bytes not claimed by any binary_data_size"
+            f"unexpected additional input data for model '{model_name}': {len(body) - offset} bytes "
+            "not claimed by any binary_data_size"
         )
     parameters = dict(document.get("parameters") or {})
     binary_output = flag(
@@ -224,10 +225,9 @@ def decode_request(
     )
     outputs = None
     if document.get("outputs"):  # absent or empty: every output, as in Triton
-        outputs = [
-            requested_output(output["name"], output.get("parameters"), binary_output)
-            for output in document["outputs"]
-        ]
+        # As in Triton, binary_data_output is the default of the outputs not named; a named
+        # output is binary only with its own binary_data: true.
+        outputs = [requested_output(o["name"], o.get("parameters"), False) for o in document["outputs"]]
         names = [o.name for o in outputs]
         if len(set(names)) != len(names):
             raise InvalidInputError(f"an output is requested more than once in {names}")
@@ -242,36 +242,58 @@ def decode_request(
     )
 
 
+# Triton's text for an input that gives its data in no place, or in two.
+_CONTENT_FIELDS = (
+    "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', "
+    "'shared_memory_region' in 'parameters'. But"
+)
+_JSON_SHAPE_MISMATCH = "Unable to parse 'data': Shape does not match true shape of 'data' field"
+
+
 def _decode_input(
-    tensor: dict[str, Any], body: memoryview, offset: int, budget: int, limits: Limits
+    model: str,
+    tensor: dict[str, Any],
+    body: memoryview,
+    offset: int,
+    budget: int,
+    limits: Limits,
+    header_length: str | None,
 ) -> tuple[np.ndarray, int]:
     """A well-formed input tensor (see `_well_formed`): its binary data or its JSON `data`."""
     name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
     dtype = numpy_dtype(datatype)
     count = element_count(name, datatype, shape, dtype.itemsize, budget, limits)
     size = tensor_parameters("input", name, tensor.get("parameters")).get("binary_data_size")
+    data = tensor.get("data")
     if size is not None:
-        if type(size) is not int:  # bool is an int to Python, not to Triton
+        if type(size) is not int or size < 0:  # bool is an int to Python, not to Triton
             raise InvalidInputError(
-                f"input '{name}': binary_data_size must be an integer, not {type(size).__name__}"
+                f"Unable to parse 'binary_data_size': input '{name}' has {size!r}, not an unsigned integer"
+            )
+        if data is not None:
+            raise InvalidInputError(f"{_CONTENT_FIELDS} set 'data' 'binary_data_size'")
+        if header_length is None and size:
+            raise InvalidInputError(
+                "must specify valid 'Infer-Header-Content-Length' in request header and "
+                "'binary_data_size' when passing inputs in binary data format"
+            )
+        if offset + size > len(body):
+            raise InvalidInputError(
+                f"unexpected size for input '{name}', expecting {offset + size - len(body)} additional "
+                f"bytes for model '{model}'"
             )
         if size != count * dtype.itemsize:
             raise InvalidInputError(
-                f"input '{name}': binary_data_size {size} does not match shape "
-                f"{shape} of {datatype} ({count * dtype.itemsize} bytes)"
+                f"input byte size mismatch for input '{name}' for model '{model}'. "
+                f"Expected {count * dtype.itemsize}, got {size}"
             )
-        if offset + size > len(body):
-            raise InvalidInputError(f"input '{name}': binary data runs past the end of the body")
         array = np.frombuffer(body, dtype, count, offset)  # positional: keywords cost 0.4 µs more
         return array.reshape(shape), offset + size
-    data = tensor.get("data")
     if data is None:
-        raise InvalidInputError(f"input '{name}' has neither 'data' nor binary_data_size")
+        raise InvalidInputError(f"{_CONTENT_FIELDS} no field is set")
     array = _json_array(name, datatype, data, dtype)
     if array.size != count:
-        raise InvalidInputError(
-            f"input '{name}': {array.size} values given for shape {shape} ({count} values)"
-        )
+        raise InvalidInputError(_JSON_SHAPE_MISMATCH)
     return array.reshape(shape), offset
 
 
@@ -286,16 +308,22 @@ def _json_array(name: str, datatype: str, data: Any, dtype: np.dtype) -> np.ndar
     try:
         values = np.asarray(data)
     except ValueError as exc:  # ragged nesting, or deeper than numpy's 32 dimensions
-        raise InvalidInputError(f"input '{name}': data is not {datatype}: {exc}") from None
+        raise InvalidInputError(
+            f"Unable to parse 'data': input '{name}': data is not {datatype}: {exc}"
+        ) from None
     if values.size and values.dtype.kind not in _JSON_KINDS[dtype.kind]:
         # numpy infers float or object for integers beyond int64: judge the values themselves.
         values = np.asarray(data, dtype=object)
         if not all(type(v) in _JSON_TYPES[dtype.kind] for v in values.flat):
-            raise InvalidInputError(f"input '{name}': data holds values that are not {datatype}")
+            raise InvalidInputError(
+                f"Unable to parse 'data': input '{name}' holds values that are not {datatype}"
+            )
     if values.size and dtype.kind in "iu":
         info = np.iinfo(dtype)
         if int(values.min()) < info.min or int(values.max()) > info.max:
-            raise InvalidInputError(f"input '{name}': data holds values outside the range of {datatype}")
+            raise InvalidInputError(
+                f"Unable to parse 'data': input '{name}' holds values outside the range of {datatype}"
+            )
     # Floats past FP16/FP32's range become +-inf, as Triton's C++ casts make them (numpy warns).
     return values.astype(dtype)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2
@@ -37,6 +37,7 @@ class TensorSpec:
     name: str
     datatype: str
     dims: tuple[int, ...]
+    optional: bool = False  # an input a request may leave out (`optional: true`)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class ModelSignature:
                     t["name"],
                     from_config_type(t.get("data_type", "TYPE_INVALID")),
                     tuple(int(d) for d in t.get("dims", ())),
+                    bool(t.get("optional", False)),
                 )
                 for t in config.get(key, ())
             )
@@ -118,11 +120,25 @@ def parse_config(model_dir: Path) -> model_config_pb2.ModelConfig:
         text_format.Parse(config_path.read_text(), config)
     except (text_format.ParseError, UnicodeDecodeError, OSError) as exc:  # OSError: e.g. unreadable
         raise ModelEntryError(f"cannot parse {config_path}: {exc}") from None
-    if config.name and config.name != model_dir.name:
-        raise ModelEntryError(
-            f"config.pbtxt names the model '{config.name}' but its directory is '{model_dir.name}'"
-        )
-    config.name = model_dir.name
+    return _named(config, model_dir.name, "config.pbtxt")
+
+
+def config_override(model: str, text: str) -> model_config_pb2.ModelConfig:
+    """A load's `config` parameter as Triton reads it: the JSON of a whole model configuration,
+    which replaces config.pbtxt for that load (Triton's JSON parse: protobuf's, unknown fields refused)."""
+    config = model_config_pb2.ModelConfig()
+    try:
+        json_format.Parse(text, config)
+    except (json_format.ParseError, ValueError, RecursionError) as exc:
+        raise ModelEntryError(f"Invalid config override: {exc}") from None
+    return _named(config, model, "the config override")
+
+
+def _named(config: model_config_pb2.ModelConfig, model: str, source: str) -> model_config_pb2.ModelConfig:
+    """The name Triton fills from the directory; another name is refused."""
+    if config.name and config.name != model:
+        raise ModelEntryError(f"{source} names the model '{config.name}' but its directory is '{model}'")
+    config.name = model
     return config
 
 

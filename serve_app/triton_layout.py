@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+# The Triton release installed (the core of nvidia-pytriton 0.7.0), whose API both runtimes serve.
+TRITON_VERSION = "2.51.0"
 LIBS = "nvidia_pytriton.libs"
 BACKENDS = Path("opt", "tritonserver", "backends")
 STAMP = "installed.json"

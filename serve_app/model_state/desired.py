@@ -16,10 +16,13 @@ from typing import Any
 @dataclass(frozen=True, slots=True)
 class Target:
     """One model's wanted state; every change of it (a load, an unload, a repository change)
-    takes a new generation, which replicas apply in order and report."""
+    takes a new generation, which replicas apply in order and report. `parameters` are the load's
+    (Triton's `config` override): every replica, and every replica that starts later, loads the
+    model with them until another load or a repository change replaces them."""
 
     loaded: bool
     generation: int
+    parameters: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,26 +44,39 @@ class DesiredState:
         target = self.targets.get(model)
         return target is None or target.loaded
 
+    def load_parameters(self, model: str) -> dict[str, str] | None:
+        """The parameters a replica loads `model` with; None when the deployment does not want it."""
+        target = self.targets.get(model)
+        if target is None:
+            return {}
+        return dict(target.parameters) if target.loaded else None
+
     def generation(self, model: str) -> int:
         target = self.targets.get(model)
         return 0 if target is None else target.generation
 
-    def with_target(self, model: str, loaded: bool) -> DesiredState:
+    def with_target(
+        self, model: str, loaded: bool, parameters: Mapping[str, str] | None = None
+    ) -> DesiredState:
         """The state after one change of `model` (its generation and the epoch move on)."""
-        targets = {**self.targets, model: Target(loaded, self.generation(model) + 1)}
+        target = Target(loaded, self.generation(model) + 1, tuple(sorted((parameters or {}).items())))
+        targets = {**self.targets, model: target}
         return replace(self, epoch=self.epoch + 1, targets=MappingProxyType(targets))
 
     def as_json(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
-            "targets": {name: [t.loaded, t.generation] for name, t in self.targets.items()},
+            "targets": {
+                name: [t.loaded, t.generation, dict(t.parameters)] for name, t in self.targets.items()
+            },
         }
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> DesiredState:
-        targets = {
-            name: Target(bool(loaded), int(gen)) for name, (loaded, gen) in document["targets"].items()
-        }
+        targets = {}
+        for name, fields in document["targets"].items():
+            parameters = fields[2] if len(fields) > 2 else {}  # kept before loads had parameters
+            targets[name] = Target(bool(fields[0]), int(fields[1]), tuple(sorted(parameters.items())))
         return cls(int(document["epoch"]), MappingProxyType(targets))
 
 

@@ -164,20 +164,23 @@ class ModelStateHolder:
 
     # --- changes and questions ----------------------------------------------------------------
 
-    async def apply(self, model: str, loaded: bool, timeout_s: float) -> dict[str, str]:
-        """Load (`loaded`) or unload `model` on every replica: the outcomes of `wait_applied`.
+    async def apply(
+        self, model: str, loaded: bool, timeout_s: float, parameters: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """Load (`loaded`, with the load's `parameters`) or unload `model` on every replica: the
+        outcomes of `wait_applied`.
 
         One call for both halves, so that a caller whose holder died retries the whole change.
         Changes are applied in the order they reach the holder: of two clients loading and
         unloading the same model at once, the later one's wins, and the earlier one's answer
         counts as applied once its change is superseded.
         """
-        self._change(model, loaded)
+        self._change(model, loaded, parameters)
         self._save()
         return await self._wait_applied(model, self._state.generation(model), loaded, timeout_s)
 
-    def _change(self, model: str, loaded: bool) -> None:
-        self._state = self._state.with_target(model, loaded)
+    def _change(self, model: str, loaded: bool, parameters: dict[str, str] | None = None) -> None:
+        self._state = self._state.with_target(model, loaded, parameters)
         for record in self._replicas.values():
             record.wake.set()
 
@@ -276,7 +279,8 @@ class ModelStateHolder:
             elif model not in current:
                 self._change(model, False)
             elif current[model] != before[model] and self._state.wants(model):
-                self._change(model, True)  # changed: reloaded (an unloaded one stays unloaded)
+                # Changed: reloaded from its files (an unloaded one stays unloaded; an override goes).
+                self._change(model, True)
             else:
                 continue
             touched.append(model)

@@ -20,13 +20,16 @@ from serve_app.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     ServeAppError,
+    load_not_polled,
+    no_ready_version,
     summarize,
+    unknown_model,
 )
-from serve_app.model_state.desired import Answer, Applied, Command, DesiredState, Update
+from serve_app.model_state.desired import Answer, Applied, Command, DesiredState, Target, Update
 from serve_app.model_state.holder import InProcessHolder, MemoryStore, ModelStateHolder, always_alive
 from serve_app.model_state.merge import merge_index, merge_statistics, on_demand_index
 from serve_app.residency.cache import Budget, MemoryUsed, ModelCache, SizeEstimate
-from serve_app.runtimes.base import Runtime
+from serve_app.runtimes.base import LoadParameters, Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +168,7 @@ class DeploymentModels:
         try:
             while True:
                 target = self._state.targets[model]
-                applied = Applied(target.generation, await self._error_of(model, target.loaded))
+                applied = Applied(target.generation, await self._error_of(model, target))
                 self._applied[model] = applied
                 try:
                     await self._holder.call("report", self._replica, model, applied)
@@ -177,23 +180,23 @@ class DeploymentModels:
         finally:
             del self._applying[model]
 
-    async def _error_of(self, model: str, loaded: bool) -> str:
-        """Load or unload `model` in the runtime (on demand: load again or unload where it is
-        resident); why it failed, "" when it did not."""
+    async def _error_of(self, model: str, target: Target) -> str:
+        """Load (with the target's parameters) or unload `model` in the runtime (on demand: load
+        again or unload where it is resident); why it failed, "" when it did not."""
         try:
             if self.residency is not None:
-                await (self.residency.reload(model) if loaded else self.residency.drop(model))
-            elif loaded:
-                await self._runtime.load(model, {})
+                await (self.residency.reload(model) if target.loaded else self.residency.drop(model))
+            elif target.loaded:
+                await self._runtime.load(model, dict(target.parameters))
                 self._loads += 1
             else:
                 await self._runtime.unload(model)
         except ModelNotFoundError as exc:
-            return str(exc) if loaded else ""  # unloading a model this replica does not have: done
+            return str(exc) if target.loaded else ""  # unloading a model this replica does not have: done
         except ServeAppError as exc:
             return str(exc)
         except Exception as exc:  # reported to the client that asked for the change
-            logger.exception("model '%s': %s failed", model, "load" if loaded else "unload")
+            logger.exception("model '%s': %s failed", model, "load" if target.loaded else "unload")
             return summarize(exc)
         return ""
 
@@ -214,12 +217,15 @@ class DeploymentModels:
             return {"loaded": self.residency.resident(), "failed": self.residency.failures()}
         return [row.as_dict() for row in self._runtime.index()]
 
-    def servable(self, model: str) -> None:
-        """Raise unless the deployment serves `model` (on demand: whether resident here or not)."""
-        if not self._state.wants(model):
-            raise ModelNotReadyError(f"model '{model}' is not ready: unloaded")
+    def servable(self, model: str) -> LoadParameters:
+        """The parameters `model` loads with; raises unless the deployment serves it (on demand:
+        whether resident here or not)."""
+        parameters = self._state.load_parameters(model)
+        if parameters is None:
+            raise no_ready_version(model, "unloaded")
         if model not in self._state.targets and not any(row.name == model for row in self._runtime.index()):
-            raise ModelNotFoundError(f"unknown model '{model}'")
+            raise unknown_model(model)
+        return parameters
 
     def describe(self) -> dict[str, Any]:
         """This replica's models for GET /v2: those loaded here, and loads since it started."""
@@ -230,21 +236,23 @@ class DeploymentModels:
 
     # --- the API's calls, for the whole deployment --------------------------------------------
 
-    async def load(self, model: str) -> None:
+    async def load(self, model: str, parameters: LoadParameters) -> None:
+        """Load on every replica, with the load's parameters; a model the repository does not have
+        is refused before anything is recorded (Triton's text)."""
         if not await self._runtime.in_repository(model):
-            raise InvalidInputError(
-                f"failed to load '{model}': no model directory '{model}' in the repository"
-            )
-        await self._change(model, loaded=True)
+            raise load_not_polled(model, f"no model directory '{model}' in the repository")
+        await self._change(model, loaded=True, parameters=dict(parameters))
 
     async def unload(self, model: str) -> None:
         known = any(row.name == model for row in self._runtime.index())
         if not known and not await self._runtime.in_repository(model):
-            raise ModelNotFoundError(f"unknown model '{model}'")
+            raise unknown_model(model)
         await self._change(model, loaded=False)
 
-    async def _change(self, model: str, loaded: bool) -> None:
-        outcomes: dict[str, str] = await self._holder.call("apply", model, loaded, APPLY_TIMEOUT_S)
+    async def _change(self, model: str, loaded: bool, parameters: dict[str, str] | None = None) -> None:
+        outcomes: dict[str, str] = await self._holder.call(
+            "apply", model, loaded, APPLY_TIMEOUT_S, parameters
+        )
         failures: dict[str, list[str]] = {}
         for replica, error in sorted(outcomes.items()):
             if error:

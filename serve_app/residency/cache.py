@@ -22,7 +22,7 @@ from typing import Any
 
 from serve_app.errors import InsufficientStorageError, ModelNotFoundError, ServeAppError
 from serve_app.residency.policy import Frequencies, priority
-from serve_app.runtimes.base import Runtime
+from serve_app.runtimes.base import NO_PARAMETERS, LoadParameters, Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,9 @@ class Counters:
 # Size of a model before it is loaded (bytes of its files), and the memory the replica uses now.
 SizeEstimate = Callable[[str], int]
 MemoryUsed = Callable[[], int]
-# Raises when a model may not be served now (unknown, or unloaded for the deployment).
-Admission = Callable[[str], None]
+# A model's load parameters (its deployment's `config` override); raises when the model may not
+# be served now (unknown, or unloaded for the deployment).
+Admission = Callable[[str], LoadParameters]
 
 
 class ModelCache:
@@ -184,6 +185,12 @@ class ModelCache:
                 raise
         self._raise_failure(model)
 
+    def _parameters(self, model: str) -> LoadParameters:
+        try:
+            return self._admit(model)
+        except ModelNotFoundError:  # added to the repository since the start: no override
+            return NO_PARAMETERS
+
     def _raise_failure(self, model: str) -> None:
         failure = self._failures.get(model)
         if failure is not None and self._clock() < failure.retry_at:
@@ -215,7 +222,7 @@ class ModelCache:
                 # one-time costs (the backend's libraries, a CUDA context), which no model frees.
                 alone = len(self._reserved) == 1 and self.counters.loads > 0
                 before, started = self._memory_used(), self._clock()
-                await self._runtime.load(model, {})
+                await self._runtime.load(model, self._parameters(model))
                 load_s = self._clock() - started
                 grew = self._memory_used() - before if alone else 0
             except ServeAppError as exc:
@@ -372,7 +379,7 @@ class ModelCache:
         self._failures.pop(model, None)
         if model in self._resident:
             async with self._lock(model):
-                await self._runtime.load(model, {})
+                await self._runtime.load(model, self._parameters(model))
 
     async def drop(self, model: str) -> None:
         """A client unloaded `model` (or it left the repository): unload it here once its requests end."""

@@ -6,12 +6,15 @@ which runtime serves the models. A runtime owns devices, threads and batching.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import numpy as np
 
+from serve_app.errors import InvalidInputError, no_ready_version, unknown_version, version_not_ready
 from serve_app.repository import ModelSignature
 
 
@@ -30,12 +33,54 @@ class InferOptions:
 
 NO_OPTIONS = InferOptions()
 
-# Which of the repository's models a runtime loads at start (by name): the deployment's set.
-Wanted = Callable[[str], bool]
+# A load's parameters as Triton takes them: `config`, a JSON model configuration that replaces
+# config.pbtxt for this load (the only one serve_app applies).
+LoadParameters = Mapping[str, str]
+NO_PARAMETERS: LoadParameters = MappingProxyType({})
+
+# Which of the repository's models a runtime loads at start, and with which load parameters
+# (None: not loaded): the deployment's set, with the overrides its loads gave.
+Wanted = Callable[[str], LoadParameters | None]
 
 
-def everything(model: str) -> bool:
-    return True
+def everything(model: str) -> LoadParameters:
+    return NO_PARAMETERS
+
+
+# std::stol as Triton reads a version string: leading blanks, a sign, ASCII digits, the rest ignored.
+_STOL = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+
+
+def model_version(text: str) -> int:
+    """A requested version as Triton reads it ("01" and "1 " are version 1), or Triton's 400."""
+    match = _STOL.match(text)
+    if match is None or not -(2**63) <= int(match[1]) < 2**63:
+        raise InvalidInputError(
+            f"failed to get model version from specified version string '{text}' (details: stol), "
+            "version should be an integral value > 0"
+        )
+    number = int(match[1])
+    if number < 0:
+        raise InvalidInputError(
+            f"invalid model version specified '{text}' , version should be an integral value > 0"
+        )
+    return number
+
+
+def pick_version(
+    model: str, number: int | None, known: Collection[int], ready: Sequence[int], why: Callable[[], str]
+) -> str:
+    """The version that serves a request for `number` (None: the latest ready one), as Triton
+    picks it: a version it does not have is 404, one it has that is not ready 503 (with `why`)."""
+    if number is None:
+        if not ready:
+            raise no_ready_version(model, why())
+        return str(max(ready))
+    if number in ready:
+        return str(number)
+    if number in known:
+        raise version_not_ready(model, number, why())
+    raise unknown_version(model, number)
 
 
 @dataclass(frozen=True)
@@ -60,7 +105,8 @@ class Runtime(Protocol):
     name: str
 
     async def start(self, wanted: Wanted = everything) -> None:
-        """Load the repository's `wanted` models; a broken entry must not fail the start."""
+        """Load the repository's `wanted` models with their parameters; a broken entry must not
+        fail the start."""
 
     async def stop(self) -> None:
         """Finish requests in flight, then release models and devices."""
@@ -105,8 +151,8 @@ class Runtime(Protocol):
     async def in_repository(self, model: str) -> bool:
         """Whether the repository has a directory `model` (loaded or not)."""
 
-    async def load(self, model: str, parameters: dict[str, Any]) -> None:
-        """(Re)load a model from the repository."""
+    async def load(self, model: str, parameters: LoadParameters = NO_PARAMETERS) -> None:
+        """(Re)load a model from the repository; `config` in `parameters` replaces its config.pbtxt."""
 
     async def unload(self, model: str) -> None:
         """Unload a model; requests already running complete."""

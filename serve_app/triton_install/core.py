@@ -22,10 +22,9 @@ from importlib import metadata
 from pathlib import Path
 
 from serve_app.triton_install.build import InstallError, require_tool, run, source_tree
-from serve_app.triton_layout import BACKENDS, LIBS, install_root
+from serve_app.triton_layout import BACKENDS, LIBS, TRITON_VERSION, install_root
 
 PYTRITON_REQUIREMENT = "nvidia-pytriton==0.7.0"
-TRITON_VERSION = "2.51.0"
 BRANCH = "r24.10"
 SOURCE_ENV = "SERVE_APP_TRITON_CORE_SRC"
 GIT_URL = "https://github.com/triton-inference-server/core"

@@ -371,8 +371,8 @@ ERRORS = [
         id="missing-input",
     ),
     pytest.param("control", lambda c: c.infer(BROKEN, linear_inputs()[0]), "UNAVAILABLE", id="broken-model"),
-    pytest.param("triton", lambda c: c.load_model("linear"), "PERMISSION_DENIED", id="load-control-off"),
-    pytest.param("triton", lambda c: c.unload_model("linear"), "PERMISSION_DENIED", id="unload-control-off"),
+    pytest.param("triton", lambda c: c.load_model("linear"), "UNAVAILABLE", id="load-control-off"),
+    pytest.param("triton", lambda c: c.unload_model("linear"), "UNAVAILABLE", id="unload-control-off"),
     pytest.param(
         "triton", lambda c: c.get_model_metadata("no_such_model"), "NOT_FOUND", id="metadata-unknown"
     ),

@@ -51,7 +51,7 @@ BAD_INFER_REQUESTS: dict[str, tuple[str, dict[str, str], bytes, int, str]] = {
         {},
         orjson.dumps(linear_request(shape=[2, 15], data=[0.5] * 30)),
         400,
-        "expected [-1, 16], got [2, 15]",
+        "unexpected shape for input 'input__0' for model 'linear'. Expected [-1,16], got [2,15]",
     ),
     "wrong datatype": (
         "linear",
@@ -81,7 +81,8 @@ BAD_INFER_REQUESTS: dict[str, tuple[str, dict[str, str], bytes, int, str]] = {
         {},
         orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}),
         400,
-        "expects inputs ['scale'] that are missing",
+        "expected 2 inputs but got 1 inputs for model 'multi_io'. Got input(s) ['x'], but missing required "
+        "input(s) ['scale']. Please provide all required input(s).",
     ),
     "unknown input": (
         "linear",
@@ -95,14 +96,14 @@ BAD_INFER_REQUESTS: dict[str, tuple[str, dict[str, str], bytes, int, str]] = {
             }
         ),
         400,
-        "unexpected inference input 'extra'",
+        "expected 1 inputs but got 2 inputs for model 'linear'. Got input(s) ['extra','input__0']",
     ),
     "unknown output": (
         "linear",
         {},
         orjson.dumps({**LINEAR_OK, "outputs": [{"name": "output__9"}]}),
         400,
-        "has no outputs ['output__9']",
+        "unexpected inference output 'output__9' for model 'linear'",
     ),
     "batch too big": (
         "image_classifier",
@@ -111,9 +112,15 @@ BAD_INFER_REQUESTS: dict[str, tuple[str, dict[str, str], bytes, int, str]] = {
             {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [9, 3, 1, 1], "data": [0.0] * 27}]}
         ),
         400,
-        "batch-size 9 for input 'input__0' must be between 1 and max_batch_size 8",
+        "inference request batch-size must be <= 8 for 'image_classifier'",
     ),
-    "data size": ("linear", {}, orjson.dumps(linear_request(data=[0.5] * 31)), 400, "31 values given"),
+    "data size": (
+        "linear",
+        {},
+        orjson.dumps(linear_request(data=[0.5] * 31)),
+        400,
+        "Unable to parse 'data': Shape does not match true shape of 'data' field",
+    ),
     "bad header length": (
         "linear",
         {"Inference-Header-Content-Length": "x"},
@@ -121,14 +128,24 @@ BAD_INFER_REQUESTS: dict[str, tuple[str, dict[str, str], bytes, int, str]] = {
         400,
         "is not an integer",
     ),
-    "bad binary_data_size": ("linear", *binary_linear(100, 128), 400, "binary_data_size 100 does not match"),
+    "bad binary_data_size": (
+        "linear",
+        *binary_linear(100, 128),
+        400,
+        "input byte size mismatch for input 'input__0' for model 'linear'. Expected 128, got 100",
+    ),
     "trailing bytes": (
         "linear",
         *binary_linear(128, 130),
         400,
         "2 bytes not claimed by any binary_data_size",
     ),
-    "short binary data": ("linear", *binary_linear(128, 64), 400, "runs past the end of the body"),
+    "short binary data": (
+        "linear",
+        *binary_linear(128, 64),
+        400,
+        "unexpected size for input 'input__0', expecting 64 additional bytes for model 'linear'",
+    ),
     "header length past the body": (
         "linear",
         {"Inference-Header-Content-Length": "1000"},
@@ -138,20 +155,28 @@ BAD_INFER_REQUESTS: dict[str, tuple[str, dict[str, str], bytes, int, str]] = {
     ),
     "bad gzip": ("linear", {"Content-Encoding": "gzip"}, b"not gzip", 400, "cannot decompress gzip"),
     "unknown encoding": ("linear", {"Content-Encoding": "br"}, b"{}", 400, "unsupported Content-Encoding"),
-    "unknown model": ("nope", {}, orjson.dumps(LINEAR_OK), 404, "unknown model 'nope'"),
+    "unknown model": (
+        "nope",
+        {},
+        orjson.dumps(LINEAR_OK),
+        404,
+        "Request for unknown model: 'nope' is not found",
+    ),
     "unknown version": (
         "linear/versions/2",
         {},
         orjson.dumps(LINEAR_OK),
         404,
-        "model 'linear' has no ready version '2'",
+        "Request for unknown model: 'linear' version 2 is not found",
     ),
+    "version not a number": ("linear/versions/x", {}, orjson.dumps(LINEAR_OK), 404, "Not Found"),
     "broken config": (
         "bad_pbtxt",
         {},
         orjson.dumps(LINEAR_OK),
         503,
-        "model 'bad_pbtxt' is not ready: cannot parse",
+        "Request for unknown model: 'bad_pbtxt' has no available versions; model 'bad_pbtxt' is not ready: "
+        "cannot parse",
     ),
     "broken TorchScript": (
         "corrupt_torchscript",
@@ -174,15 +199,17 @@ def test_bad_inference_requests(client: TestClient, case: str) -> None:
 @pytest.mark.parametrize(
     ("path", "status", "phrase"),
     [
-        ("/v2/models/nope", 404, "unknown model 'nope'"),
-        ("/v2/models/nope/ready", 404, "unknown model 'nope'"),
-        ("/v2/models/nope/config", 404, "unknown model 'nope'"),
-        ("/v2/models/nope/stats", 404, "unknown model 'nope'"),
-        ("/v2/models/linear/versions/7", 404, "no ready version '7'"),
-        ("/v2/models/linear/versions/7/ready", 404, "no ready version '7'"),
-        ("/v2/models/linear/versions/x/config", 404, "no ready version 'x'"),
-        ("/v2/models/linear/versions/7/stats", 404, "no ready version '7'"),
-        ("/v2/models/linear/versions/²/ready", 404, "no ready version '²'"),
+        ("/v2/models/nope", 404, "Request for unknown model: 'nope' is not found"),
+        ("/v2/models/nope/ready", 404, "Request for unknown model: 'nope' is not found"),
+        ("/v2/models/nope/config", 404, "Request for unknown model: 'nope' is not found"),
+        ("/v2/models/nope/stats", 404, "Request for unknown model: 'nope' is not found"),
+        ("/v2/models/linear/versions/7", 404, "Request for unknown model: 'linear' version 7 is not found"),
+        ("/v2/models/linear/versions/7/ready", 404, "version 7 is not found"),
+        ("/v2/models/linear/versions/07/stats", 404, "version 7 is not found"),
+        # As in Triton, whose version routes take only digits: no such route.
+        ("/v2/models/linear/versions/x/config", 404, "Not Found"),
+        ("/v2/models/linear/versions/-1/ready", 404, "Not Found"),
+        ("/v2/models/linear/versions/²/ready", 404, "Not Found"),
         ("/v2/models/bad_pbtxt", 503, "is not ready: cannot parse"),
         ("/v2/models/bad_pbtxt/ready", 503, "is not ready"),
         ("/v2/models/corrupt_torchscript/config", 503, "failed to load TorchScript"),

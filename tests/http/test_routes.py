@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ import tritonclient.http as httpclient
 from starlette.routing import Match
 from starlette.testclient import TestClient
 
+from serve_app import __version__
 from tests.conftest import post_scope
 
 READY_MODELS = ["image_classifier", "int_ops", "linear", "multi_io"]
@@ -79,12 +81,13 @@ def test_health_ready_is_503_once_the_runtime_stopped(serve) -> None:
 
 def test_server_metadata(client: TestClient) -> None:
     body = client.get("/v2").json()
-    assert body["name"] == "serve_app"
+    assert (body["name"], body["version"]) == ("triton", "2.51.0")  # what clients read, on both runtimes
     assert {"binary_tensor_data", "model_repository", "statistics", "model_configuration"} <= set(
         body["extensions"]
     )
     block = body["serve_app"]
-    assert {key: block[key] for key in ("runtime", "device", "replica")} == {
+    assert {key: block[key] for key in ("version", "runtime", "device", "replica")} == {
+        "version": __version__,
         "runtime": "torch",
         "device": "cpu",
         "replica": "test",
@@ -322,10 +325,12 @@ def test_repository_index(client: TestClient, broken_reasons: dict[str, str]) ->
 
 
 @pytest.mark.parametrize("action", ["load", "unload"])
-def test_model_control_is_403_when_off(client: TestClient, action: str) -> None:
+def test_model_control_off_is_triton_s_503(client: TestClient, action: str) -> None:
     response = client.post(f"/v2/repository/models/linear/{action}")
-    assert response.status_code == 403
-    assert "model_control" in response.json()["error"]
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error.startswith("explicit model load / unload is not allowed if polling is enabled")
+    assert "args.model_control" in error
     assert client.get("/v2/models/linear/ready").status_code == 200
 
 
@@ -352,7 +357,11 @@ def test_model_control_unload_and_load(serve, repository: Path) -> None:
     assert client.post("/v2/repository/models/int_ops/load").status_code == 200
 
     response = client.post("/v2/repository/models/nope/load")  # changes nothing
-    assert response.status_code == 400 and "no model directory 'nope'" in response.json()["error"]
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "failed to load 'nope', failed to poll from model repository: "
+        "no model directory 'nope' in the repository"
+    )
     assert client.post("/v2/repository/models/nope/unload").status_code == 404
     (repository / "linear" / "config.pbtxt").write_text("garbage {")
     response = client.post("/v2/repository/models/linear/load")
@@ -360,7 +369,23 @@ def test_model_control_unload_and_load(serve, repository: Path) -> None:
     assert client.post("/v2/repository/models/linear/load", content=b"[1]").status_code == 400
     # The failed reload left version 1 serving (Triton's EXPLICIT-mode behaviour).
     assert client.post("/v2/models/linear/infer", json=request).status_code == 200
-    response = client.post("/v2/repository/models/linear/load", json={"parameters": {"config": "{}"}})
-    assert response.status_code == 400 and "not supported" in response.json()["error"]
+    response = client.post("/v2/repository/models/linear/load", json={"parameters": {"config": "{"}})
+    assert response.status_code == 400
+    assert "failed to poll from model repository: Invalid config override" in response.json()["error"]
+    response = client.post(
+        "/v2/repository/models/linear/load", json={"parameters": {"file:1/model.pt": "AA=="}}
+    )
+    assert response.status_code == 400 and "file overrides are not supported" in response.json()["error"]
+    # A config override replaces config.pbtxt (here the broken one) for this load, as in Triton.
+    override = {
+        "platform": "pytorch_libtorch",
+        "max_batch_size": "4",
+        "input": [{"name": "input__0", "data_type": "TYPE_FP32", "dims": [16]}],
+        "output": [{"name": "output__0", "data_type": "TYPE_FP32", "dims": [4]}],
+    }
+    load = {"parameters": {"config": json.dumps(override)}}
+    assert client.post("/v2/repository/models/linear/load", json=load).status_code == 200
+    assert client.get("/v2/models/linear/config").json()["max_batch_size"] == 4
+    assert client.post("/v2/models/linear/infer", json=request).status_code == 200
     response = client.post("/v2/repository/models/..hidden/load")
     assert response.status_code == 400 and "not a model directory name" in response.json()["error"]

@@ -129,8 +129,16 @@ CASES: dict[str, Case] = {
     "data-object": infer(tensor(data={"a": 1}), 400, "not FP32"),
     "data-nulls": infer(tensor(data=[None] * 32), 400, "not FP32"),
     "data-ragged": infer(tensor(data=[[0.5] * 16, [0.5] * 15]), 400, "data is not FP32"),
-    "data-too-few": infer(tensor(data=[0.5] * 31), 400, "31 values given for shape [2, 16]"),
-    "data-too-many": infer(tensor(data=[0.5] * 33), 400, "33 values given"),
+    "data-too-few": infer(
+        tensor(data=[0.5] * 31),
+        400,
+        "Unable to parse 'data': Shape does not match true shape of 'data' field",
+    ),
+    "data-too-many": infer(
+        tensor(data=[0.5] * 33),
+        400,
+        "Unable to parse 'data': Shape does not match true shape of 'data' field",
+    ),
     "data-out-of-range": infer(
         {"inputs": [{"name": "INPUT__0", "datatype": "INT32", "shape": [2, 3], "data": [2**40] * 6}]},
         400,
@@ -155,22 +163,28 @@ CASES: dict[str, Case] = {
     "shape-2**40-elements": infer(tensor(shape=[2**40, 16]), 413, "would exceed the request's"),
     "shape-2**64-elements": infer(tensor(shape=[2**32, 2**32]), 413, "would exceed"),
     "shape-empty-but-huge": infer(tensor(shape=[0, 2**63], data=[]), 413, "would exceed"),
-    "shape-not-the-models": infer(tensor(shape=[2, 15], data=[0.5] * 30), 400, "expected [-1, 16]"),
+    "shape-not-the-models": infer(
+        tensor(shape=[2, 15], data=[0.5] * 30), 400, "Expected [-1,16], got [2,15]"
+    ),
     "batch-over-max": infer(
         {"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [9, 3, 1, 1], "data": [0.0] * 27}]},
         400,
-        "must be between 1 and max_batch_size 8",
+        "inference request batch-size must be <= 8 for 'image_classifier'",
         path="/v2/models/image_classifier/infer",
     ),
     "batch-zero": infer(tensor(shape=[0, 16], data=[]), 400, "batch-size 0"),
     # --- binary tensor extension ----------------------------------------------------------------
-    "binary-size-mismatch": binary(100, 128, "binary_data_size 100 does not match shape [2, 16]"),
-    "binary-size-string": binary("128", 128, "binary_data_size must be an integer, not str"),
-    "binary-size-boolean": binary(True, 128, "binary_data_size must be an integer, not bool"),
-    "binary-size-negative": binary(-128, 128, "binary_data_size -128 does not match"),
-    "binary-size-float": binary(128.0, 128, "must be an integer, not float"),
-    "binary-data-short": binary(128, 64, "binary data runs past the end of the body"),
-    "binary-data-trailing": binary(128, 130, "2 bytes not claimed by any binary_data_size"),
+    "binary-size-mismatch": binary(
+        100, 128, "input byte size mismatch for input 'input__0' for model 'linear'. Expected 128, got 100"
+    ),
+    "binary-size-string": binary("128", 128, "Unable to parse 'binary_data_size'"),
+    "binary-size-boolean": binary(True, 128, "Unable to parse 'binary_data_size'"),
+    "binary-size-negative": binary(-128, 128, "Unable to parse 'binary_data_size'"),
+    "binary-size-float": binary(128.0, 128, "Unable to parse 'binary_data_size'"),
+    "binary-data-short": binary(
+        128, 64, "unexpected size for input 'input__0', expecting 64 additional bytes for model 'linear'"
+    ),
+    "binary-data-trailing": binary(128, 130, "unexpected additional input data for model 'linear'"),
     "binary-without-header-length": infer(
         orjson.dumps(tensor(data=None, parameters={"binary_data_size": 128})) + bytes(128),
         400,
@@ -192,16 +206,25 @@ CASES: dict[str, Case] = {
     "deflate-garbage": compressed(b"\x78\x9c garbage", "deflate", 400, "cannot decompress deflate"),
     "encoding-unknown": compressed(orjson.dumps(GOOD), "br", 400, "unsupported Content-Encoding 'br'"),
     # --- routes, methods, names -----------------------------------------------------------------
-    "model-unknown": infer(GOOD, 404, "unknown model 'nope'", path="/v2/models/nope/infer"),
-    "version-unknown": infer(GOOD, 404, "no ready version '2'", path="/v2/models/linear/versions/2/infer"),
-    "version-text": infer(GOOD, 404, "no ready version 'x'", path="/v2/models/linear/versions/x/infer"),
+    "model-unknown": infer(
+        GOOD, 404, "Request for unknown model: 'nope' is not found", path="/v2/models/nope/infer"
+    ),
+    "version-unknown": infer(
+        GOOD,
+        404,
+        "Request for unknown model: 'linear' version 2 is not found",
+        path="/v2/models/linear/versions/2/infer",
+    ),
+    "version-text": infer(GOOD, 404, "Not Found", path="/v2/models/linear/versions/x/infer"),  # no such route
     "route-unknown": infer(GOOD, 404, "Not Found", path="/v2/models/linear/explain"),
     "route-v3": Case(404, "Not Found", path="/v3", method="GET"),
     "method-GET-infer": Case(405, "Method Not Allowed", method="GET"),
     "method-POST-live": Case(405, "Method Not Allowed", path="/v2/health/live"),
     "method-DELETE-model": Case(405, "Method Not Allowed", path="/v2/models/linear", method="DELETE"),
     "traversal-encoded-slashes": infer(GOOD, 404, "Not Found", path="/v2/models/..%2F..%2Fetc/infer"),
-    "traversal-dot-dot-model": infer(GOOD, 404, "unknown model '..'", path="/v2/models/%2E%2E/infer"),
+    "traversal-dot-dot-model": infer(
+        GOOD, 404, "unknown model: '..' is not found", path="/v2/models/%2E%2E/infer"
+    ),
     "traversal-load": control("/models/%2E%2E/load", b"", 400, "not a model directory name", "control"),
     "traversal-load-backslash": control(
         "/models/..%5Cetc/load", b"", 400, "not a model directory name", "control"
@@ -211,7 +234,9 @@ CASES: dict[str, Case] = {
         {"inputs": [{"name": "", "datatype": "", "shape": []}] * 150_000}, 400, "150000 inputs; at most 1024"
     ),
     "outputs-2000": infer({**GOOD, "outputs": [{"name": "o"}] * 2000}, 400, "2000 outputs; at most 1024"),
-    "inputs-duplicate": infer({"inputs": GOOD["inputs"] * 2}, 400, "given more than once"),
+    "inputs-duplicate": infer(
+        {"inputs": GOOD["inputs"] * 2}, 400, "input 'input__0' already exists in request"
+    ),
     "outputs-duplicate": infer({**GOOD, "outputs": [{"name": "output__0"}] * 2}, 400, "more than once"),
     "tensor-bytes-over-limit": infer(
         {"inputs": [SMALL_TENSOR, {**SMALL_TENSOR, "name": "y"}, SCALE]},
@@ -260,11 +285,11 @@ CASES: dict[str, Case] = {
     "index-array": control("/index", b"[]", 400, "the body must be a JSON object"),
     "index-malformed": control("/index", b"{", 400, "malformed JSON"),
     "index-over-limit": control("/index", b" " * (SMALL_LIMIT + 1), 413, "65536-byte limit", "small"),
-    "load-off": control("/models/linear/load", b"", 403, "model load/unload is disabled"),
+    "load-off": control("/models/linear/load", b"", 503, "explicit model load / unload is not allowed"),
     "load-off-parameters-number": control(
         "/models/linear/load", b'{"parameters": 5}', 400, "parameters: Input should be a valid dictionary"
     ),
-    "unload-off": control("/models/linear/unload", b"{}", 403, "disabled"),
+    "unload-off": control("/models/linear/unload", b"{}", 503, "args.model_control: true"),
     "unload-off-parameters-string": control("/models/linear/unload", b'{"parameters": "x"}', 400, "dict"),
     "load-parameters-number": control(
         "/models/linear/load", b'{"parameters": 5}', 400, "valid dictionary", "control"
@@ -272,11 +297,41 @@ CASES: dict[str, Case] = {
     "load-parameters-list": control(
         "/models/linear/load", b'{"parameters": []}', 400, "valid dictionary", "control"
     ),
-    "load-overrides": control(
-        "/models/linear/load", b'{"parameters": {"config": "{}"}}', 400, "are not supported", "control"
+    "load-config-malformed": control(
+        "/models/linear/load", b'{"parameters": {"config": "{"}}', 400, "Invalid config override", "control"
+    ),
+    "load-config-number": control(
+        "/models/linear/load", b'{"parameters": {"config": 5}}', 400, "must be a string", "control"
+    ),
+    "load-config-other-model": control(
+        "/models/linear/load",
+        b'{"parameters": {"config": "{\\"name\\": \\"x\\"}"}}',
+        400,
+        "names the model 'x'",
+        "control",
+    ),
+    "load-file-override": control(
+        "/models/linear/load",
+        b'{"parameters": {"file:1/model.pt": "AA=="}}',
+        400,
+        "file overrides are not supported",
+        "control",
+    ),
+    "load-parameter-unknown": control(
+        "/models/linear/load",
+        b'{"parameters": {"x": "y"}}',
+        400,
+        "Unrecognized load parameter 'x'",
+        "control",
     ),
     "load-malformed": control("/models/linear/load", b'{"parameters": ', 400, "malformed JSON", "control"),
-    "load-unknown-model": control("/models/nope/load", b"", 400, "no model directory 'nope'", "control"),
+    "load-unknown-model": control(
+        "/models/nope/load",
+        b"",
+        400,
+        "failed to load 'nope', failed to poll from model repository",
+        "control",
+    ),
     "unload-parameters-number": control(
         "/models/linear/unload", b'{"parameters": 1}', 400, "valid dictionary", "control"
     ),

@@ -27,7 +27,7 @@ def test_the_description_lists_exactly_the_routes() -> None:
 
 @pytest.fixture
 def control_client(serve: ServeFactory) -> TestClient:
-    """Model control on, so that load/unload run past their 403."""
+    """Model control on, so that load/unload run past their 503."""
     return serve(model_control=True)[0]
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serve_app import __version__
 from serve_app.dataplane import (
     SERVED_EXTENSIONS,
     DataPlane,
     Expected,
     infer_options,
+    load_parameters,
     requested_outputs,
     resolve_raw_input,
     validate_inputs,
@@ -83,25 +85,46 @@ def test_variable_dims_accept_any_size_and_unbatched_models_take_the_shape_as_is
         ),
         (
             [tensor("x", (2, 5, 4)), tensor("ids", (2, 2), "INT64")],
-            "unexpected shape for input 'x' of model 'batched': expected [-1, -1, 3], got [2, 5, 4]",
+            "unexpected shape for input 'x' for model 'batched'. Expected [-1,-1,3], got [2,5,4]. "
+            "NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension",
         ),
-        ([tensor("x", (2, 3)), tensor("ids", (2, 2), "INT64")], "expected [-1, -1, 3], got [2, 3]"),
-        ([tensor("x", ()), tensor("ids", (2, 2), "INT64")], "needs a leading batch dimension"),
+        ([tensor("x", (2, 3)), tensor("ids", (2, 2), "INT64")], "Expected [-1,-1,3], got [2,3]"),
+        (
+            [tensor("x", ()), tensor("ids", (2, 2), "INT64")],
+            "input 'x' has no shape but model requires batch dimension for 'batched'",
+        ),
         (
             [tensor("x", (5, 1, 3)), tensor("ids", (5, 2), "INT64")],
-            "batch-size 5 for input 'x' must be between 1 and max_batch_size 4 of model 'batched'",
+            "inference request batch-size must be <= 4 for 'batched'",
         ),
         ([tensor("x", (0, 1, 3)), tensor("ids", (0, 2), "INT64")], "batch-size 0"),
-        ([tensor("x", (2, 5, 3))], "expects inputs ['ids'] that are missing"),
-        ([], "expects inputs ['ids', 'x'] that are missing"),
+        (
+            [tensor("x", (2, 5, 3))],
+            "expected 2 inputs but got 1 inputs for model 'batched'. Got input(s) ['x'], but missing "
+            "required input(s) ['ids']. Please provide all required input(s).",
+        ),
+        (
+            [],
+            "expected 2 inputs but got 0 inputs for model 'batched'. Got input(s) [], but missing required "
+            "input(s) ['x','ids'].",
+        ),
+        (
+            [tensor("x", (2, 5, 3)), tensor("extra", (2, 1))],
+            "unexpected inference input 'extra' for model 'batched'",
+        ),
         (
             [*batched_inputs(), tensor("extra", (2, 1))],
-            "unexpected inference input 'extra' for model 'batched'; expected ['ids', 'x']",
+            "expected 2 inputs but got 3 inputs for model 'batched'. Got input(s) ['extra','ids','x']",
         ),
-        ([*batched_inputs(), tensor("x", (2, 5, 3))], "input 'x' is given more than once"),
-        (
+        ([tensor("x", (2, 5, 3)), tensor("x", (2, 5, 3))], "input 'x' already exists in request"),
+        ([*batched_inputs(), tensor("x", (2, 5, 3))], "input 'x' already exists in request"),
+        (  # Triton checks the last input first: the one whose batch differs from it is named
             [tensor("x", (2, 5, 3)), tensor("ids", (3, 2), "INT64")],
-            "inputs have different batch sizes [2, 3]",
+            "input 'x' batch size does not match other inputs for 'batched'",
+        ),
+        (  # of two wrong inputs, the last is named, as Triton's input map orders a few inputs
+            [tensor("x", (2, 5, 3), "FP64"), tensor("ids", (2, 2), "FP32")],
+            "inference input 'ids' data-type is 'FP32', but model 'batched' expects 'INT64'",
         ),
     ],
 )
@@ -115,13 +138,74 @@ def test_invalid_batched_inputs_are_refused(inputs: list[InputTensor], message: 
 @pytest.mark.parametrize(
     ("shape", "message"),
     [
-        ((1, 2, 5), "expected [2, -1], got [1, 2, 5]"),  # no implicit batch dimension
-        ((3, 5), "expected [2, -1], got [3, 5]"),
+        ((1, 2, 5), "Expected [2,-1], got [1,2,5]"),  # no implicit batch dimension
+        ((3, 5), "Expected [2,-1], got [3,5]"),
     ],
 )
 def test_invalid_unbatched_shapes_are_refused(shape: tuple[int, ...], message: str) -> None:
     with pytest.raises(InvalidInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
         validate_inputs(Expected(UNBATCHED), [tensor("x", shape, "INT32")])
+
+
+OPTIONAL = ModelSignature(
+    name="optional",
+    max_batch_size=0,
+    inputs=(
+        TensorSpec("a", "FP32", (1,)),
+        TensorSpec("b", "FP32", (1,)),
+        TensorSpec("c", "FP32", (1,), optional=True),
+    ),
+    outputs=(TensorSpec("y", "FP32", (1,)),),
+)
+
+
+def test_optional_inputs_may_be_left_out_and_required_ones_not() -> None:
+    """Triton's rule: `optional: true` inputs are not required; its texts name the range."""
+    assert sorted(validate_inputs(Expected(OPTIONAL), [tensor("a", (1,)), tensor("b", (1,))])) == ["a", "b"]
+    assert len(validate_inputs(Expected(OPTIONAL), [tensor(n, (1,)) for n in "abc"])) == 3
+    with pytest.raises(InvalidInputError) as info:
+        validate_inputs(Expected(OPTIONAL), [])
+    assert str(info.value) == (
+        "expected number of inputs between 2 and 3 but got 0 inputs for model 'optional'. Got input(s) [], "
+        "but missing required input(s) ['a','b']. Please provide all required input(s)."
+    )
+    with pytest.raises(InvalidInputError) as info:  # as many inputs as required, one of them optional
+        validate_inputs(Expected(OPTIONAL), [tensor("a", (1,)), tensor("c", (1,))])
+    assert "Got input(s) ['c','a'], but missing required input(s) ['b']" in str(info.value)
+
+
+VALID_OVERRIDE = (
+    '{"name": "m", "max_batch_size": "16", "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}]}'
+)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        (
+            {"config": "{{"},
+            "failed to load 'm', failed to poll from model repository: Invalid config override",
+        ),
+        (
+            {"config": '{"max_batch_size": "many"}'},
+            "failed to poll from model repository: Invalid config override",
+        ),
+        ({"config": '{"name": "other"}'}, "the config override names the model 'other'"),
+        ({"config": 16}, "load parameter 'config' must be a string"),
+        ({"file:1/model.pt": "AAAA"}, "load parameter 'file:1/model.pt': file overrides are not supported"),
+        ({"other": "x"}, "failed to poll from model repository: Unrecognized load parameter 'other'"),
+    ],
+)
+def test_load_parameters_are_checked_before_anything_changes(parameters: dict, message: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        load_parameters("m", parameters)
+    assert message in str(info.value)
+    assert status_for(info.value) == 400
+
+
+def test_a_valid_config_override_is_the_loads_parameter() -> None:
+    assert load_parameters("m", {"config": VALID_OVERRIDE}) == {"config": VALID_OVERRIDE}
+    assert load_parameters("m", {}) == {}
 
 
 def request(outputs: list[RequestedOutput] | None, binary_output: bool = False) -> InferRequest:
@@ -145,7 +229,7 @@ def test_named_outputs_keep_their_order_and_flags() -> None:
 
 
 def test_unknown_requested_output_is_refused() -> None:
-    with pytest.raises(InvalidInputError, match=r"model 'batched' has no outputs \['nope'\]"):
+    with pytest.raises(InvalidInputError, match="unexpected inference output 'nope' for model 'batched'"):
         wanted = [RequestedOutput("out_a", False), RequestedOutput("nope", False)]
         requested_outputs(Expected(BATCHED), request(wanted))
 
@@ -164,7 +248,7 @@ def test_error_statuses() -> None:
         )
     } == {
         InvalidInputError: 400,
-        ModelControlDisabledError: 403,
+        ModelControlDisabledError: 503,
         ModelNotFoundError: 404,
         PayloadTooLargeError: 413,
         InternalError: 500,
@@ -231,13 +315,17 @@ async def test_dataplane_validates_before_the_model_runs(runtime: TorchRuntime) 
     bad = InferRequest(
         "linear", None, [InputTensor("input__0", "FP32", (1, 15), np.zeros((1, 15), np.float32))]
     )
-    with pytest.raises(InvalidInputError, match=r"expected \[-1, 16\], got \[1, 15\]"):
+    with pytest.raises(InvalidInputError, match=r"Expected \[-1,16\], got \[1,15\]"):
         await dataplane.infer(bad)
     assert runtime.statistics("linear", None)["model_stats"][0]["execution_count"] == 0
-    with pytest.raises(ModelNotFoundError, match="unknown model 'nope'"):
+    with pytest.raises(ModelNotFoundError, match=r"^Request for unknown model: 'nope' is not found$"):
         await dataplane.infer(InferRequest("nope", None, []))
-    with pytest.raises(ModelNotFoundError, match="no ready version '2'"):
+    with pytest.raises(
+        ModelNotFoundError, match=r"^Request for unknown model: 'linear' version 2 is not found$"
+    ):
         await dataplane.infer(InferRequest("linear", "2", []))
+    with pytest.raises(InvalidInputError, match="version string 'x' \\(details: stol\\)"):
+        await dataplane.infer(InferRequest("linear", "x", []))
 
 
 @pytest.mark.anyio
@@ -247,7 +335,9 @@ async def test_dataplane_metadata_and_model_control(runtime: TorchRuntime) -> No
     dataplane = DataPlane(runtime, models, model_control=False, placement={"gpu_ids": [3]})
     assert dataplane.live() and dataplane.ready()
     metadata = dataplane.server_metadata()
+    assert metadata["name"] == "triton"
     assert metadata["serve_app"] == {
+        "version": __version__,
         "runtime": "torch",
         "device": "cpu",
         "gpu_ids": [3],
@@ -263,12 +353,14 @@ async def test_dataplane_metadata_and_model_control(runtime: TorchRuntime) -> No
         "linear",
         "multi_io",
     ]
-    with pytest.raises(ModelControlDisabledError):
+    with pytest.raises(
+        ModelControlDisabledError, match=r"^explicit model load / unload is not allowed if polling"
+    ):
         await dataplane.load("linear", {})
     with pytest.raises(ModelControlDisabledError):
         await dataplane.unload("linear")
     controlled = DataPlane(runtime, models, model_control=True, placement={})
-    with pytest.raises(ModelNotFoundError, match="unknown model 'nope'"):
+    with pytest.raises(ModelNotFoundError, match="Request for unknown model: 'nope' is not found"):
         await controlled.unload("nope")
     await controlled.unload("linear")
     with pytest.raises(ModelNotReadyError):
@@ -307,7 +399,7 @@ async def test_a_reloaded_signature_is_validated_against_anew() -> None:
     request = InferRequest("m", None, [tensor("x", (2, 3), "INT32")])
     assert [o.name for o, _ in (await dataplane.infer(request)).outputs] == ["y"]
     runtime.signature_now = ModelSignature("m", 0, (TensorSpec("z", "INT32", (2, -1)),), UNBATCHED.outputs)
-    with pytest.raises(InvalidInputError, match=r"unexpected inference input 'x' .*; expected \['z'\]"):
+    with pytest.raises(InvalidInputError, match="unexpected inference input 'x' for model 'm'"):
         await dataplane.infer(request)
 
 
@@ -355,7 +447,7 @@ async def test_a_raw_binary_request_is_the_models_one_input(runtime: TorchRuntim
     [(output, array)] = response.outputs
     assert output.name == "output__0" and output.binary and array.shape == (1, 4)
     two_inputs = decode_request("multi_io", None, x.tobytes(), "0", limits=Limits(max_bytes=1 << 20))
-    with pytest.raises(InvalidInputError, match="needs a model with one input"):
+    with pytest.raises(InvalidInputError, match=r"Raw request must only have 1 input \(found 1\)"):
         await dataplane.infer(two_inputs)
 
 
@@ -399,12 +491,30 @@ def test_requests_with_a_json_header_pass_through_unchanged() -> None:
 @pytest.mark.parametrize(
     ("inputs", "nbytes", "message"),
     [
-        ((("a", "FP32", (1,)), ("b", "FP32", (1,))), 4, "needs a model with one input; model 'raw' has 2"),
-        ((), 4, "needs a model with one input; model 'raw' has 0"),
-        ((("x", "FP32", (-1, -1)),), 16, "at most one variable dimension; input 'x' of model 'raw' has dims"),
-        ((("x", "FP32", (4,)),), 12, "request of 12 bytes does not fill input 'x' of model 'raw' (dims [4]"),
-        ((("x", "FP32", (-1, 2)),), 12, "request of 12 bytes does not fill input 'x'"),
-        ((("x", "FP32", (-1, 0)),), 8, "does not fill"),  # zero-sized rows cannot decide the dim
+        (
+            (("a", "FP32", (1,)), ("b", "FP32", (1,))),
+            4,
+            "Raw request must only have 1 input (found 1) to be deduced but got 2 inputs in 'raw' model "
+            "configuration",
+        ),
+        ((), 4, "Raw request must only have 1 input (found 1) to be deduced but got 0 inputs in 'raw'"),
+        (
+            (("x", "FP32", (-1, -1)),),
+            16,
+            "The shape of the raw input 'x' can not be deduced because there are more than one "
+            "variable-sized dimension",
+        ),
+        (
+            (("x", "FP32", (4,)),),
+            12,
+            "input byte size mismatch for input 'x' for model 'raw'. Expected 16, got 12",
+        ),
+        (
+            (("x", "FP32", (-1, 2)),),
+            12,
+            "input byte size mismatch for input 'x' for model 'raw'. Expected 8, got 12",
+        ),
+        ((("x", "FP32", (-1, 0)),), 8, "Expected 0, got 8"),  # zero-sized rows cannot decide the dim
         ((("x", "BYTES", (1,)),), 8, "unsupported datatype 'BYTES'"),
     ],
 )

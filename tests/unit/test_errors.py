@@ -30,7 +30,7 @@ def test_every_error_type_has_both_columns(cls: type[ServeAppError]) -> None:
 def test_the_grpc_codes() -> None:
     assert {cls.__name__: grpc_code_for(cls("m")) for cls in ERROR_TYPES} == {
         "InvalidInputError": "INVALID_ARGUMENT",
-        "ModelControlDisabledError": "PERMISSION_DENIED",
+        "ModelControlDisabledError": "UNAVAILABLE",
         "ModelNotFoundError": "NOT_FOUND",
         "PayloadTooLargeError": "RESOURCE_EXHAUSTED",
         "InsufficientStorageError": "RESOURCE_EXHAUSTED",

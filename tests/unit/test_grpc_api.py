@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from unittest.mock import Mock
@@ -138,21 +139,37 @@ async def test_infer_counts_in_statistics_and_index(ingress: Ingress) -> None:
     ("rpc", "message", "code", "phrase"),
     [
         ("ModelInfer", linear_request(width=15), "INVALID_ARGUMENT", "unexpected shape"),
-        ("ModelInfer", pb.ModelInferRequest(model_name="no_such_model"), "NOT_FOUND", "no_such_model"),
+        (
+            "ModelInfer",
+            pb.ModelInferRequest(model_name="no_such_model"),
+            "NOT_FOUND",
+            "Request for unknown model: 'no_such_model' is not found",
+        ),
+        (
+            "ModelInfer",
+            pb.ModelInferRequest(model_name="linear", model_version="wrong_specification"),
+            "INVALID_ARGUMENT",
+            "failed to get model version from specified version string 'wrong_specification' (details: stol)",
+        ),
         ("ModelInfer", linear_request(batch=2**15), "RESOURCE_EXHAUSTED", "byte limit"),
         ("ModelInfer", pb.ModelInferRequest(model_name="corrupt_torchscript"), "UNAVAILABLE", "TorchScript"),
-        ("ModelMetadata", pb.ModelMetadataRequest(name="linear", version="7"), "NOT_FOUND", "version"),
+        (
+            "ModelMetadata",
+            pb.ModelMetadataRequest(name="linear", version="7"),
+            "NOT_FOUND",
+            "Request for unknown model: 'linear' version 7 is not found",
+        ),
         (
             "RepositoryModelLoad",
             pb.RepositoryModelLoadRequest(model_name="linear"),
-            "PERMISSION_DENIED",
-            "model_control",
+            "UNAVAILABLE",
+            "explicit model load / unload is not allowed if polling is enabled",
         ),
         (
             "RepositoryModelUnload",
             pb.RepositoryModelUnloadRequest(model_name="linear"),
-            "PERMISSION_DENIED",
-            "disabled",
+            "UNAVAILABLE",
+            "args.model_control",
         ),
         ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest(), "UNIMPLEMENTED", "shared-memory"),
         ("TraceSetting", pb.TraceSettingRequest(), "UNIMPLEMENTED", "trace extension"),
@@ -177,9 +194,29 @@ async def test_load_with_model_control(make_ingress: Callable[..., Ingress]) -> 
     load = pb.RepositoryModelLoadRequest(model_name="linear")
     assert (await call(ingress, "RepositoryModelLoad", load))[1] is None
     assert (await call(ingress, "ModelReady", pb.ModelReadyRequest(name="linear")))[0].ready
-    load.parameters["config"].string_param = "{}"
+    load.parameters["config"].string_param = "{"
     _, code, details = await call(ingress, "RepositoryModelLoad", load)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not supported" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("failed to load 'linear', failed to poll from model repository: Invalid config")
+    override = {
+        "platform": "pytorch_libtorch",
+        "max_batch_size": 8,
+        "input": [{"name": "input__0", "data_type": "TYPE_FP32", "dims": [16]}],
+        "output": [{"name": "output__0", "data_type": "TYPE_FP32", "dims": [4]}],
+    }
+    load.parameters["config"].string_param = json.dumps(override)
+    assert (await call(ingress, "RepositoryModelLoad", load))[1] is None
+    config, _, _ = await call(ingress, "ModelConfig", pb.ModelConfigRequest(name="linear"))
+    assert config.config.max_batch_size == 8 and not config.config.HasField("dynamic_batching")
+    del load.parameters["config"]
+    assert (await call(ingress, "RepositoryModelLoad", load))[1] is None  # from config.pbtxt again
+    config, _, _ = await call(ingress, "ModelConfig", pb.ModelConfigRequest(name="linear"))
+    assert config.config.max_batch_size == 64
+    _, code, details = await call(
+        ingress, "RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="wrong_model_name")
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("failed to load 'wrong_model_name', failed to poll from model repository")
 
 
 async def test_unexpected_errors_are_internal_without_their_text(

@@ -81,8 +81,11 @@ def test_typed_contents_of_every_datatype_with_a_field(datatype: str) -> None:
 def test_fp16_has_no_typed_field() -> None:
     assert set(CONTENTS_FIELD) == set(NUMPY_BY_DATATYPE) - {"FP16"}
     message = pb.ModelInferRequest(model_name="m")
-    message.inputs.add(name="x", datatype="FP16", shape=[1])
+    message.inputs.add(name="x", datatype="FP16", shape=[1]).contents.SetInParent()
     with pytest.raises(InvalidInputError, match="FP16 has no typed contents field"):
+        decode_infer_request(message, LIMITS)
+    message.inputs[0].contents.fp32_contents.append(1.0)
+    with pytest.raises(InvalidInputError, match="of type 'FP32', expected datatype 'FP16'"):
         decode_infer_request(message, LIMITS)
 
 
@@ -134,31 +137,42 @@ def bad(message: pb.ModelInferRequest, phrase: str, error: type[Exception] = Inv
 def test_raw_contents_must_be_one_per_input() -> None:
     message = request(("x", sample("FP32")), ("y", sample("FP32")))
     del message.raw_input_contents[1]
-    bad(message, r"raw_input_contents has 1 entries for 2 inputs")
+    bad(message, r"^unable to find data for input tensor 'y' for model 'm' in request\.$")
+    message.raw_input_contents.extend([b"", b""])
+    bad(message, r"raw_input_contents has 3 entries for 2 inputs")
+    del message.raw_input_contents[:]
+    bad(message, r"^unable to find data for input tensor 'x' for model 'm' in request\.$")
 
 
 def test_raw_and_typed_contents_do_not_mix() -> None:
     message = request(("x", sample("FP32")))
     message.inputs[0].contents.fp32_contents.append(1.0)
-    bad(message, "typed contents as well as raw_input_contents")
+    bad(message, "^contents field must not be specified when using raw_input_contents for 'x' for model 'm'$")
 
 
 def test_raw_size_must_match_the_shape() -> None:
     message = request(("x", sample("FP32")))
     message.raw_input_contents[0] = b"\0" * 10
-    bad(message, r"raw_input_contents holds 10 bytes, shape \[2, 3\] of FP32 needs 24")
+    bad(message, r"^input byte size mismatch for input 'x' for model 'm'\. Expected 24, got 10$")
 
 
 def test_typed_count_must_match_the_shape() -> None:
     message = request(("x", sample("INT32")), raw=False)
     message.inputs[0].contents.int_contents.append(1)
-    bad(message, r"7 values in contents.int_contents for shape \[2, 3\] \(6 values\)")
+    bad(message, r"^input byte size mismatch for input 'x' for model 'm'\. Expected 24, got 28$")
+    message = request(("x", sample("INT8")), raw=False)  # Triton counts INT8 in bytes, not int32s
+    del message.inputs[0].contents.int_contents[0]
+    bad(message, r"Expected 6, got 5$")
 
 
-def test_typed_values_of_another_field_do_not_count() -> None:
+def test_typed_values_of_another_field_are_refused() -> None:
     message = request(("x", sample("INT32")), raw=False)
     message.inputs[0].datatype = "FP32"
-    bad(message, r"0 values in contents.fp32_contents")
+    bad(
+        message,
+        "^unexpected explicit tensor data for input tensor 'x' for model 'm' of type 'INT32', "
+        "expected datatype 'FP32'$",
+    )
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,9 @@ def test_requested_outputs_binary_flags() -> None:
     )
     assert request.binary_output is True
     assert request.parameters == {"custom": "kept"}  # binary_data_output is consumed
-    assert request.outputs == [RequestedOutput("a", True), RequestedOutput("b", False)]
+    # As in Triton: binary_data_output is the default of the outputs not named; a named output
+    # is binary only with binary_data: true (qa/L0_http/test.sh's curl checks).
+    assert request.outputs == [RequestedOutput("a", False), RequestedOutput("b", False)]
     request = decode(
         {
             "inputs": [json_input("x", "FP32", [1], [1])],
@@ -86,8 +88,21 @@ def test_requested_outputs_binary_flags() -> None:
         (b'{"id": "x"}', "inputs: Field required"),
         (orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "data": [1]}]}), "inputs.0.shape"),
         (orjson.dumps({"inputs": [json_input("x", "FP32", [-1], [1])]}), "negative dimension"),
-        (orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}), "neither 'data'"),
-        (orjson.dumps({"inputs": [json_input("x", "FP32", [3], [1, 2])]}), "2 values given for shape [3]"),
+        (
+            orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}),
+            "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', "
+            "'shared_memory_region' in 'parameters'. But no field is set",
+        ),
+        (
+            orjson.dumps(
+                {"inputs": [{**json_input("x", "FP32", [1], [1]), "parameters": {"binary_data_size": 4}}]}
+            ),
+            "But set 'data' 'binary_data_size'",
+        ),
+        (
+            orjson.dumps({"inputs": [json_input("x", "FP32", [3], [1, 2])]}),
+            "Unable to parse 'data': Shape does not match true shape of 'data' field",
+        ),
         (orjson.dumps({"inputs": [json_input("x", "FP32", [3], [[1, 2], [3]])]}), "data is not FP32"),
         (orjson.dumps({"inputs": [json_input("x", "BYTES", [1], ["a"])]}), "unsupported datatype 'BYTES'"),
         (
@@ -203,10 +218,11 @@ def binary_body(array: np.ndarray, size: object = None, extra: bytes = b"") -> t
 @pytest.mark.parametrize(
     ("size", "extra", "header_delta", "message"),
     [
-        (12, b"", 0, "binary_data_size 12 does not match shape [2, 4] of FP32 (32 bytes)"),
-        ("32", b"", 0, "binary_data_size must be an integer, not str"),
-        (True, b"", 0, "binary_data_size must be an integer, not bool"),
-        (None, b"\x00\x01", 0, "2 bytes not claimed by any binary_data_size"),
+        (12, b"", 0, "input byte size mismatch for input 'x' for model 'm'. Expected 32, got 12"),
+        ("32", b"", 0, "Unable to parse 'binary_data_size': input 'x' has '32', not an unsigned integer"),
+        (True, b"", 0, "Unable to parse 'binary_data_size': input 'x' has True"),
+        (-4, b"", 0, "Unable to parse 'binary_data_size': input 'x' has -4"),
+        (None, b"\x00\x01", 0, "unexpected additional input data for model 'm': 2 bytes not claimed"),
         (None, b"", 1, "malformed JSON"),  # the header length reaches into the binary data
         (None, b"", -1, "malformed JSON"),  # it cuts the JSON short
     ],
@@ -222,9 +238,11 @@ def test_bad_binary_bodies_are_invalid_input(
 
 def test_binary_data_running_past_the_body_is_invalid_input() -> None:
     body, header_length = binary_body(np.zeros((2, 4), np.float32))
-    with pytest.raises(InvalidInputError, match="runs past the end of the body"):
+    with pytest.raises(
+        InvalidInputError, match=r"^unexpected size for input 'x', expecting 4 additional bytes for model 'm'"
+    ):
         decode(body[:-4], header_length)
-    with pytest.raises(InvalidInputError, match="runs past the end"):
+    with pytest.raises(InvalidInputError, match="must specify valid 'Infer-Header-Content-Length'"):
         decode(body[:header_length])  # binary_data_size without the header-length header
 
 

@@ -59,7 +59,7 @@ def test_inputs_and_outputs_per_request_are_bounded() -> None:
         (None, {"binary_data": 1}, None, "output 'y' parameter 'binary_data' must be a boolean"),
         (None, {"binary_data": None}, None, "must be a boolean, not NoneType"),
         (None, {"class_count": 3}, None, "unsupported parameters ['class_count']"),
-        (None, None, {"binary_data_size": 4.0}, "binary_data_size must be an integer, not float"),
+        (None, None, {"binary_data_size": 4.0}, "Unable to parse 'binary_data_size': input 'x' has 4.0"),
     ],
 )
 def test_parameters_the_codec_reads_must_have_their_type(

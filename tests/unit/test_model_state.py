@@ -7,7 +7,6 @@ replica's view can be read; the real runtimes are exercised end to end in tests/
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -18,7 +17,7 @@ from serve_app.model_state.desired import DesiredState, Target
 from serve_app.model_state.holder import InProcessHolder, MemoryStore, ModelStateHolder, ReplicaRecord
 from serve_app.model_state.merge import merge_index, merge_statistics
 from serve_app.model_state.replica import DeploymentModels
-from serve_app.runtimes.base import ModelState
+from serve_app.runtimes.base import LoadParameters, ModelState, Wanted, everything
 
 pytestmark = pytest.mark.anyio
 
@@ -32,17 +31,22 @@ class StandInRuntime:
         self.repository = repository
         self.loaded: set[str] = set()
         self.loads: list[str] = []
+        self.parameters: dict[str, dict[str, str]] = {}  # the parameters each model loaded with
         self.requests: dict[str, int] = {}
         self.release_load = asyncio.Event()
         self.release_load.set()
 
-    async def start(self, wanted: Callable[[str], bool] = lambda _: True) -> None:
-        self.loaded = {m for m, loads in self.repository.items() if loads and wanted(m)}
+    async def start(self, wanted: Wanted = everything) -> None:
+        for model, loads in self.repository.items():
+            parameters = wanted(model)
+            if loads and parameters is not None:
+                self.loaded.add(model)
+                self.parameters[model] = dict(parameters)
 
     async def in_repository(self, model: str) -> bool:
         return model in self.repository
 
-    async def load(self, model: str, parameters: dict[str, Any]) -> None:
+    async def load(self, model: str, parameters: LoadParameters) -> None:
         self.loads.append(model)
         await self.release_load.wait()
         if model not in self.repository:
@@ -50,6 +54,7 @@ class StandInRuntime:
         if not self.repository[model]:
             raise ModelNotReadyError(f"failed to load '{model}': broken file")
         self.loaded.add(model)
+        self.parameters[model] = dict(parameters)
 
     async def unload(self, model: str) -> None:
         if model not in self.loaded:
@@ -104,7 +109,7 @@ class Deployment:
     async def add(self, name: str, repository: dict[str, bool]) -> DeploymentModels:
         state = await self.holder.snapshot()
         runtime = StandInRuntime(repository)
-        await runtime.start(state.wants)
+        await runtime.start(state.load_parameters)
         replica = DeploymentModels(runtime, InProcessHolder(self.holder), name)
         await replica.join(state)
         self.replicas.append(replica)
@@ -137,7 +142,7 @@ async def test_an_unload_through_one_replica_applies_to_every_replica_before_it_
         await two.replicas[0].unload("addsub")
     assert [two.runtime(i).loaded for i in (0, 1)] == [{"linear"}, {"linear"}]
     with anyio.fail_after(10):
-        await two.replicas[1].load("addsub")
+        await two.replicas[1].load("addsub", {})
     assert [two.runtime(i).loaded for i in (0, 1)] == [set(REPOSITORY)] * 2
 
 
@@ -146,8 +151,24 @@ async def test_a_replica_that_starts_later_starts_with_the_current_set(two: Depl
     late = await two.add("r3", dict(REPOSITORY))
     assert two.runtime(2).loaded == {"linear"}
     with anyio.fail_after(10):
-        await late.load("addsub")
+        await late.load("addsub", {})
     assert all(two.runtime(i).loaded == set(REPOSITORY) for i in range(3))
+
+
+OVERRIDE = {"config": '{"max_batch_size": 16}'}
+
+
+async def test_a_loads_config_override_applies_on_every_replica_and_on_later_ones(two: Deployment) -> None:
+    with anyio.fail_after(10):
+        await two.replicas[0].load("linear", OVERRIDE)
+    assert [two.runtime(i).parameters["linear"] for i in (0, 1)] == [OVERRIDE] * 2
+    late = await two.add("r3", dict(REPOSITORY))
+    assert two.runtime(2).parameters == {"linear": OVERRIDE, "addsub": {}}
+    successor = ModelStateHolder(two.store, two.holder._alive)  # the override outlives the holder
+    assert successor._state.load_parameters("linear") == OVERRIDE
+    with anyio.fail_after(10):
+        await late.load("linear", {})  # a load without one reads config.pbtxt again, as in Triton
+    assert all(two.runtime(i).parameters["linear"] == {} for i in range(3))
 
 
 async def test_a_load_that_fails_on_one_replica_names_it_and_its_reason() -> None:
@@ -156,7 +177,7 @@ async def test_a_load_that_fails_on_one_replica_names_it_and_its_reason() -> Non
     await deployment.add("r2", {**REPOSITORY, "linear": False})
     try:
         with pytest.raises(ModelNotReadyError) as raised:
-            await deployment.replicas[0].load("linear")
+            await deployment.replicas[0].load("linear", {})
         message = str(raised.value)
         assert message.startswith("failed to load 'linear': broken file")
         assert "r2" in message and "r1" not in message and "1 of 2 replicas" in message
@@ -169,8 +190,11 @@ async def test_a_load_of_a_model_not_in_the_repository_is_refused_and_changes_no
     two: Deployment,
 ) -> None:
     before = two.holder._state
-    with pytest.raises(InvalidInputError, match="no model directory 'missing'"):
-        await two.replicas[0].load("missing")
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^failed to load 'missing', failed to poll from model repository: no model directory",
+    ):
+        await two.replicas[0].load("missing", {})
     assert two.holder._state is before
 
 
@@ -178,7 +202,7 @@ async def test_load_and_unload_at_once_end_in_the_later_ones_state(two: Deployme
     for index in (0, 1):
         two.runtime(index).release_load.clear()
     with anyio.fail_after(10):
-        load = asyncio.create_task(two.replicas[0].load("addsub"))
+        load = asyncio.create_task(two.replicas[0].load("addsub", {}))
         await asyncio.sleep(0.05)
         unload = asyncio.create_task(two.replicas[1].unload("addsub"))
         await asyncio.sleep(0.05)
@@ -243,9 +267,17 @@ async def test_repository_changes_become_loads_reloads_and_unloads() -> None:
 
 
 def test_desired_state_round_trips_through_json() -> None:
-    state = DesiredState().with_target("a", False).with_target("b", True).with_target("a", True)
-    assert state.epoch == 3 and state.targets["a"] == Target(True, 2)
+    state = DesiredState().with_target("a", False).with_target("b", True).with_target("a", True, OVERRIDE)
+    assert state.epoch == 3 and state.targets["a"] == Target(True, 2, tuple(OVERRIDE.items()))
     assert DesiredState.from_json(state.as_json()) == state
+    assert (state.load_parameters("a"), state.load_parameters("b"), state.load_parameters("new")) == (
+        OVERRIDE,
+        {},
+        {},
+    )
+    assert DesiredState().with_target("a", False).load_parameters("a") is None
+    # A state kept before loads had parameters: two fields per target.
+    assert DesiredState.from_json({"epoch": 1, "targets": {"a": [True, 1]}}).targets["a"] == Target(True, 1)
 
 
 def test_statistics_add_up_by_version_and_batch_size() -> None:

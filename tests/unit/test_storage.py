@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from serve_app.config import AppArgs, InvalidArgsError, parse_args
-from serve_app.errors import ModelNotFoundError, ModelNotReadyError
+from serve_app.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError
 from serve_app.placement import Placement
 from serve_app.preflight import check_config
 from serve_app.runtimes.base import Runtime
@@ -231,5 +231,7 @@ async def test_runtime_serves_the_bucket(
             bucket_runtime.resolve("later", None)
     finally:
         s3_server.delete(BUCKET, "unit/later")
-    with pytest.raises(ModelNotFoundError, match="no directory 'gone' in the model repository"):
+    with pytest.raises(
+        InvalidInputError, match=r"^failed to load 'gone', failed to poll from model repository"
+    ):
         await bucket_runtime.load("gone", {})

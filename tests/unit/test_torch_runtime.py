@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from serve_app.errors import InternalError, ModelNotFoundError, ModelNotReadyError
+from serve_app.errors import InternalError, InvalidInputError, ModelNotFoundError, ModelNotReadyError
 from serve_app.examples import write_model
 from serve_app.runtimes.base import ModelState
 from serve_app.runtimes.torch import runtime as torch_runtime
@@ -98,10 +98,18 @@ async def test_metadata_config_and_index(runtime: TorchRuntime) -> None:
     assert runtime.resolve("linear", None) == "1"
     assert runtime.resolve("linear", "01") == "1"
     assert runtime.statistics("linear", "01")["model_stats"][0]["version"] == "1"
-    for version in ("latest", "2", "²", "-1", ""):
-        with pytest.raises(ModelNotFoundError):
+    assert runtime.resolve("linear", " 1abc") == "1"  # std::stol, as Triton reads a version
+    for version in ("2", "0"):
+        with pytest.raises(
+            ModelNotFoundError, match=f"^Request for unknown model: 'linear' version {version} is not"
+        ):
             runtime.resolve("linear", version)
-    with pytest.raises(ModelNotFoundError, match="unknown model 'nope'"):
+    for version in ("latest", "²", ""):
+        with pytest.raises(InvalidInputError, match=f"version string '{version}' \\(details: stol\\)"):
+            runtime.resolve("linear", version)
+    with pytest.raises(InvalidInputError, match=r"^invalid model version specified '-1' , version should be"):
+        runtime.resolve("linear", "-1")
+    with pytest.raises(ModelNotFoundError, match=r"^Request for unknown model: 'nope' is not found$"):
         runtime.metadata("nope", None)
     stats = runtime.statistics(None, None)["model_stats"]
     assert [(s["name"], s["version"]) for s in stats] == [
@@ -153,7 +161,9 @@ version_policy: { all: { } }
         assert (await runtime.infer("scaled", "2", x, ["output__0"]))["output__0"][0, 0] == 6.0
         assert [s["version"] for s in runtime.statistics("scaled", None)["model_stats"]] == ["1", "2"]
         assert [s["version"] for s in runtime.statistics("scaled", "2")["model_stats"]] == ["2"]
-        with pytest.raises(ModelNotFoundError, match="no ready version '3'"):
+        with pytest.raises(
+            ModelNotFoundError, match=r"^Request for unknown model: 'scaled' version 3 is not found"
+        ):
             runtime.statistics("scaled", "3")
     finally:
         await runtime.stop()
@@ -208,7 +218,10 @@ async def test_loading_a_broken_or_missing_model_is_refused(repository: Path) ->
     runtime = TorchRuntime(repository, CPU, 1)
     await runtime.start()
     try:
-        with pytest.raises(ModelNotFoundError, match="no directory 'nope'"):
+        with pytest.raises(
+            InvalidInputError,
+            match=r"^failed to load 'nope', failed to poll from model repository: no directory 'nope'",
+        ):
             await runtime.load("nope", {})
         (repository / "linear" / "config.pbtxt").write_text('platform: "onnxruntime_onnx"')
         with pytest.raises(ModelNotReadyError, match=r"failed to load 'linear': .*onnxruntime_onnx"):

@@ -220,10 +220,18 @@ async def test_server_index_versions_and_health(triton: TritonRuntime) -> None:
     assert ready == [(name, "1") for name in sorted([*CASES, *ADDED_HERE])]
     assert triton.resolve("linear", None) == "1"
     assert triton.resolve("linear", "01") == "1"
-    for version in ("latest", "2", "²", "-1", ""):
-        with pytest.raises(ModelNotFoundError):
+    assert triton.resolve("linear", " 1abc") == "1"  # std::stol, as Triton reads a version
+    for version in ("2", "0"):
+        with pytest.raises(
+            ModelNotFoundError, match=f"^Request for unknown model: 'linear' version {version} is not"
+        ):
             triton.resolve("linear", version)
-    with pytest.raises(ModelNotFoundError, match="unknown model 'nope'"):
+    for version in ("latest", "²", ""):
+        with pytest.raises(InvalidInputError, match=f"version string '{version}' \\(details: stol\\)"):
+            triton.resolve("linear", version)
+    with pytest.raises(InvalidInputError, match=r"^invalid model version specified '-1' , version should be"):
+        triton.resolve("linear", "-1")
+    with pytest.raises(ModelNotFoundError, match=r"^Request for unknown model: 'nope' is not found$"):
         triton.metadata("nope", None)
     assert triton.statistics("linear", "01")["model_stats"][0]["version"] == "1"
     everything = triton.statistics(None, None)["model_stats"]
@@ -425,7 +433,10 @@ async def test_unload_load_and_a_broken_reload(triton: TritonRuntime, repository
     assert triton.resolve("int_ops", None) == "1"
     assert (await triton.infer("int_ops", "1", inputs, names))["OUTPUT__1"].dtype == np.int64
 
-    with pytest.raises(ModelNotFoundError, match="no directory 'nope'"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^failed to load 'nope', failed to poll from model repository: no directory 'nope'",
+    ):
         await triton.load("nope", {})
     shutil.copytree(repository / "bad_pbtxt", repository / "late_bad")
     try:

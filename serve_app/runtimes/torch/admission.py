@@ -22,6 +22,7 @@ from serve_app.repository import (
     TORCHSCRIPT_PLATFORM,
     ModelEntryError,
     ModelSignature,
+    config_override,
     message_to_dict,
     parse_config,
     select_versions,
@@ -112,8 +113,10 @@ def discover(repository: Path) -> list[RepositoryEntry]:
     return entries
 
 
-def load_model_spec(model_dir: Path) -> ModelSpec:
-    config = parse_config(model_dir)
+def load_model_spec(model_dir: Path, override: str | None = None) -> ModelSpec:
+    """The entry's spec from its config.pbtxt, or from a load's `config` override (JSON), which
+    replaces config.pbtxt as in Triton."""
+    config = parse_config(model_dir) if override is None else config_override(model_dir.name, override)
     _check_torchscript(config)
     _check_features(config)
     _check_tensors(config)
@@ -170,6 +173,11 @@ def _check_tensors(config: model_config_pb2.ModelConfig) -> None:
         if not tensors:
             raise ModelEntryError(f"config.pbtxt declares no {kind}")
         for tensor in tensors:
+            if kind == "input" and tensor.optional:
+                raise ModelEntryError(
+                    f"input '{tensor.name}' is optional: Triton's PyTorch backend refuses optional "
+                    "inputs, and so does the torch runtime (runtime: triton serves them on other backends)"
+                )
             datatype = from_config_type(model_config_pb2.DataType.Name(tensor.data_type))
             if datatype not in NUMPY_BY_DATATYPE:
                 raise ModelEntryError(f"{kind} '{tensor.name}' has unsupported datatype {datatype}")

@@ -25,19 +25,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve_app import __version__
 from serve_app.config import AppArgs
 from serve_app.datatypes import NUMPY_BY_DATATYPE
-from serve_app.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, summarize
+from serve_app.errors import (
+    InvalidInputError,
+    ModelNotReadyError,
+    load_not_polled,
+    summarize,
+    unknown_model,
+)
 from serve_app.placement import Placement
 from serve_app.repository import ModelEntryError, ModelSignature
-from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState, Wanted, everything
+from serve_app.runtimes.base import (
+    NO_OPTIONS,
+    NO_PARAMETERS,
+    InferOptions,
+    LoadParameters,
+    ModelState,
+    Wanted,
+    everything,
+    model_version,
+    pick_version,
+)
 from serve_app.runtimes.torch.admission import ModelSpec, RepositoryEntry, discover, load_model_spec
 from serve_app.runtimes.torch.batching import Scheduler, Tensors
 from serve_app.runtimes.torch.instances import InstanceThreads
 from serve_app.runtimes.torch.statistics import ModelStatistics
 from serve_app.runtimes.torch.torchscript import Timings, TorchScriptModel
 from serve_app.storage import RepositoryMirror, RepositoryURL, StorageError
+from serve_app.triton_layout import TRITON_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +171,13 @@ class TorchRuntime:
 
     async def start(self, wanted: Wanted = everything) -> None:
         for entry in discover(self._repository):
-            if wanted(entry.name):
-                self._models[entry.name] = await self._load_entry(entry)
-            else:
+            parameters = wanted(entry.name)
+            if parameters is None:
                 self._models[entry.name] = _Model(entry.name, entry.spec, entry.error or "unloaded")
+                continue
+            if parameters:  # the deployment loaded it with a config override
+                entry = _entry(self._repository / entry.name, parameters)
+            self._models[entry.name] = await self._load_entry(entry)
         ready = [m.name for m in self._models.values() if m.versions]
         logger.info("torch runtime on %s serving %s", self._device, ready)
 
@@ -243,7 +262,7 @@ class TorchRuntime:
         return str(self._device)
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "serve_app", "version": __version__, "extensions": EXTENSIONS}
+        return {"name": "triton", "version": TRITON_VERSION, "extensions": EXTENSIONS}
 
     def index(self) -> list[ModelState]:
         rows = []
@@ -257,18 +276,13 @@ class TorchRuntime:
         try:
             return self._models[name]
         except KeyError:
-            raise ModelNotFoundError(f"unknown model '{name}'") from None
+            raise unknown_model(name) from None
 
     def resolve(self, model: str, version: str | None) -> str:
+        number = None if version is None else model_version(version)  # Triton reads it first
         entry = self._model(model)
-        if not entry.versions:
-            raise ModelNotReadyError(f"model '{model}' is not ready: {entry.error or 'unloaded'}")
-        if version is None:
-            return str(max(entry.versions))
-        # isdecimal, not isdigit: int() refuses digits such as "²". "01" names version 1.
-        if not version.isdecimal() or int(version) not in entry.versions:
-            raise ModelNotFoundError(f"model '{model}' has no ready version '{version}'")
-        return str(int(version))
+        known = entry.spec.versions if entry.spec is not None else ()
+        return pick_version(model, number, known, sorted(entry.versions), lambda: entry.error or "unloaded")
 
     def _spec(self, model: str) -> ModelSpec:
         spec = self._model(model).spec
@@ -339,16 +353,13 @@ class TorchRuntime:
             except StorageError as exc:
                 raise ModelNotReadyError(f"failed to load '{model}': {exc}") from None
 
-    async def load(self, model: str, parameters: dict[str, Any]) -> None:
+    async def load(self, model: str, parameters: LoadParameters = NO_PARAMETERS) -> None:
+        """(Re)load from the repository; a `config` override replaces config.pbtxt, as in Triton."""
         await self._refresh(model)
         model_dir = self._repository / model
         if not model_dir.is_dir():
-            raise ModelNotFoundError(f"no directory '{model}' in the model repository")
-        try:
-            entry = RepositoryEntry(model, spec=load_model_spec(model_dir))
-        except ModelEntryError as exc:
-            entry = RepositoryEntry(model, error=str(exc))
-        loaded = await self._load_entry(entry)
+            raise load_not_polled(model, f"no directory '{model}' in the model repository")
+        loaded = await self._load_entry(_entry(model_dir, parameters))
         if not loaded.versions:
             # Like Triton in EXPLICIT mode: a failed reload leaves the loaded versions serving.
             self._models.setdefault(model, loaded)
@@ -377,3 +388,11 @@ class TorchRuntime:
         finally:
             for entry in draining:
                 self._draining.remove(entry)
+
+
+def _entry(model_dir: Path, parameters: LoadParameters) -> RepositoryEntry:
+    """The repository entry a load reads: config.pbtxt, or the load's `config` override."""
+    try:
+        return RepositoryEntry(model_dir.name, spec=load_model_spec(model_dir, parameters.get("config")))
+    except ModelEntryError as exc:
+        return RepositoryEntry(model_dir.name, error=str(exc))

@@ -24,17 +24,34 @@ import numpy as np
 
 from serve_app import triton_layout
 from serve_app.config import AppArgs
-from serve_app.errors import ModelNotFoundError, ModelNotReadyError, from_triton
+from serve_app.errors import (
+    ModelNotFoundError,
+    ModelNotReadyError,
+    from_triton,
+    load_not_polled,
+    unknown_model,
+)
 from serve_app.placement import Placement
 from serve_app.repository import (
     TORCHSCRIPT_BACKEND,
     TORCHSCRIPT_PLATFORM,
     ModelEntryError,
     ModelSignature,
+    config_override,
     message_to_dict,
     parse_config,
 )
-from serve_app.runtimes.base import NO_OPTIONS, InferOptions, ModelState, Wanted, everything
+from serve_app.runtimes.base import (
+    NO_OPTIONS,
+    NO_PARAMETERS,
+    InferOptions,
+    LoadParameters,
+    ModelState,
+    Wanted,
+    everything,
+    model_version,
+    pick_version,
+)
 from serve_app.runtimes.triton.bindings_caller import BindingsCaller
 from serve_app.runtimes.triton.extension_caller import ExtensionCaller, extension
 from serve_app.runtimes.triton.model_call import ModelCall
@@ -128,8 +145,9 @@ class TritonRuntime:
             raise RuntimeError(f"runtime triton: Triton did not start ({exc}); {INSTALL_HINT}") from exc
         self._requests = self._caller_for(self._server)
         try:
-            models = [name for name in self._repository_models() if wanted(name)]
-            await asyncio.gather(*(self._load(name) for name in models))
+            wanted_now = {name: wanted(name) for name in self._repository_models()}
+            models = {name: parameters for name, parameters in wanted_now.items() if parameters is not None}
+            await asyncio.gather(*(self._load(name, parameters) for name, parameters in models.items()))
             self._after_loads()
         except BaseException:  # e.g. cancelled: `auto` must not fall back beside a running Triton
             await self.stop()
@@ -145,33 +163,39 @@ class TritonRuntime:
     def _threads(self) -> int:
         return self._args.torch_threads or self._placement.threads()
 
-    def _load_plan(self, name: str) -> _LoadPlan:
+    def _load_plan(self, name: str, parameters: LoadParameters) -> _LoadPlan:
         """How to hand a model directory to Triton.
 
-        A TorchScript model whose config sets no thread count gets the replica's CPU allotment
-        as INTRA_OP_THREAD_COUNT through a config override, so replicas sharing a node do not
-        each use every core. A config that does not parse still goes to Triton as it is (it may
-        auto-complete a missing one); the parser's message explains Triton's "failed to poll".
-        On object storage the configs are Triton's to read: no override (the process-wide torch
-        thread setting of `start` applies), and loads run one at a time (any may fork a stub).
+        A load's `config` override (checked by the dataplane) replaces config.pbtxt, as Triton
+        takes it. A TorchScript model whose config sets no thread count gets the replica's CPU
+        allotment as INTRA_OP_THREAD_COUNT through a config override, so replicas sharing a node
+        do not each use every core. A config that does not parse still goes to Triton as it is
+        (it may auto-complete a missing one); the parser's message explains Triton's "failed to
+        poll". On object storage the configs are Triton's to read: no override of serve_app's
+        (the process-wide torch thread setting of `start` applies), and loads run one at a time
+        (any may fork a stub).
         """
+        override = parameters.get("config")
         repository = self._args.model_repository
-        if not isinstance(repository, Path):  # on object storage: Triton alone reads the config
-            return _LoadPlan(forks=True)  # its backend is unknown until loaded: one at a time
         try:
-            config = parse_config(repository / name)
+            if override is not None:
+                config = config_override(name, override)
+            elif isinstance(repository, Path):
+                config = parse_config(repository / name)
+            else:  # on object storage: Triton alone reads the config
+                return _LoadPlan(forks=True)  # its backend is unknown until loaded: one at a time
         except ModelEntryError as exc:
-            return _LoadPlan(config_problem=str(exc))
-        plan = _LoadPlan(forks=config.backend == "python")
+            return _LoadPlan(dict(parameters) or None, config_problem=str(exc))
+        plan = _LoadPlan(dict(parameters) or None, forks=config.backend == "python")
         torchscript = config.platform == TORCHSCRIPT_PLATFORM or config.backend == TORCHSCRIPT_BACKEND
-        if torchscript and INTRA_OP_THREADS not in config.parameters:
+        if torchscript and INTRA_OP_THREADS not in config.parameters and isinstance(repository, Path):
             config.parameters[INTRA_OP_THREADS].string_value = str(self._threads())
             plan.parameters = {"config": json.dumps(message_to_dict(config))}
         return plan
 
-    async def _load(self, name: str) -> str | None:
+    async def _load(self, name: str, parameters: LoadParameters = NO_PARAMETERS) -> str | None:
         """Load one model; return why it failed (a thread: Triton's load blocks until done)."""
-        plan = self._load_plan(name)
+        plan = self._load_plan(name, parameters)
         server = self._triton()
         failure = None
         try:
@@ -303,20 +327,14 @@ class TritonRuntime:
         return reasons[0] if reasons else "not ready"
 
     def resolve(self, model: str, version: str | None) -> str:
+        number = None if version is None else model_version(version)  # Triton reads it first
         ready = self._ready_versions(model)
         if not ready and model in self._versions:  # a reload may have replaced them: ask Triton
             self._refresh_versions()
             ready = self._ready_versions(model)
         if model not in self._versions:
-            raise ModelNotFoundError(f"unknown model '{model}'")
-        if not ready:
-            raise ModelNotReadyError(f"model '{model}' is not ready: {self._why_not_ready(model)}")
-        if version is None:
-            return str(ready[-1])
-        # isdecimal, not isdigit: int() refuses digits such as "²". "01" names version 1.
-        if not version.isdecimal() or int(version) not in ready:
-            raise ModelNotFoundError(f"model '{model}' has no ready version '{version}'")
-        return str(int(version))
+            raise unknown_model(model)
+        return pick_version(model, number, self._versions[model], ready, lambda: self._why_not_ready(model))
 
     def _ready_versions(self, model: str) -> list[int]:
         server = self._triton()
@@ -391,11 +409,12 @@ class TritonRuntime:
     async def in_repository(self, model: str) -> bool:
         return model in await asyncio.to_thread(self._repository_models)
 
-    async def load(self, model: str, parameters: dict[str, Any]) -> None:
-        """Triton (re)loads the directory; a failed reload leaves the loaded versions serving."""
+    async def load(self, model: str, parameters: LoadParameters = NO_PARAMETERS) -> None:
+        """Triton (re)loads the directory, with the load's `config` override if it has one; a
+        failed reload leaves the loaded versions serving."""
         if model not in self._repository_models():
-            raise ModelNotFoundError(f"no directory '{model}' in the model repository")
-        failure = await self._load(model)
+            raise load_not_polled(model, f"no directory '{model}' in the model repository")
+        failure = await self._load(model, parameters)
         self._after_loads()
         if failure is not None:
             raise ModelNotReadyError(f"failed to load '{model}': {failure}")
@@ -403,7 +422,7 @@ class TritonRuntime:
     async def unload(self, model: str) -> None:
         """Triton's unload lets requests already running complete; this waits until it has."""
         if model not in self._versions:
-            raise ModelNotFoundError(f"unknown model '{model}'")
+            raise unknown_model(model)
         server = self._triton()
         try:
             await asyncio.to_thread(server.unload, model, wait_until_unloaded=True)
