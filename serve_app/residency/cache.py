@@ -52,7 +52,20 @@ class Resident:
     priority: float
     admitted: bool  # False: in the spare room, dropped once idle
     in_flight: int = 0
+    # Requests that waited for its load and have not taken it yet: it is theirs, not a victim.
+    promised: int = 0
     last_used: float = 0.0
+
+    def idle(self) -> bool:
+        return self.in_flight == 0 and self.promised == 0
+
+
+@dataclass
+class Loading:
+    """A load under way and the requests waiting for it (each is promised the loaded model)."""
+
+    task: asyncio.Task[Resident]
+    waiting: int = 0
 
 
 @dataclass
@@ -101,7 +114,7 @@ class ModelCache:
         self._frequencies = Frequencies(window=WINDOW_PER_SLOT * slots)
         self._age = 0.0  # GDSF's clock: the priority of the last model evicted
         self._resident: dict[str, Resident] = {}
-        self._loading: dict[str, asyncio.Task[Resident]] = {}
+        self._loading: dict[str, Loading] = {}
         self._reserved: dict[str, int] = {}  # bytes of the loads under way
         self._locks: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
         self._failures: dict[str, Failure] = {}
@@ -133,9 +146,7 @@ class ModelCache:
             await self._admitted(model)  # before it counts: a name that is no model leaves no trace
             self._frequencies.record(model)
             self.counters.misses += 1
-            while entry is None:  # evicted between its load and this request's turn: load again
-                await self._load_once(model)
-                entry = self._resident.get(model)
+            entry = await self._wait_for_load(model)
             waited = self._clock() - started
         else:
             self._frequencies.record(model)
@@ -198,55 +209,80 @@ class ModelCache:
 
     # --- loading ----------------------------------------------------------------------------
 
-    async def _load_once(self, model: str) -> Resident:
-        task = self._loading.get(model)
-        if task is None:
-            task = self._loading[model] = asyncio.get_running_loop().create_task(self._load(model))
+    async def _wait_for_load(self, model: str) -> Resident:
+        """The model's one load (started here or by another request); the loaded model comes
+        promised to each request that waited, so no eviction takes it before they use it."""
+        loading = self._loading.get(model)
+        if loading is None:
+            task = asyncio.get_running_loop().create_task(self._load(model))
+            loading = self._loading[model] = Loading(task)
             task.add_done_callback(lambda _: self._loading.pop(model, None))
-        return await asyncio.shield(task)  # a client that gives up does not cancel the others' load
+        loading.waiting += 1
+        try:
+            entry = await asyncio.shield(loading.task)  # a client that gives up cancels no one's load
+        except asyncio.CancelledError:
+            if loading.task.done() and not loading.task.cancelled() and loading.task.exception() is None:
+                loading.task.result().promised -= 1  # loaded for it, never taken
+            else:
+                loading.waiting -= 1
+            raise
+        entry.promised -= 1
+        return entry
 
     async def _load(self, model: str) -> Resident:
-        async with self._lock(model):
-            if model in self._resident:  # loaded while this waited for an unload to finish
-                return self._resident[model]
-            estimate = await asyncio.to_thread(self._estimate, model)
-            if self._budget.memory_bytes is not None and estimate > self._budget.memory_bytes:
-                raise InsufficientStorageError(
-                    f"model '{model}' needs about {estimate} bytes, more than the replica's whole "
-                    f"memory budget of {self._budget.memory_bytes} bytes (args.model_placement.memory_bytes)"
-                )
-            admitted = await self._make_room(model, estimate)
-            self._reserved[model] = estimate
-            try:
-                # Measured alone, and not the replica's first load: that one also pays the runtime's
-                # one-time costs (the backend's libraries, a CUDA context), which no model frees.
-                alone = len(self._reserved) == 1 and self.counters.loads > 0
-                before, started = self._memory_used(), self._clock()
-                await self._runtime.load(model, self._parameters(model))
-                load_s = self._clock() - started
-                grew = self._memory_used() - before if alone else 0
-            except ServeAppError as exc:
-                self._failed(model, exc)
-                raise
-            finally:
-                del self._reserved[model]
-                await self._notify()
-            self._failures.pop(model, None)
-            self._load_s[model] = load_s
-            size = max(estimate, grew)
-            entry = Resident(
-                size, load_s, priority(self._age, self._frequencies.of(model), load_s, size), admitted
-            )
-            entry.last_used = self._clock()
-            self._resident[model] = entry
-            self.counters.loads += 1
-            if len(self.counters.load_seconds) < KEPT_LOAD_TIMES:  # none taken: metrics are off
-                self.counters.load_seconds.append(load_s)
-            logger.info(
-                "loaded model '%s' in %.2f s (%d bytes%s)", model, load_s, size, "" if admitted else ", spare"
-            )
-            self._start_idle_unloads()
+        """Load `model` (its lock held); then wake those waiting for room, without the model's
+        lock: an eviction takes the room first and a model's lock second, never the other way."""
+        try:
+            async with self._lock(model):
+                return await self._load_held(model)
+        finally:
+            await self._notify()
+
+    async def _load_held(self, model: str) -> Resident:
+        if model in self._resident:  # loaded while this waited for an unload to finish
+            entry = self._resident[model]
+            entry.promised += self._loading[model].waiting
             return entry
+        estimate = await asyncio.to_thread(self._estimate, model)
+        if self._budget.memory_bytes is not None and estimate > self._budget.memory_bytes:
+            raise InsufficientStorageError(
+                f"model '{model}' needs about {estimate} bytes, more than the replica's whole memory "
+                f"budget of {self._budget.memory_bytes} bytes (args.model_placement.memory_budget_bytes)"
+            )
+        admitted = await self._make_room(model, estimate)
+        self._reserved[model] = estimate
+        try:
+            # Measured alone, and not the replica's first load: that one also pays the runtime's
+            # one-time costs (the backend's libraries, a CUDA context), which no model frees.
+            alone = len(self._reserved) == 1 and self.counters.loads > 0
+            before, started = self._memory_used(), self._clock()
+            await self._runtime.load(model, self._parameters(model))
+            load_s = self._clock() - started
+            grew = self._memory_used() - before if alone else 0
+        except BaseException as exc:
+            del self._reserved[model]
+            if isinstance(exc, ServeAppError):
+                self._failed(model, exc)
+            raise
+        self._failures.pop(model, None)
+        self._load_s[model] = load_s
+        size = max(estimate, grew)
+        entry = Resident(
+            size, load_s, priority(self._age, self._frequencies.of(model), load_s, size), admitted
+        )
+        entry.last_used = self._clock()
+        entry.promised = self._loading[model].waiting
+        # Resident before its reservation goes: its room is never counted free in between.
+        self._resident[model] = entry
+        del self._reserved[model]
+        self.counters.loads += 1
+        if len(self.counters.load_seconds) < KEPT_LOAD_TIMES:  # none taken: metrics are off
+            self.counters.load_seconds.append(load_s)
+        logger.info(
+            "loaded model '%s' in %.2f s (%d bytes%s)", model, load_s, size, "" if admitted else ", spare"
+        )
+        self._start_idle_unloads()
+        return entry
 
     def _failed(self, model: str, error: ServeAppError) -> None:
         previous = self._failures.get(model)
@@ -301,7 +337,7 @@ class ModelCache:
     def _victims(self, estimate: int) -> list[tuple[str, Resident]] | None:
         """The idle admitted models of lowest priority whose eviction makes room; None if none would."""
         idle = sorted(
-            ((m, e) for m, e in self._resident.items() if e.in_flight == 0),
+            ((m, e) for m, e in self._resident.items() if e.idle()),
             key=lambda item: (item[1].admitted, item[1].priority),
         )
         chosen: list[tuple[str, Resident]] = []
@@ -339,7 +375,7 @@ class ModelCache:
         """A model in the spare room stays if it is now worth more than an admitted idle model
         (which goes in its place), else it goes."""
         async with self._room:
-            if not entry.admitted and entry.in_flight == 0 and self._resident.get(model) is entry:
+            if not entry.admitted and entry.idle() and self._resident.get(model) is entry:
                 del self._resident[model]  # judged as a newcomer
                 victims = self._victims(entry.size_bytes)
                 self._resident[model] = entry
@@ -370,7 +406,7 @@ class ModelCache:
             now = self._clock()
             async with self._room:
                 for model, entry in list(self._resident.items()):
-                    if entry.in_flight == 0 and now - entry.last_used >= idle_s:
+                    if entry.idle() and now - entry.last_used >= idle_s:
                         await self._evict(model, entry, "idle")
                 self._room.notify_all()
 

@@ -84,7 +84,7 @@ def success_count(stats: dict[str, Any]) -> int:
 
 
 def test_an_unload_and_a_load_are_seen_from_every_connection(served: ServeRun) -> None:
-    links = endpoints(served)
+    links = endpoints(served, REPLICAS)
     assert post(served, "/v2/repository/models/int_ops/unload").status_code == 200
     assert ready_everywhere(links, "int_ops") == {False}
     grpc = grpcclient.InferenceServerClient(links[0].grpc)
@@ -94,7 +94,7 @@ def test_an_unload_and_a_load_are_seen_from_every_connection(served: ServeRun) -
 
 
 def test_statistics_and_the_index_are_the_deployments(served: ServeRun) -> None:
-    links = endpoints(served)
+    links = endpoints(served, REPLICAS)
     http = httpclient.InferenceServerClient(links[0].http)
     before = success_count(http.get_inference_statistics("linear"))
     body = json_request(ROWS)
@@ -120,7 +120,7 @@ def test_statistics_and_the_index_are_the_deployments(served: ServeRun) -> None:
 
 
 def test_a_replica_killed_after_an_unload_comes_back_without_the_model(served: ServeRun) -> None:
-    endpoints(served)
+    endpoints(served, REPLICAS)
     assert post(served, "/v2/repository/models/multi_io/unload").status_code == 200
     before = replica_endpoints()
     victim = sorted(before)[0]
@@ -131,7 +131,7 @@ def test_a_replica_killed_after_an_unload_comes_back_without_the_model(served: S
         return len(now) == REPLICAS and victim not in now
 
     wait_for(replaced, 180, "the killed replica's replacement listening")
-    links = endpoints(served)
+    links = endpoints(served, REPLICAS)
     assert ready_everywhere(links, "multi_io") == {False}
     assert ready_everywhere(links, "linear") == {True}
     assert post(served, "/v2/repository/models/multi_io/load").status_code == 200
@@ -139,7 +139,7 @@ def test_a_replica_killed_after_an_unload_comes_back_without_the_model(served: S
 
 
 def test_a_scaled_up_replica_gets_the_current_set(served: ServeRun) -> None:
-    endpoints(served)
+    endpoints(served, REPLICAS)
     assert post(served, "/v2/repository/models/multi_io/unload").status_code == 200
     body = json_request(ROWS)
 

@@ -26,7 +26,7 @@ from devtools.processes import wait_for
 from devtools.serve_configs import shipped
 from serve_app.examples import write_sized_linear
 from tests.conftest import reference
-from tests.e2e.checks import json_request
+from tests.e2e.checks import json_request, replicas_answering
 from tests.e2e.load import ClosedLoop
 from tests.e2e.serve_run import Endpoint, ServeRun, endpoints, fixed_replicas
 
@@ -92,6 +92,7 @@ def test_a_model_resident_nowhere_is_ready_and_described_without_a_load(served: 
 
 def test_each_models_requests_stay_on_one_replica(served: ServeRun, expected: dict[str, np.ndarray]) -> None:
     _, *replicas = endpoints(served, 2)
+    replicas_answering(served.url, 2)  # both in HAProxy's ring: the hash maps no model twice
     with httpx.Client(base_url=served.url, timeout=60) as http:
         for model in MODELS[:ROOM]:  # all three fit one replica, should the hash send them there
             for _ in range(10):

@@ -227,3 +227,17 @@ def test_frequencies_halve_every_window() -> None:
     for model in "aaab":
         frequencies.record(model)
     assert frequencies.of("a") == 1.5 and frequencies.of("b") == 0.5
+
+
+async def test_concurrent_misses_stay_within_the_budget_and_one_spare() -> None:
+    """Many models at once against room for two: loads overlap, yet at most three are ever held,
+    and nothing waits forever (a load, an eviction and a release meet on the room and the models'
+    locks)."""
+    runtime = SlowLoads(load_s=0.01)
+    cache = cache_of(runtime, Budget(max_models=2))
+    models = [f"m{i}" for i in range(8)]
+    with anyio.fail_after(20):
+        for _ in range(5):
+            await asyncio.gather(*(request(cache, m, hold_s=0.005) for m in random.sample(models, 6)))
+    assert runtime.most_loaded <= 3
+    assert runtime.most_concurrent_loads > 1
