@@ -513,7 +513,8 @@ def test_requests_with_a_json_header_pass_through_unchanged() -> None:
             "input byte size mismatch for input 'x' for model 'raw'. Expected 8, got 12",
         ),
         ((("x", "FP32", (-1, 0)),), 8, "Expected 0, got 8"),  # zero-sized rows cannot decide the dim
-        ((("x", "BYTES", (1,)),), 8, "unsupported datatype 'BYTES'"),
+        ((("x", "BYTES", (-1,)),), 8, "For BYTE datatype raw input 'x', the model must have input shape [1]"),
+        ((("x", "BYTES", (2,)),), 8, "For BYTE datatype raw input 'x', the model must have input shape [1]"),
     ],
 )
 def test_raw_input_refusals_name_the_rule(inputs: tuple, nbytes: int, message: str) -> None:
