@@ -310,7 +310,7 @@ def resolve_raw_input(request: InferRequest, signature: ModelSignature) -> Infer
                 f"For BYTE datatype raw input '{spec.name}', the model must have input shape [1]"
             )
         shape = (*batch, *dims)
-        tensor = InputTensor(spec.name, spec.datatype, shape, as_array([bytes(raw)]))
+        tensor = InputTensor(spec.name, spec.datatype, shape, as_array([bytes(raw)]).reshape(shape))
         return dataclasses.replace(request, inputs=[tensor], raw_input=None)
     element_bytes = math.prod(dim for dim in dims if dim != -1) * dtype.itemsize
     if variable:
