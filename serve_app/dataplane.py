@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serve_app import __version__
+from serve_app.bytes_tensors import OBJECT, as_array, element_count_error
 from serve_app.datatypes import numpy_dtype
 from serve_app.errors import (
     MODEL_CONTROL_OFF,
@@ -110,6 +111,7 @@ class Expected:
         self.inputs = {t.name: t for t in signature.inputs}
         self.required = tuple(t.name for t in signature.inputs if not t.optional)
         self.has_optional = len(self.required) != len(self.inputs)
+        self.bytes_inputs = frozenset(t.name for t in signature.inputs if t.datatype == "BYTES")
         self.output_names = [t.name for t in signature.outputs]
         self.output_set = frozenset(self.output_names)
         # Every output in model order (a request that names none), binary or not.
@@ -341,8 +343,8 @@ def resolve_raw_input(request: InferRequest, signature: ModelSignature) -> Infer
     pass through.
 
     The model must have exactly one input with at most one variable dimension, which the
-    byte count decides; a batching model gets a batch of 1. (Triton also takes a BYTES input
-    of shape [1]; BYTES is refused here as everywhere.)
+    byte count decides; a batching model gets a batch of 1. A BYTES input must have shape [1]:
+    the body is its one element.
     """
     raw = request.raw_input
     if raw is None:
@@ -361,6 +363,15 @@ def resolve_raw_input(request: InferRequest, signature: ModelSignature) -> Infer
             f"The shape of the raw input '{spec.name}' can not be deduced because there are more than "
             "one variable-sized dimension"
         )
+    batch = (1,) if signature.max_batch_size > 0 else ()
+    if dtype is OBJECT:
+        if variable or math.prod(dims) != 1:
+            raise InvalidInputError(
+                f"For BYTE datatype raw input '{spec.name}', the model must have input shape [1]"
+            )
+        shape = (*batch, *dims)
+        tensor = InputTensor(spec.name, spec.datatype, shape, as_array([bytes(raw)]).reshape(shape))
+        return dataclasses.replace(request, inputs=[tensor], raw_input=None)
     element_bytes = math.prod(dim for dim in dims if dim != -1) * dtype.itemsize
     if variable:
         # As Triton: a size that does not divide is refused below, with the byte counts.
@@ -370,7 +381,7 @@ def resolve_raw_input(request: InferRequest, signature: ModelSignature) -> Infer
             f"input byte size mismatch for input '{spec.name}' for model '{signature.name}'. "
             f"Expected {math.prod(dims) * dtype.itemsize}, got {len(raw)}"
         )
-    shape = (1, *dims) if signature.max_batch_size > 0 else tuple(dims)
+    shape = (*batch, *dims)
     array = np.frombuffer(raw, dtype=dtype).reshape(shape)
     return dataclasses.replace(
         request, inputs=[InputTensor(spec.name, spec.datatype, shape, array)], raw_input=None
@@ -408,10 +419,22 @@ def validate_inputs(expected: Expected, inputs: list[InputTensor]) -> dict[str, 
                 f"input '{tensor.name}' batch size does not match other inputs for '{signature.name}'"
             )
         batch = size
-        arrays[tensor.name] = tensor.array
+        if expected.bytes_inputs and tensor.name in expected.bytes_inputs:
+            arrays[tensor.name] = _bytes_array(signature, tensor)
+        else:
+            arrays[tensor.name] = tensor.array
     if expected.has_optional and any(name not in arrays for name in expected.required):
         _refuse_input_count(expected, inputs)
     return arrays
+
+
+def _bytes_array(signature: ModelSignature, tensor: InputTensor) -> np.ndarray:
+    """A BYTES input's elements (flat, as the codecs give them) in its shape, once their count is
+    the shape's: Triton's check, and its texts."""
+    count = math.prod(tensor.shape)
+    if tensor.array.size != count:
+        raise element_count_error(tensor.name, signature.name, count, tensor.array.size)
+    return tensor.array.reshape(tensor.shape)
 
 
 def _refuse_input_count(expected: Expected, inputs: list[InputTensor]) -> None:

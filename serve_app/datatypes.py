@@ -6,8 +6,8 @@ import numpy as np
 
 from serve_app.errors import InvalidInputError
 
-# Every Triton numeric type plus BOOL. BYTES and BF16 have no numpy dtype and are
-# not produced by TorchScript models with numeric tensors, so they are refused.
+# Every Triton datatype but BF16 (numpy has no such dtype): BYTES tensors are object arrays of
+# `bytes` (serve_app/bytes_tensors.py).
 NUMPY_BY_DATATYPE: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -21,6 +21,7 @@ NUMPY_BY_DATATYPE: dict[str, np.dtype] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
 }
 
 DATATYPE_BY_NUMPY: dict[np.dtype, str] = {v: k for k, v in NUMPY_BY_DATATYPE.items()}

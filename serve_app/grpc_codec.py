@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2 as pb
 
+from serve_app.bytes_tensors import ELEMENT_HELD, OBJECT, as_array, deserialize, held_bytes, serialize
 from serve_app.datatypes import DATATYPE_BY_NUMPY, numpy_dtype
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
 from serve_app.infer_types import (
@@ -40,7 +41,7 @@ from serve_app.infer_types import (
 sys.modules.setdefault("grpc_service_pb2", pb)
 
 # The typed `InferTensorContents` field each datatype travels in (narrow integers share the
-# 32-bit fields); FP16 has none, so it must be raw. BYTES and BF16 are refused by numpy_dtype.
+# 32-bit fields); FP16 has none, so it must be raw. BF16 is refused by numpy_dtype.
 CONTENTS_FIELD: dict[str, str] = {
     "BOOL": "bool_contents",
     "INT8": "int_contents",
@@ -53,6 +54,7 @@ CONTENTS_FIELD: dict[str, str] = {
     "UINT64": "uint64_contents",
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 _FIELD_TYPE = {
     "bool_contents": "BOOL",
@@ -124,8 +126,12 @@ def decode_infer_request(message: pb.ModelInferRequest, limits: Limits) -> Infer
     inputs = []
     for index, tensor in enumerate(message.inputs):
         array = _decode_input(message, tensor, index, budget, limits)
-        budget -= array.nbytes
-        inputs.append(InputTensor(tensor.name, tensor.datatype, array.shape, array))
+        if array.dtype is not OBJECT:
+            budget -= array.nbytes
+            inputs.append(InputTensor(tensor.name, tensor.datatype, array.shape, array))
+        else:  # BYTES: its elements, flat; the dataplane checks their count against the shape
+            budget -= held_bytes(array)
+            inputs.append(InputTensor(tensor.name, tensor.datatype, tuple(tensor.shape), array))
     outputs = [
         requested_output(output.name, parameter_values(output.parameters), True) for output in message.outputs
     ]
@@ -159,9 +165,17 @@ def _decode_input(
     """One input from `raw_input_contents[index]` or its typed contents, with Triton's texts."""
     model = message.model_name
     dtype = numpy_dtype(tensor.datatype)
+    bytes_tensor = dtype is OBJECT
     shape = tuple(tensor.shape)
     tensor_parameters("input", tensor.name, parameter_values(tensor.parameters))
-    count = element_count(tensor.name, tensor.datatype, list(shape), dtype.itemsize, budget, limits)
+    count = element_count(
+        tensor.name,
+        tensor.datatype,
+        list(shape),
+        ELEMENT_HELD if bytes_tensor else dtype.itemsize,
+        budget,
+        limits,
+    )
     raw = message.raw_input_contents
     if raw:
         if tensor.HasField("contents"):
@@ -173,6 +187,8 @@ def _decode_input(
             raise InvalidInputError(
                 f"unable to find data for input tensor '{tensor.name}' for model '{model}' in request."
             )
+        if bytes_tensor:  # Triton's length-prefixed elements, one more than the shape's at most
+            return deserialize(raw[index], count + 1, tensor.name, model)
         if len(raw[index]) != count * dtype.itemsize:
             raise _byte_size_mismatch(tensor.name, model, count * dtype.itemsize, len(raw[index]))
         return np.frombuffer(raw[index], dtype).reshape(shape)
@@ -193,6 +209,8 @@ def _decode_input(
             "send it in raw_input_contents"
         )
     values = getattr(tensor.contents, field)
+    if bytes_tensor:
+        return as_array(list(values))
     if len(values) != count:
         raise _byte_size_mismatch(tensor.name, model, count * dtype.itemsize, len(values) * dtype.itemsize)
     array = np.array(values, dtype=_FIELD_DTYPE[field])
@@ -219,7 +237,10 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     )
     for requested, array in response.outputs:
         message.outputs.add(name=requested.name, datatype=DATATYPE_BY_NUMPY[array.dtype], shape=array.shape)
-        message.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+        if array.dtype is OBJECT:  # BYTES: Triton's length-prefixed elements
+            message.raw_output_contents.append(serialize(array.flat))
+        else:
+            message.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
     for key, value in (response.parameters or {}).items():
         set_parameter(message.parameters[key], value)
     return message

@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
+from serve_app.bytes_tensors import held_bytes
 from serve_app.dataplane import DataPlane
 from serve_app.errors import (
     InvalidInputError,
@@ -195,7 +196,7 @@ def _json_output_bytes(response: InferResponse) -> int:
     total = 0
     for requested, array in response.outputs:
         if not requested.binary:
-            total += array.nbytes
+            total += held_bytes(array)
     return total
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError
 
+from serve_app.bytes_tensors import ELEMENT_HELD, OBJECT, as_array, deserialize, held_bytes, serialize
 from serve_app.datatypes import DATATYPE_BY_NUMPY, numpy_dtype
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
 from serve_app.infer_types import (
@@ -27,6 +28,7 @@ from serve_app.infer_types import (
     InferResponse,
     InputTensor,
     Limits,
+    RequestedOutput,
     element_count,
     flag,
     requested_output,
@@ -212,8 +214,12 @@ def decode_request(
     inputs = []
     for tensor in document["inputs"]:
         array, offset = _decode_input(model_name, tensor, binary, offset, budget, limits, header_length)
-        budget -= array.nbytes
-        inputs.append(InputTensor(tensor["name"], tensor["datatype"], array.shape, array))
+        if array.dtype is not OBJECT:
+            budget -= array.nbytes
+            inputs.append(InputTensor(tensor["name"], tensor["datatype"], array.shape, array))
+        else:  # BYTES: its elements, flat; the dataplane checks their count against the shape
+            budget -= held_bytes(array)
+            inputs.append(InputTensor(tensor["name"], tensor["datatype"], tuple(tensor["shape"]), array))
     if offset != len(body):
         raise InvalidInputError(
             f"unexpected additional input data for model '{model_name}': {len(body) - offset} bytes "
@@ -262,7 +268,10 @@ def _decode_input(
     """A well-formed input tensor (see `_well_formed`): its binary data or its JSON `data`."""
     name, datatype, shape = tensor["name"], tensor["datatype"], tensor["shape"]
     dtype = numpy_dtype(datatype)
-    count = element_count(name, datatype, shape, dtype.itemsize, budget, limits)
+    bytes_tensor = dtype is OBJECT
+    count = element_count(
+        name, datatype, shape, ELEMENT_HELD if bytes_tensor else dtype.itemsize, budget, limits
+    )
     size = tensor_parameters("input", name, tensor.get("parameters")).get("binary_data_size")
     data = tensor.get("data")
     if size is not None:
@@ -282,6 +291,8 @@ def _decode_input(
                 f"unexpected size for input '{name}', expecting {offset + size - len(body)} additional "
                 f"bytes for model '{model}'"
             )
+        if bytes_tensor:  # Triton's length-prefixed elements, one more than the shape's at most
+            return deserialize(body[offset : offset + size], count + 1, name, model), offset + size
         if size != count * dtype.itemsize:
             raise InvalidInputError(
                 f"input byte size mismatch for input '{name}' for model '{model}'. "
@@ -291,6 +302,8 @@ def _decode_input(
         return array.reshape(shape), offset + size
     if data is None:
         raise InvalidInputError(f"{_CONTENT_FIELDS} no field is set")
+    if bytes_tensor:
+        return _json_strings(name, data), offset
     array = _json_array(name, datatype, data, dtype)
     if array.size != count:
         raise InvalidInputError(_JSON_SHAPE_MISMATCH)
@@ -328,6 +341,28 @@ def _json_array(name: str, datatype: str, data: Any, dtype: np.dtype) -> np.ndar
     return values.astype(dtype)
 
 
+def _json_strings(name: str, data: Any) -> np.ndarray:
+    """BYTES from JSON: strings (in nested lists or not), each element its UTF-8 bytes, flat.
+
+    Walked with a stack, not recursion: JSON may nest deeper than Python recurses.
+    """
+    values: list[bytes] = []
+    stack = [iter((data,))]
+    while stack:
+        for item in stack[-1]:
+            if type(item) is list:
+                stack.append(iter(item))
+                break
+            if type(item) is not str:
+                raise InvalidInputError(
+                    f"Unable to parse 'data': input '{name}' holds values that are not BYTES (JSON strings)"
+                )
+            values.append(item.encode())
+        else:
+            stack.pop()
+    return as_array(values)
+
+
 _DESCRIBED_ERRORS = 5  # a body of 1024 bad inputs gets a message, not a 1024-line one
 
 
@@ -341,6 +376,24 @@ def _describe(exc: ValidationError) -> str:
     return f"{described}; and {more} more" if more > 0 else described
 
 
+def _encode_bytes(
+    requested: RequestedOutput, array: np.ndarray, entry: dict[str, Any], chunks: list[bytes | np.ndarray]
+) -> None:
+    """A BYTES output: Triton's length-prefixed elements when binary, else JSON strings."""
+    if requested.binary:
+        data = serialize(array.flat)
+        entry["parameters"] = {"binary_data_size": len(data)}
+        chunks.append(data)
+        return
+    try:
+        entry["data"] = [value.decode() for value in array.flat]
+    except UnicodeDecodeError:
+        raise InvalidInputError(
+            f"output '{requested.name}' holds bytes that are not UTF-8 text, which JSON cannot carry: "
+            'request it with "binary_data": true'
+        ) from None
+
+
 def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
     """Render a response; returns the body and, for binary bodies, the JSON header's length."""
     chunks: list[bytes | np.ndarray] = []
@@ -351,7 +404,9 @@ def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
             "datatype": DATATYPE_BY_NUMPY[array.dtype],
             "shape": list(array.shape),
         }
-        if requested.binary:
+        if array.dtype is OBJECT:
+            _encode_bytes(requested, array, entry, chunks)
+        elif requested.binary:
             # A byte view: the join below is the one copy (tobytes() would make a second).
             data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
             entry["parameters"] = {"binary_data_size": data.nbytes}

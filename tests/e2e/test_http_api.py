@@ -496,4 +496,8 @@ def test_raw_binary_request_as_curl_sends_it(served: ServeRun) -> None:
         headers={"Inference-Header-Content-Length": "0"},
         timeout=30,
     )
-    assert two_inputs.status_code == 400 and "one input" in two_inputs.json()["error"]
+    assert two_inputs.status_code == 400
+    assert (
+        "Raw request must only have 1 input (found 1) to be deduced but got 2 inputs"
+        in two_inputs.json()["error"]
+    )

@@ -63,9 +63,9 @@ BAD_INFER_REQUESTS: dict[str, tuple[str, dict[str, str], bytes, int, str]] = {
     "unsupported datatype": (
         "linear",
         {},
-        orjson.dumps(linear_request(datatype="BYTES")),
+        orjson.dumps(linear_request(datatype="BF16")),
         400,
-        "unsupported datatype 'BYTES'",
+        "unsupported datatype 'BF16'",
     ),
     "wrong value kind": (
         "int_ops",

@@ -65,6 +65,15 @@ def binary(declared: object, actual: int, phrase: str) -> Case:
     return Case(400, phrase, header + bytes(actual), headers=headers)
 
 
+def bytes_tensor(serialized: bytes, phrase: str) -> Case:
+    """A binary-extension BYTES input for linear carrying `serialized` (length-prefixed elements)."""
+    header = orjson.dumps(
+        tensor(datatype="BYTES", data=None, parameters={"binary_data_size": len(serialized)})
+    )
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    return Case(400, phrase, header + serialized, headers=headers)
+
+
 def header_length(value: str | bytes, phrase: str = "Inference-Header-Content-Length") -> Case:
     return Case(400, phrase, orjson.dumps(GOOD), headers={"Inference-Header-Content-Length": value})
 
@@ -117,7 +126,12 @@ CASES: dict[str, Case] = {
     "name-number": infer(tensor(name=5), 400, "inputs.0.name: Input should be a valid string"),
     "datatype-number": infer(tensor(datatype=32), 400, "inputs.0.datatype"),
     "datatype-unknown": infer(tensor(datatype="FP33"), 400, "unsupported datatype 'FP33'"),
-    "datatype-BYTES": infer(tensor(datatype="BYTES"), 400, "unsupported datatype 'BYTES'"),
+    "datatype-BF16": infer(tensor(datatype="BF16"), 400, "unsupported datatype 'BF16'"),
+    "datatype-BYTES-for-FP32": infer(
+        tensor(datatype="BYTES", data=["x"] * 32),
+        400,
+        "data-type is 'BYTES', but model 'linear' expects 'FP32'",
+    ),
     "datatype-wrong": infer(tensor(datatype="FP64"), 400, "expects 'FP32'"),
     "id-number": infer({**GOOD, "id": 5}, 400, "id: Input should be a valid string"),
     "parameters-list": infer({**GOOD, "parameters": [1]}, 400, "parameters: Input should be a valid dict"),
@@ -185,6 +199,24 @@ CASES: dict[str, Case] = {
         128, 64, "unexpected size for input 'input__0', expecting 64 additional bytes for model 'linear'"
     ),
     "binary-data-trailing": binary(128, 130, "unexpected additional input data for model 'linear'"),
+    # --- BYTES: Triton's 4-byte little-endian length before each element -----------------------
+    "bytes-json-numbers": infer(tensor(datatype="BYTES"), 400, "holds values that are not BYTES"),
+    "bytes-json-nulls": infer(tensor(datatype="BYTES", data=[None] * 32), 400, "not BYTES"),
+    "bytes-prefix-past-the-end": bytes_tensor(b"\x10\x00\x00\x00abc", "expecting string of length 16"),
+    "bytes-prefix-cut": bytes_tensor(b"\x01\x00\x00\x00a\x01\x00", "incomplete string length indicator"),
+    "bytes-prefix-4GiB": bytes_tensor(b"\xff\xff\xff\xff" + bytes(12), "string of length 4294967295"),
+    "bytes-elements-over-limit": infer(
+        tensor(datatype="BYTES", shape=[2, 2**20], data=["x"]),
+        413,
+        "input 'input__0' of shape [2, 1048576] (BYTES) would exceed the request's 65536-byte limit",
+        server="small",
+    ),
+    "bytes-raw-body-for-FP32": infer(
+        b"\x01\x00\x00\x00a",
+        400,
+        "input byte size mismatch",
+        headers={"Inference-Header-Content-Length": "0"},
+    ),
     "binary-without-header-length": infer(
         orjson.dumps(tensor(data=None, parameters={"binary_data_size": 128})) + bytes(128),
         400,

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from serve_app.bytes_tensors import OBJECT, as_array, held_bytes
 from serve_app.dataplane import resolve_raw_input
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
@@ -39,6 +40,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:Run
 LIMITS = Limits(max_bytes=4096, max_tensors=8)
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 REFUSALS = (InvalidInputError, PayloadTooLargeError)
+# The datatypes whose tensors are one buffer (BYTES tensors are object arrays of `bytes`).
+NUMERIC = {name: dtype for name, dtype in NUMPY_BY_DATATYPE.items() if dtype is not OBJECT}
 
 # Any JSON value, including what orjson refuses (NaN, Infinity) and integers past 64 bits.
 json_values = st.recursive(
@@ -120,12 +123,17 @@ def decode(body: bytes, header_length: str | None) -> InferRequest | None:
         request = decode_request("m", None, body, header_length, limits=LIMITS)
     except REFUSALS:
         return None
-    # What was accepted respects its bounds: declared shapes, and the byte limit over all inputs.
+    # What was accepted respects its bounds: declared shapes, and the byte limit over all inputs
+    # (BYTES: their elements come flat, at most one past the shape's count, as Triton's check stops).
     assert len(request.inputs) <= LIMITS.max_tensors
-    assert sum(t.array.nbytes for t in request.inputs) <= LIMITS.max_bytes
+    assert sum(held_bytes(t.array) for t in request.inputs) <= LIMITS.max_bytes
     for tensor in request.inputs:
-        assert tensor.array.shape == tensor.shape and len(tensor.shape) <= LIMITS.max_dims
+        assert len(tensor.shape) <= LIMITS.max_dims
         assert tensor.array.dtype == NUMPY_BY_DATATYPE[tensor.datatype]
+        if tensor.array.dtype is OBJECT:
+            assert tensor.array.ndim == 1 and all(type(v) is bytes for v in tensor.array)
+        else:
+            assert tensor.array.shape == tensor.shape
     return request
 
 
@@ -162,9 +170,7 @@ def test_nearly_valid_requests_decode_or_are_refused(
 
 @FUZZ
 @given(
-    array=hnp.arrays(
-        st.sampled_from(list(NUMPY_BY_DATATYPE.values())), hnp.array_shapes(min_dims=0, max_side=3)
-    ),
+    array=hnp.arrays(st.sampled_from(list(NUMERIC.values())), hnp.array_shapes(min_dims=0, max_side=3)),
     declared=st.integers(-4, 4),
     tail=st.integers(-4, 4),
 )
@@ -188,6 +194,19 @@ def _datatype(dtype: np.dtype) -> str:
     return next(name for name, candidate in NUMPY_BY_DATATYPE.items() if candidate == dtype)
 
 
+def bytes_arrays(text: bool) -> st.SearchStrategy[np.ndarray]:
+    """BYTES tensors of any bytes (binary) or of UTF-8 text (JSON carries strings)."""
+    element = st.text(max_size=6).map(str.encode) if text else st.binary(max_size=6)
+
+    def shaped(shape: tuple[int, ...]) -> st.SearchStrategy[np.ndarray]:
+        count = math.prod(shape)
+        return st.lists(element, min_size=count, max_size=count).map(
+            lambda values: as_array(values).reshape(shape)
+        )
+
+    return hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3).flatmap(shaped)
+
+
 def _finite_elements(dtype: np.dtype) -> st.SearchStrategy[Any] | None:
     """JSON has no NaN or Infinity: the tensors it carries are finite."""
     if dtype.kind == "f":
@@ -200,10 +219,13 @@ def valid_arrays(finite: bool) -> st.SearchStrategy[np.ndarray]:
         shape = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4)
         return hnp.arrays(dtype, shape, elements=_finite_elements(dtype) if finite else None)
 
-    return st.sampled_from(list(NUMPY_BY_DATATYPE.values())).flatmap(for_dtype)
+    return st.sampled_from(list(NUMERIC.values())).flatmap(for_dtype)
 
 
 def assert_exact(decoded: np.ndarray, original: np.ndarray) -> None:
+    if original.dtype is OBJECT:  # BYTES: decoded flat (the dataplane shapes it)
+        assert decoded.dtype is OBJECT and decoded.reshape(original.shape).tolist() == original.tolist()
+        return
     assert decoded.dtype == original.dtype and decoded.shape == original.shape
     assert decoded.tobytes() == original.tobytes()  # bit for bit: -0.0, NaN payloads, FP16
 
@@ -224,6 +246,21 @@ def test_tritonclient_requests_round_trip_exactly(arrays: list[np.ndarray], bina
 
 
 @FUZZ
+@given(binary=bytes_arrays(text=False), text=bytes_arrays(text=True))
+def test_tritonclient_bytes_round_trip_exactly(binary: np.ndarray, text: np.ndarray) -> None:
+    """BYTES: any bytes in binary (Triton's length prefixes), strings in JSON."""
+    inputs = []
+    for name, array, binary_data in (("b", binary, True), ("t", text, False)):
+        tensor = httpclient.InferInput(name, list(array.shape), "BYTES")
+        tensor.set_data_from_numpy(array, binary_data=binary_data)
+        inputs.append(tensor)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs)
+    request = decode_request("m", None, body, None if json_size is None else str(json_size), limits=LIMITS)
+    assert_exact(request.inputs[0].array, binary)
+    assert_exact(request.inputs[1].array, text)
+
+
+@FUZZ
 @given(array=valid_arrays(finite=False))
 def test_binary_inputs_round_trip_exactly_even_nan(array: np.ndarray) -> None:
     tensor = httpclient.InferInput("x", list(array.shape), _datatype(array.dtype))
@@ -233,15 +270,26 @@ def test_binary_inputs_round_trip_exactly_even_nan(array: np.ndarray) -> None:
 
 
 @FUZZ
-@given(outputs=st.lists(st.tuples(valid_arrays(finite=True), st.booleans()), min_size=1, max_size=3))
+@given(
+    outputs=st.lists(
+        st.tuples(valid_arrays(finite=True), st.booleans())
+        | st.tuples(bytes_arrays(text=False), st.just(True))
+        | st.tuples(bytes_arrays(text=True), st.just(False)),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_responses_round_trip_exactly_through_tritonclient(outputs: list[tuple[np.ndarray, bool]]) -> None:
     response = InferResponse(
         "m", "1", [(RequestedOutput(f"y{i}", binary), array) for i, (array, binary) in enumerate(outputs)]
     )
     body, header_length = encode_response(response)
     result = httpclient.InferenceServerClient.parse_response_body(body, header_length=header_length)
-    for i, (array, _) in enumerate(outputs):
-        assert_exact(result.as_numpy(f"y{i}"), array)
+    for i, (array, binary) in enumerate(outputs):
+        got = result.as_numpy(f"y{i}")
+        if array.dtype is OBJECT and not binary:  # JSON strings: tritonclient gives them as str
+            got = as_array([v.encode() for v in got.flat]).reshape(got.shape)
+        assert_exact(got, array)
 
 
 @FUZZ
@@ -285,7 +333,11 @@ def test_raw_inputs_resolve_or_are_refused(
         [tensor] = resolve_raw_input(raw, signature).inputs
     except InvalidInputError:
         return
-    assert tensor.array.tobytes() == body and tensor.array.shape == tensor.shape
+    assert tensor.array.shape == tensor.shape
+    if tensor.array.dtype is OBJECT:  # BYTES: the body is the one element
+        assert tensor.array.reshape(-1).tolist() == [body]
+    else:
+        assert tensor.array.tobytes() == body
     expected = specs[0].dims
     dims = tensor.shape[1:] if max_batch_size else tensor.shape
     assert len(dims) == len(expected) and all(e in (-1, d) for e, d in zip(expected, dims, strict=True))

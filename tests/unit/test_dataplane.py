@@ -483,6 +483,18 @@ def test_raw_input_takes_the_models_one_input(
     assert request.raw_input is None and request.binary_output is True
 
 
+@pytest.mark.parametrize(
+    ("max_batch_size", "dims", "shape"), [(0, (1,), (1,)), (4, (1,), (1, 1)), (0, (), ())]
+)
+def test_raw_input_of_a_bytes_model_is_its_one_element(
+    max_batch_size: int, dims: tuple[int, ...], shape: tuple[int, ...]
+) -> None:
+    """http_test.py test_byte: Triton takes a raw BYTES input of one element, the body (no prefix)."""
+    [tensor] = resolve_raw_input(decode(b"427", 0), signature(max_batch_size, ("x", "BYTES", dims))).inputs
+    assert tensor.shape == shape and tensor.array.shape == shape
+    assert tensor.array.reshape(-1).tolist() == [b"427"]
+
+
 def test_requests_with_a_json_header_pass_through_unchanged() -> None:
     request = decode({"inputs": [json_input("x", "FP32", [1], [1])]})
     assert resolve_raw_input(request, signature(0, ("a", "FP32", (1,)), ("b", "FP32", (1,)))) is request
@@ -515,7 +527,8 @@ def test_requests_with_a_json_header_pass_through_unchanged() -> None:
             "input byte size mismatch for input 'x' for model 'raw'. Expected 8, got 12",
         ),
         ((("x", "FP32", (-1, 0)),), 8, "Expected 0, got 8"),  # zero-sized rows cannot decide the dim
-        ((("x", "BYTES", (1,)),), 8, "unsupported datatype 'BYTES'"),
+        ((("x", "BYTES", (-1,)),), 8, "For BYTE datatype raw input 'x', the model must have input shape [1]"),
+        ((("x", "BYTES", (2,)),), 8, "For BYTE datatype raw input 'x', the model must have input shape [1]"),
     ],
 )
 def test_raw_input_refusals_name_the_rule(inputs: tuple, nbytes: int, message: str) -> None:

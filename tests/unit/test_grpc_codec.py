@@ -5,13 +5,16 @@ documents as messages, and the errors a malformed message gets."""
 from __future__ import annotations
 
 import pickle
+import re
 from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import serialize_byte_tensor
 
+from serve_app.bytes_tensors import as_array
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
 from serve_app.grpc_codec import (
@@ -30,8 +33,13 @@ DATATYPES = sorted(NUMPY_BY_DATATYPE)
 
 
 def sample(datatype: str, shape: tuple[int, ...] = (2, 3)) -> np.ndarray:
-    """Values that span the datatype (negative where it is signed)."""
+    """Values that span the datatype (negative where it is signed; for BYTES empty elements,
+    and bytes that are not text)."""
     dtype = NUMPY_BY_DATATYPE[datatype]
+    if datatype == "BYTES":
+        return as_array(
+            [str(i).encode() * (i % 3) + b"\xff\x00" * (i % 2) for i in range(np.prod(shape))]
+        ).reshape(shape)
     if dtype == np.bool_:
         return (np.arange(np.prod(shape)) % 2 == 0).reshape(shape)
     values = np.arange(np.prod(shape)).reshape(shape)
@@ -46,7 +54,9 @@ def request(*tensors: tuple[str, np.ndarray], raw: bool = True, **fields: Any) -
     for name, array in tensors:
         datatype = {v: k for k, v in NUMPY_BY_DATATYPE.items()}[array.dtype]
         tensor = message.inputs.add(name=name, datatype=datatype, shape=array.shape)
-        if raw:
+        if raw and datatype == "BYTES":  # tritonclient's serialization, not serve_app's
+            message.raw_input_contents.append(serialize_byte_tensor(array).item())
+        elif raw:
             message.raw_input_contents.append(array.tobytes())
         else:
             getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(array.ravel().tolist())
@@ -54,7 +64,11 @@ def request(*tensors: tuple[str, np.ndarray], raw: bool = True, **fields: Any) -
 
 
 def decode_one(message: pb.ModelInferRequest) -> np.ndarray:
+    """The one input (a BYTES input comes flat: the dataplane shapes it once its count is checked)."""
     [tensor] = decode_infer_request(message, LIMITS).inputs
+    if tensor.datatype == "BYTES":
+        assert tensor.array.ndim == 1
+        return tensor.array.reshape(tensor.shape)
     assert tensor.shape == tensor.array.shape
     return tensor.array
 
@@ -78,8 +92,43 @@ def test_typed_contents_of_every_datatype_with_a_field(datatype: str) -> None:
     np.testing.assert_array_equal(decoded, array)
 
 
+def test_bytes_elements_that_do_not_fill_the_shape_are_kept_for_the_dataplane() -> None:
+    """Triton's check stops one past the shape's count; the dataplane names the count."""
+    message = request(("x", sample("BYTES", (3,))))
+    message.inputs[0].shape[:] = [2]
+    assert len(decode_infer_request(message, LIMITS).inputs[0].array) == 3  # 2 + 1
+    message.inputs[0].shape[:] = [5]
+    assert len(decode_infer_request(message, LIMITS).inputs[0].array) == 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "phrase"),
+    [
+        (
+            b"\x03\x00\x00\x00ab",
+            "incomplete string data for inference input 'x', expecting string of length 3 but only 2",
+        ),
+        (
+            b"\x01\x00\x00\x00a\x02\x00",
+            "incomplete string length indicator for inference input 'x' for model 'm'",
+        ),
+        (b"\xff\xff\xff\xff", "expecting string of length 4294967295 but only 0 bytes available"),
+    ],
+)
+def test_malformed_length_prefixes_are_refused(raw: bytes, phrase: str) -> None:
+    message = request(("x", sample("BYTES", (2,))))
+    message.raw_input_contents[0] = raw
+    bad(message, re.escape(phrase))
+
+
+def test_bytes_elements_are_bounded_like_other_tensors() -> None:
+    message = request(("x", sample("BYTES", (2,))))
+    message.inputs[0].shape[:] = [LIMITS.max_bytes // 8]  # a pointer and an object per element
+    bad(message, "would exceed the request's", PayloadTooLargeError)
+
+
 def test_fp16_has_no_typed_field() -> None:
-    assert set(CONTENTS_FIELD) == set(NUMPY_BY_DATATYPE) - {"FP16"}
+    assert set(CONTENTS_FIELD) == set(NUMPY_BY_DATATYPE) - {"FP16"}  # BYTES: bytes_contents
     message = pb.ModelInferRequest(model_name="m")
     message.inputs.add(name="x", datatype="FP16", shape=[1]).contents.SetInParent()
     with pytest.raises(InvalidInputError, match="FP16 has no typed contents field"):
@@ -185,7 +234,7 @@ def test_narrow_integers_out_of_range_are_refused(datatype: str, value: int) -> 
     bad(message, f"outside the range of {datatype}")
 
 
-@pytest.mark.parametrize("datatype", ["BYTES", "BF16", "fp32"])
+@pytest.mark.parametrize("datatype", ["BF16", "fp32"])
 def test_unsupported_datatypes(datatype: str) -> None:
     message = pb.ModelInferRequest(model_name="m")
     message.inputs.add(name="x", datatype=datatype, shape=[1])

@@ -104,7 +104,11 @@ def test_requested_outputs_binary_flags() -> None:
             "Unable to parse 'data': Shape does not match true shape of 'data' field",
         ),
         (orjson.dumps({"inputs": [json_input("x", "FP32", [3], [[1, 2], [3]])]}), "data is not FP32"),
-        (orjson.dumps({"inputs": [json_input("x", "BYTES", [1], ["a"])]}), "unsupported datatype 'BYTES'"),
+        (orjson.dumps({"inputs": [json_input("x", "BF16", [1], [1])]}), "unsupported datatype 'BF16'"),
+        (
+            orjson.dumps({"inputs": [json_input("x", "BYTES", [2], ["a", 1])]}),
+            "holds values that are not BYTES",
+        ),
         (
             orjson.dumps({"inputs": [json_input("x", "FP32", [1], [1])], "outputs": [{"name": "a"}] * 2}),
             "requested more than once",

@@ -141,7 +141,10 @@ def test_name_in_config_equal_to_the_directory_is_accepted(tmp_path: Path) -> No
             VALID.replace("dims: [ 2 ]", "dims: [ ]").replace("max_batch_size: 8", "max_batch_size: 0"),
             "output 'output__0' has invalid dims []",
         ),
-        (VALID.replace("TYPE_FP32 dims: [ 4 ]", "TYPE_STRING dims: [ 4 ]"), "unsupported datatype BYTES"),
+        (
+            VALID.replace("TYPE_FP32 dims: [ 4 ]", "TYPE_STRING dims: [ 4 ]"),
+            "Triton only supports 1 dimensional List of String as input for 'input__0'",
+        ),
         (
             VALID + "\ndynamic_batching { preferred_batch_size: [ 4, 16 ] }",
             "preferred_batch_size [16] exceeds max_batch_size 8",

@@ -24,6 +24,7 @@ import pytest
 import torch
 from torch import nn
 
+from serve_app.bytes_tensors import as_array
 from serve_app.config import AppArgs
 from serve_app.dataplane import RUNTIME_EXTENSIONS, SERVED_EXTENSIONS, DataPlane
 from serve_app.datatypes import DATATYPE_BY_NUMPY
@@ -58,7 +59,16 @@ RNG = np.random.default_rng(4)
 CASES = example_cases(RNG)
 
 # Models beside the examples in this module's repository (`repository` adds them).
-ADDED_HERE = ("double", "echo", "linear_gathered", "linear_twice", "picky")
+ADDED_HERE = (
+    "double",
+    "echo",
+    "linear_gathered",
+    "linear_twice",
+    "picky",
+    "py_strings",
+    "strings",
+    "strings_batched",
+)
 
 
 DOUBLE_CONFIG = """
@@ -110,6 +120,55 @@ ensemble_scheduling { step [
 """
 
 
+# BYTES on both backends: TorchScript takes and returns 1-D List[str] (Triton's PyTorch backend);
+# the python backend any shape of any bytes.
+STRINGS_CONFIG = """
+platform: "pytorch_libtorch"
+max_batch_size: 0
+input [ { name: "INPUT__0" data_type: TYPE_STRING dims: [ -1 ] } ]
+output [
+  { name: "OUTPUT__0" data_type: TYPE_STRING dims: [ -1 ] },
+  { name: "OUTPUT__1" data_type: TYPE_INT64 dims: [ -1 ] }
+]
+"""
+STRINGS_BATCHED_CONFIG = """
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ { name: "INPUT__0" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]
+"""
+PY_STRINGS_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_STRING dims: [ -1, -1 ] } ]
+output [ { name: "y" data_type: TYPE_STRING dims: [ -1, -1 ] } ]
+"""
+PY_STRINGS_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            y = np.array([value[::-1] for value in x.flat], dtype=object).reshape(x.shape)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", y)]))
+        return responses
+"""
+
+
+class Strings(nn.Module):
+    def forward(self, x: list[str]) -> tuple[list[str], torch.Tensor]:
+        return [s + "!" for s in x], torch.tensor([len(s) for s in x], dtype=torch.int64)
+
+
+class Upper(nn.Module):
+    def forward(self, x: list[str]) -> list[str]:
+        return [s.upper() for s in x]
+
+
 class Double(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * 2
@@ -133,6 +192,16 @@ def repository(mixed_repository: Path, tmp_path_factory: pytest.TempPathFactory)
     (path / "echo" / "1").mkdir(parents=True)
     (path / "echo" / "1" / "model.py").write_text(ECHO_MODEL)
     (path / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
+    for name, module, config in (
+        ("strings", Strings(), STRINGS_CONFIG),
+        ("strings_batched", Upper(), STRINGS_BATCHED_CONFIG),
+    ):
+        (path / name / "1").mkdir(parents=True)
+        torch.jit.script(module).save(str(path / name / "1" / "model.pt"))
+        (path / name / "config.pbtxt").write_text(config)
+    (path / "py_strings" / "1").mkdir(parents=True)
+    (path / "py_strings" / "1" / "model.py").write_text(PY_STRINGS_MODEL)
+    (path / "py_strings" / "config.pbtxt").write_text(PY_STRINGS_CONFIG)
     (path / "linear_twice" / "1").mkdir(parents=True)  # an ensemble's version directory is empty
     (path / "linear_twice" / "config.pbtxt").write_text(ENSEMBLE_CONFIG)
     # linear whose batcher waits 100 ms to gather: a test of batching needs requests that meet
@@ -207,6 +276,30 @@ async def test_metadata_and_config_are_the_users_model(
             (t["name"], t["data_type"], t["dims"]) for t in expected[key]
         ]
     assert ("dynamic_batching" in config) == ("dynamic_batching" in expected)
+
+
+def strings(*values: bytes) -> np.ndarray:
+    return as_array(list(values))
+
+
+async def test_bytes_in_and_out_on_every_backend(triton: TritonRuntime, torch_runtime: TorchRuntime) -> None:
+    """BYTES through Triton on both request paths: TorchScript's 1-D List[str] (the same answers
+    as the torch runtime's), and the python backend's 2-D tensors of any bytes, empty ones too."""
+    text = strings(b"he\x00llo", b"", "żółw".encode())
+    for runtime in (triton, torch_runtime):
+        got = await runtime.infer("strings", "1", {"INPUT__0": text}, ["OUTPUT__0", "OUTPUT__1"])
+        assert got["OUTPUT__0"].dtype == np.dtype(object) and got["OUTPUT__0"].shape == (3,)
+        assert got["OUTPUT__0"].tolist() == [b"he\x00llo!", b"!", "żółw!".encode()]
+        assert got["OUTPUT__1"].tolist() == [6, 0, 7]  # TorchScript counts a str in UTF-8 bytes
+        batch = strings(b"a", b"bc", b"").reshape(3, 1)
+        got = await runtime.infer("strings_batched", "1", {"INPUT__0": batch}, ["OUTPUT__0"])
+        assert got["OUTPUT__0"].shape == (3, 1) and got["OUTPUT__0"].tolist() == [[b"A"], [b"BC"], [b""]]
+    grid = strings(b"ab", b"\xff\x00", b"", b"xyz", b"\x00", b"q").reshape(2, 3)
+    got = await triton.infer("py_strings", "1", {"x": grid}, ["y"])
+    assert got["y"].shape == (2, 3)
+    assert got["y"].tolist() == [[b"ba", b"\x00\xff", b""], [b"zyx", b"\x00", b"q"]]
+    empty = await triton.infer("py_strings", "1", {"x": strings().reshape(0, 2)}, ["y"])
+    assert empty["y"].shape == (0, 2)
 
 
 async def test_server_index_versions_and_health(triton: TritonRuntime) -> None:
@@ -500,6 +593,7 @@ async def test_without_tritonserver_the_error_says_how_to_install(
 NICE_CHILD = """
 import asyncio, json, os, sys
 import numpy as np
+from serve_app.bytes_tensors import as_array
 from serve_app.config import AppArgs
 from serve_app.placement import Placement
 from serve_app.runtimes.triton import runtime as triton_module

@@ -185,6 +185,24 @@ def _check_tensors(config: model_config_pb2.ModelConfig) -> None:
                 raise ModelEntryError(f"{kind} '{tensor.name}' has invalid dims {list(tensor.dims)}")
             if tensor.HasField("reshape"):
                 _check_reshape(kind, tensor.name, tuple(tensor.dims), tuple(tensor.reshape.shape))
+            if datatype == "BYTES":
+                _check_strings(config, kind, tensor)
+
+
+def _check_strings(
+    config: model_config_pb2.ModelConfig,
+    kind: str,
+    tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput,
+) -> None:
+    """Triton's PyTorch backend passes BYTES to TorchScript as List[str] (and takes List[str]
+    back): one dimension, the batch's included, after any reshape. Triton refuses the rest with
+    this text, and so does the torch runtime."""
+    dims = tensor.reshape.shape if tensor.HasField("reshape") else tensor.dims
+    if len(dims) + (1 if config.max_batch_size > 0 else 0) > 1:
+        raise ModelEntryError(
+            f"Triton only supports 1 dimensional List of String as {kind} for '{tensor.name}' for model "
+            f"'{config.name}'"
+        )
 
 
 def _check_reshape(kind: str, name: str, dims: tuple[int, ...], shape: tuple[int, ...]) -> None:

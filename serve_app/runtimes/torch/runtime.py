@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from serve_app.bytes_tensors import OBJECT
 from serve_app.config import AppArgs
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import (
@@ -71,6 +72,7 @@ class _Version:
     scheduler: Scheduler
     statistics: ModelStatistics
     threads: InstanceThreads
+    string_inputs: frozenset[str] = frozenset()  # BYTES inputs, which TorchScript takes as List[str]
 
 
 # Tensor name → (shape it arrives with, shape it leaves with), both without the batch dim.
@@ -199,6 +201,7 @@ class TorchRuntime:
 
     def _load_version(self, spec: ModelSpec, version: int) -> _Version:
         signature = spec.signature()
+        strings = frozenset(t.name for t in signature.inputs if t.datatype == "BYTES")
         call = _Reshaped.wrap(
             TorchScriptModel(
                 spec.model_file(version),
@@ -206,6 +209,7 @@ class TorchRuntime:
                 [t.name for t in signature.outputs],
                 [NUMPY_BY_DATATYPE[t.datatype] for t in signature.outputs],
                 self._device,
+                strings,
             ),
             spec,
         )
@@ -216,7 +220,7 @@ class TorchRuntime:
             return await threads.run(call, inputs)
 
         scheduler = Scheduler(execute, statistics, spec.max_batch_size, spec.dynamic_batching, spec.instances)
-        return _Version(scheduler, statistics, threads)
+        return _Version(scheduler, statistics, threads, strings)
 
     async def stop(self) -> None:
         self._stopped = True
@@ -338,6 +342,10 @@ class TorchRuntime:
         loaded = self._models[model].versions.get(int(version))
         if loaded is None:
             raise ModelNotReadyError(f"model '{model}' version {version} was unloaded")
+        if loaded.string_inputs:
+            inputs = {
+                name: _text(name, a) if name in loaded.string_inputs else a for name, a in inputs.items()
+            }
         outputs = await loaded.scheduler.submit(inputs)
         return {name: outputs[name] for name in output_names}
 
@@ -396,3 +404,18 @@ def _entry(model_dir: Path, parameters: LoadParameters) -> RepositoryEntry:
         return RepositoryEntry(model_dir.name, spec=load_model_spec(model_dir, parameters.get("config")))
     except ModelEntryError as exc:
         return RepositoryEntry(model_dir.name, error=str(exc))
+
+
+def _text(name: str, array: np.ndarray) -> np.ndarray:
+    """A BYTES input as the `str` TorchScript takes: UTF-8, decoded before it is queued, so that
+    bytes that are not text are this request's 400, not its batch's failure."""
+    try:
+        text = [value.decode() for value in array.flat]
+    except UnicodeDecodeError:
+        raise InvalidInputError(
+            f"input '{name}' holds bytes that are not UTF-8 text: the torch runtime hands strings to "
+            "TorchScript as str (runtime: triton passes any bytes, as Triton's PyTorch backend does)"
+        ) from None
+    strings = np.empty(array.shape, OBJECT)
+    strings.reshape(-1)[:] = text
+    return strings

@@ -4,8 +4,9 @@ Inputs named `<prefix>__<index>` (`input__0`, `INPUT__1`) are passed positionall
 by index; otherwise names must match `forward()`'s arguments; otherwise config
 order. Outputs named `<prefix>__<index>` pick that element of the returned tuple;
 otherwise outputs map to tuple elements in config order. An output's dtype must be the
-config's exactly, as the backend checks (a cast could wrap or round). The torch runtime calls
-models through this, so it computes what Triton's PyTorch backend computes.
+config's exactly, as the backend checks (a cast could wrap or round). BYTES inputs go in as
+`List[str]` and BYTES outputs come back from `List[str]`, as the backend passes them (1-D). The
+torch runtime calls models through this, so it computes what Triton's PyTorch backend computes.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from serve_app.bytes_tensors import OBJECT, as_array
 from serve_app.datatypes import DATATYPE_BY_NUMPY
 
 Arrays = dict[str, np.ndarray]
@@ -64,11 +66,14 @@ class TorchScriptModel:
         output_names: Sequence[str],
         output_dtypes: Sequence[np.dtype],
         device: torch.device,
+        string_inputs: Collection[str] = (),
     ) -> None:
+        """`string_inputs`: the BYTES inputs, which arrive as arrays of `str` (see TorchRuntime)."""
         self.device = device
         self.module = torch.jit.load(str(path), map_location=device).eval()
         self.input_names = list(input_names)
         self._argument_order = self._input_order(self.input_names)
+        self._strings = frozenset(string_inputs)
         indexed = _indexed_order(output_names)
         self._output_index = indexed if indexed is not None else list(range(len(output_names)))
         self._outputs = list(zip(output_names, output_dtypes, strict=True))
@@ -84,14 +89,17 @@ class TorchScriptModel:
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Timings]:
         start = time.perf_counter_ns()
-        tensors = [torch.from_numpy(inputs[name]).to(self.device) for name in self._argument_order]
+        if self._strings:
+            tensors = [self._argument(name, inputs[name]) for name in self._argument_order]
+        else:
+            tensors = [torch.from_numpy(inputs[name]).to(self.device) for name in self._argument_order]
         ready = time.perf_counter_ns()
         with torch.inference_mode():
             result = self.module(*tensors)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         computed = time.perf_counter_ns()
-        if isinstance(result, torch.Tensor):
+        if isinstance(result, (torch.Tensor, list)):  # one output: a tensor or a List[str]
             result = (result,)
         if len(result) <= max(self._output_index):
             raise RuntimeError(
@@ -99,7 +107,11 @@ class TorchScriptModel:
             )
         outputs = {}
         for (name, dtype), index in zip(self._outputs, self._output_index, strict=True):
-            array = result[index].detach().cpu().numpy()
+            value = result[index]
+            if dtype is OBJECT or not isinstance(value, torch.Tensor):
+                outputs[name] = _strings_output(name, value, dtype)
+                continue
+            array = value.detach().cpu().numpy()
             if array.dtype != dtype:  # as the backend: never a cast (INT64 to INT8 would wrap)
                 raise TypeError(
                     f"model returned output '{name}' as {_datatype(array.dtype)}, "
@@ -108,6 +120,22 @@ class TorchScriptModel:
             outputs[name] = array
         done = time.perf_counter_ns()
         return outputs, Timings(ready - start, computed - ready, done - computed)
+
+    def _argument(self, name: str, array: np.ndarray) -> torch.Tensor | list[str]:
+        if name in self._strings:
+            return array.reshape(-1).tolist()  # 1-D (admission.py): List[str], as the backend passes it
+        return torch.from_numpy(array).to(self.device)
+
+
+def _strings_output(name: str, value: object, dtype: np.dtype) -> np.ndarray:
+    """A List[str] output as BYTES (each string's UTF-8 bytes); anything else where the config
+    declares BYTES, or a list where it declares a tensor, is refused as the backend refuses it."""
+    if dtype is OBJECT and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return as_array([v.encode() for v in value])
+    returned = "List[str]" if isinstance(value, list) else type(value).__name__
+    if isinstance(value, torch.Tensor):
+        returned = _datatype(value.detach().cpu().numpy().dtype)
+    raise TypeError(f"model returned output '{name}' as {returned}, config.pbtxt declares {_datatype(dtype)}")
 
 
 def _datatype(dtype: np.dtype) -> str:

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from serve_app.bytes_tensors import OBJECT, deserialize_output
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import InternalError
 from serve_app.repository import ModelSignature
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions
-from serve_app.runtimes.triton.model_call import ModelCall, Outputs
+from serve_app.runtimes.triton.model_call import Input, ModelCall, Outputs
 
 
 class BindingsCaller:
@@ -48,12 +49,13 @@ class BindingsCaller:
     def model_call(self, name: str, version: int, signature: ModelSignature) -> ModelCall:
         return ModelCall.build(name, version, signature, self._types)
 
-    async def infer(self, call: ModelCall, inputs: dict[str, np.ndarray], options: InferOptions) -> Outputs:
+    async def infer(self, call: ModelCall, inputs: dict[str, Input], options: InferOptions) -> Outputs:
         """Run one request; raises tritonserver's errors (the caller maps them)."""
         c = self._c
         request = c.TRITONSERVER_InferenceRequest(self._server, call.name, call.version)
-        for name, array in inputs.items():
-            request.add_input(name, call.input_types[name], array.shape)
+        for name, given in inputs.items():
+            array, shape = given if isinstance(given, tuple) else (given, given.shape)  # BYTES: serialized
+            request.add_input(name, call.input_types[name], shape)
             request.append_input_data(name, array.ctypes.data, array.nbytes, self._cpu, 0)
         if options is not NO_OPTIONS:
             self._apply(request, options)
@@ -160,7 +162,10 @@ def _completed(response: Any, _flags: int, context: tuple[_Completions, asyncio.
             dtype = dtypes.get(name)
             if dtype is None:
                 raise InternalError(f"output '{name}' has a datatype this server cannot return")
-            outcome[name] = buffer[:byte_size].view(dtype).reshape(shape)
+            if dtype is OBJECT:
+                outcome[name] = deserialize_output(buffer[:byte_size], shape, name)
+            else:
+                outcome[name] = buffer[:byte_size].view(dtype).reshape(shape)
     except Exception as exc:  # noqa: BLE001 - delivered to the awaiting request
         exc.__traceback__ = None  # the traceback would keep the C++ response (and its model) alive
         outcome = exc

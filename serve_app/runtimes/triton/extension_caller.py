@@ -15,13 +15,11 @@ from functools import cache
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from serve_app import triton_layout
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.repository import ModelSignature
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions
-from serve_app.runtimes.triton.model_call import ModelCall, Outputs
+from serve_app.runtimes.triton.model_call import Input, ModelCall, Outputs
 
 MODULE = "serve_app_triton_requests"
 
@@ -56,7 +54,7 @@ class ExtensionCaller:
     def model_call(self, name: str, version: int, signature: ModelSignature) -> ModelCall:
         return ModelCall.build(name, version, signature, self._types)
 
-    async def infer(self, call: ModelCall, inputs: dict[str, np.ndarray], options: InferOptions) -> Outputs:
+    async def infer(self, call: ModelCall, inputs: dict[str, Input], options: InferOptions) -> Outputs:
         """Run one request; raises tritonserver's errors (the caller maps them)."""
         loop = asyncio.get_running_loop()
         requests = self._loops.get(loop)
@@ -92,12 +90,12 @@ class _LoopRequests:
     def __init__(self, requests: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._requests = requests
         self._futures: dict[int, asyncio.Future[Outputs]] = {}
-        self._inputs: dict[int, dict[str, np.ndarray]] = {}  # Triton reads them until it releases
+        self._inputs: dict[int, dict[str, Input]] = {}  # Triton reads them until it releases
         self._loop = loop
         loop.add_reader(requests.fd, self._drain)
 
     def submit(
-        self, token: int, call: ModelCall, inputs: dict[str, np.ndarray], options: tuple | None
+        self, token: int, call: ModelCall, inputs: dict[str, Input], options: tuple | None
     ) -> asyncio.Future[Outputs]:
         self._requests.submit(token, call.name, call.version, inputs, call.input_types, options)
         future = self._futures[token] = self._loop.create_future()

@@ -1,5 +1,5 @@
 """A loaded model version as both Triton callers send requests to it: names and datatypes
-resolved once, for every request."""
+resolved once, for every request, and its BYTES inputs in Triton's wire format."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from serve_app.bytes_tensors import serialize
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.repository import ModelSignature
 
 Outputs = dict[str, np.ndarray]
+# What a caller hands Triton for one input: an array it reads as it is, or for BYTES the
+# serialized elements (uint8) and the tensor's shape.
+Input = np.ndarray | tuple[np.ndarray, tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class ModelCall:
     version: int
     input_types: Mapping[str, Any]  # input name → TRITONSERVER_DataType (enum or its int)
     output_dtypes: Mapping[str, np.dtype]
+    bytes_inputs: frozenset[str] = frozenset()
 
     @classmethod
     def build(cls, name: str, version: int, signature: ModelSignature, types: Mapping[str, Any]) -> ModelCall:
@@ -36,4 +41,21 @@ class ModelCall:
                 for t in signature.outputs
                 if t.datatype in NUMPY_BY_DATATYPE
             },
+            frozenset(t.name for t in signature.inputs if t.datatype == "BYTES"),
         )
+
+    def inputs(self, arrays: Mapping[str, np.ndarray]) -> dict[str, Input]:
+        """The request's inputs as Triton reads them: from their data pointers, ignoring strides
+        (so C-contiguous), and BYTES serialized."""
+        if not self.bytes_inputs:
+            return {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+        return {
+            name: (_serialized(array), array.shape)
+            if name in self.bytes_inputs
+            else np.ascontiguousarray(array)
+            for name, array in arrays.items()
+        }
+
+
+def _serialized(array: np.ndarray) -> np.ndarray:
+    return np.frombuffer(serialize(array.flat), np.uint8)

@@ -6,7 +6,9 @@
 // step waits). Here those callbacks are C: outputs go to malloc'd buffers, and responses and
 // releases are queued under a mutex; the first event into an empty queue writes an eventfd
 // that the event loop watches. `drain()`, on the loop's thread, turns the queued events into
-// Python objects: a response's outputs become numpy arrays that own their buffers (no copy).
+// Python objects: a response's outputs become numpy arrays that own their buffers (no copy);
+// a BYTES output (Triton's 4-byte little-endian length before each element) becomes an object
+// array of `bytes`.
 //
 // Compiled by `python -m serve_app.triton_install install` against the installed core.
 
@@ -18,6 +20,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -60,7 +63,8 @@ py::object ErrorObject(TRITONSERVER_Error_Code code, const std::string& message)
   return py::reinterpret_borrow<py::object>(cls)(message);
 }
 
-// numpy dtype strings by Triton datatype; "" for the ones numpy cannot hold (BYTES, BF16).
+// numpy dtype strings by Triton datatype; "" for BYTES (an object array, built apart) and for
+// BF16, which numpy cannot hold.
 const char* NumpyFormat(TRITONSERVER_DataType datatype)
 {
   switch (datatype) {
@@ -250,8 +254,9 @@ class Requests {
 
   int fd() const { return queue_->fd(); }
 
-  // Submit one request. `inputs`: name → C-contiguous numpy array; `types`: name → Triton
-  // datatype; `options`: None or (priority, timeout_us, correlation id (int or str), flags,
+  // Submit one request. `inputs`: name → C-contiguous numpy array, or for BYTES (the serialized
+  // elements as a uint8 array, the tensor's shape); `types`: name → Triton datatype; `options`:
+  // None or (priority, timeout_us, correlation id (int or str), flags,
   // [(key, bool | int | float | str)]). The arrays must stay alive until `token` is released.
   void Submit(
       uint64_t token, const std::string& model, int64_t version, const py::dict& inputs,
@@ -263,14 +268,25 @@ class Requests {
     auto responded = std::make_unique<CallContext>(CallContext{queue_, token});
     try {
       for (const auto& item : inputs) {
-        if (!py::isinstance<py::array>(item.second)) {
+        py::handle value = item.second;
+        std::vector<int64_t> shape;
+        if (py::isinstance<py::tuple>(value)) {  // BYTES: (serialized elements, shape)
+          auto pair = py::reinterpret_borrow<py::tuple>(value);
+          value = pair[0];
+          for (const auto& dim : py::reinterpret_borrow<py::tuple>(pair[1])) {
+            shape.push_back(py::cast<int64_t>(dim));
+          }
+        }
+        if (!py::isinstance<py::array>(value)) {
           throw py::type_error("inputs must be numpy arrays");
         }
         const std::string name = py::cast<std::string>(item.first);
-        auto array = py::reinterpret_borrow<py::array>(item.second);
+        auto array = py::reinterpret_borrow<py::array>(value);
         const auto datatype =
             static_cast<TRITONSERVER_DataType>(py::cast<int>(types[item.first]));
-        std::vector<int64_t> shape(array.shape(), array.shape() + array.ndim());
+        if (!py::isinstance<py::tuple>(item.second)) {
+          shape.assign(array.shape(), array.shape() + array.ndim());
+        }
         Check(TRITONSERVER_InferenceRequestAddInput(
             request, name.c_str(), datatype, shape.data(), shape.size()));
         Check(TRITONSERVER_InferenceRequestAppendInputData(
@@ -311,7 +327,14 @@ class Requests {
       if (event.released) {
         done.append(py::make_tuple(event.token, py::none()));
       } else {
-        done.append(py::make_tuple(event.token, Outputs(event.response)));
+        py::object outcome;
+        try {
+          outcome = Outputs(event.response);
+        }
+        catch (const std::exception& failure) {  // never lose the other events taken with it
+          outcome = ErrorObject(TRITONSERVER_ERROR_INTERNAL, failure.what());
+        }
+        done.append(py::make_tuple(event.token, outcome));
         TRITONSERVER_InferenceResponseDelete(event.response);
       }
     }
@@ -380,6 +403,15 @@ class Requests {
       if (error != nullptr) {
         return Failure(error);
       }
+      std::vector<py::ssize_t> extent(shape, shape + dims);
+      if (datatype == TRITONSERVER_TYPE_BYTES && userp != nullptr) {
+        py::object strings = BytesArray(name, static_cast<const char*>(base), byte_size, extent);
+        if (!py::isinstance<py::array>(strings)) {
+          return strings;  // the error
+        }
+        outputs[py::str(name)] = strings;
+        continue;
+      }
       const std::string format = NumpyFormat(datatype);
       if (format.empty() || userp == nullptr) {
         return ErrorObject(
@@ -387,7 +419,6 @@ class Requests {
             std::string("output '") + name + "' has a datatype this server cannot return");
       }
       py::dtype dtype(format);
-      std::vector<py::ssize_t> extent(shape, shape + dims);
       py::ssize_t elements = 1;
       for (py::ssize_t size : extent) {
         elements *= size;
@@ -404,6 +435,45 @@ class Requests {
       outputs[py::str(name)] = py::array(dtype, extent, block->data, owner);
     }
     return std::move(outputs);
+  }
+
+  // A BYTES output as an object array of `bytes` in its shape, or the error it is when its
+  // elements do not fill the shape exactly (a fault of the backend that made it).
+  static py::object BytesArray(
+      const char* name, const char* data, size_t byte_size, const std::vector<py::ssize_t>& extent)
+  {
+    size_t elements = 1;
+    for (py::ssize_t size : extent) {
+      elements *= static_cast<size_t>(size);
+    }
+    py::list values;
+    size_t offset = 0;
+    while (offset < byte_size) {
+      uint32_t length;
+      if (byte_size - offset < sizeof(length) || values.size() == elements) {
+        break;
+      }
+      std::memcpy(&length, data + offset, sizeof(length));  // little-endian, as Triton writes it
+      offset += sizeof(length);
+      if (length > byte_size - offset) {
+        break;
+      }
+      values.append(py::bytes(data + offset, length));
+      offset += length;
+    }
+    if (offset != byte_size || values.size() != elements) {
+      return ErrorObject(
+          TRITONSERVER_ERROR_INTERNAL,
+          std::string("output '") + name + "' does not hold the " + std::to_string(elements) +
+              " string elements of its shape");
+    }
+    py::array array(py::dtype("O"), std::vector<py::ssize_t>{static_cast<py::ssize_t>(elements)});
+    array.attr("__setitem__")(py::slice(0, static_cast<py::ssize_t>(elements), 1), values);
+    py::tuple shape(extent.size());
+    for (size_t i = 0; i < extent.size(); ++i) {
+      shape[i] = py::int_(extent[i]);
+    }
+    return array.attr("reshape")(shape);
   }
 
   static py::object Failure(TRITONSERVER_Error* error)

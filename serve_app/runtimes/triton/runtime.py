@@ -377,10 +377,8 @@ class TritonRuntime:
         call = self._calls.get(key)
         if call is None:
             call = self._calls[key] = self._caller().model_call(model, key[1], self.signature(model, version))
-        # Triton reads an input's bytes from its data pointer, ignoring strides.
-        arrays = {name: np.ascontiguousarray(array) for name, array in inputs.items()}
         try:
-            outputs = await self._caller().infer(call, arrays, options)
+            outputs = await self._caller().infer(call, call.inputs(inputs), options)
         except self._errors as exc:
             error = from_triton(exc)
             error.args = (_one_line(error.args[0]),)

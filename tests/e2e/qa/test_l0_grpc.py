@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.e2e.qa import examples
-from tests.e2e.qa.targets import Endpoint
+from tests.e2e.qa.targets import Endpoint, Target, unavailable_on_torch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -39,17 +39,30 @@ EXAMPLES: dict[str, Callable[[Endpoint], None]] = {
 }
 
 
+# The examples' models that a target may refuse by design (targets.TORCH_UNAVAILABLE).
+SEQUENCE_EXAMPLES = {
+    name: "simple_sequence"
+    for name in (
+        "simple_grpc_aio_sequence_stream_infer_client",
+        "simple_grpc_sequence_stream_infer_client",
+        "simple_grpc_sequence_sync_infer_client",
+    )
+}
+
+
 @pytest.mark.parametrize("example", list(EXAMPLES))
-def test_example(server: Endpoint, example: str) -> None:
-    """test.sh's loop over the Python examples: `python <example>.py -v` exits 0 (its PASS line)."""
-    EXAMPLES[example](server)
+def test_example(target: Target, example: str) -> None:
+    """test.sh's loop over the Python examples: `python <example>.py -v` exits 0 (its PASS line);
+    on runtime: torch the sequence examples get simple_sequence's UNAVAILABLE instead, by design."""
+    with unavailable_on_torch(target, SEQUENCE_EXAMPLES.get(example)):
+        EXAMPLES[example](target.main)
 
 
 # The client side of `-C deflate`, in a process of its own: gRPC reads GRPC_TRACE when it starts.
 COMPRESSED_CLIENT = """
 import json, sys
 from tests.e2e.qa.examples import grpc_infer_client
-from tests.e2e.qa.targets import Endpoint
+from tests.e2e.qa.targets import Endpoint, Target, unavailable_on_torch
 grpc_infer_client(Endpoint(**json.loads(sys.argv[1])), compression_algorithm="deflate")
 """
 

@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from tests.e2e.qa import examples
-from tests.e2e.qa.targets import Endpoint
+from tests.e2e.qa.targets import Endpoint, Target, by_design, unavailable, unavailable_on_torch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -125,12 +125,18 @@ def test_content_encoding_unsupported_client(server: Endpoint, encoding: str) ->
         )
 
 
-def test_descriptive_status_code(server: Endpoint) -> None:
+def test_descriptive_status_code(target: Target) -> None:
     """http_test.py HttpTest.test_descriptive_status_code: a model that queues at most one request
     (and waits up to 1 s for a batch of 8) answers a second one 503. The first must succeed
-    (QA's thread swallows its outcome; checked here so a model that is not ready cannot pass)."""
+    (QA's thread swallows its outcome; checked here so a model that is not ready cannot pass).
+    runtime: torch has no queue policies: the model is UNAVAILABLE there, by design."""
+    server = target.main
     model = "libtorch_zero_1_float32_queue"
     data = np.arange(8, dtype=np.float32).tobytes()
+    if by_design(target, model):
+        response = requests.post(_infer_url(server, model), data=data, headers=RAW_HEADERS)
+        assert response.status_code == 503 and unavailable(model) in response.json()["error"], response.text
+        return
     outcome: list[Exception | None] = []
 
     def first() -> None:
@@ -272,6 +278,8 @@ def test_simple_http_string_infer_client(server: Endpoint) -> None:
     examples.http_string_infer_client(server)
 
 
-def test_simple_http_sequence_sync_infer_client(server: Endpoint) -> None:
-    """test.sh: simple_http_sequence_sync_infer_client.py -v (sequence batching)."""
-    examples.http_sequence_sync_infer_client(server)
+def test_simple_http_sequence_sync_infer_client(target: Target) -> None:
+    """test.sh: simple_http_sequence_sync_infer_client.py -v (sequence batching; UNAVAILABLE on
+    runtime: torch, by design)."""
+    with unavailable_on_torch(target, "simple_sequence"):
+        examples.http_sequence_sync_infer_client(target.main)
