@@ -27,7 +27,6 @@ cache tells the metrics before each unload and what they counted since the last 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
 import time
@@ -37,6 +36,31 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from ray.serve import metrics as serve_metrics
 
+from serve_app.gpu_metrics import GpuReader
+from serve_app.metric_series import (
+    BACKEND,
+    CACHE_REQUESTS,
+    CANCELED,
+    FAILURE,
+    GPU_GAUGES,
+    LATENCY,
+    LATENCY_BUCKETS_MS,
+    LOAD_BUCKETS_S,
+    LOAD_DURATION,
+    LOADED_BYTES,
+    LOADED_MODELS,
+    MAX_MODELS,
+    MEMORY_BUDGET,
+    MODEL_LOADS,
+    MODEL_TAGS,
+    MODEL_UNLOADS,
+    PENDING,
+    PLACEMENT_GAUGES,
+    REJECTED,
+    STATISTICS_COUNTERS,
+    Histogram,
+    Sample,
+)
 from serve_app.residency.cache import Budget, Counters
 from serve_app.runtimes.base import Runtime
 
@@ -44,57 +68,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Key = tuple[str, str]  # (model, version)
-
-MODEL_TAGS = ("model", "version")
-# Triton's failure reasons; a runtime's statistics count failures without one (see _split_failures).
-REJECTED, CANCELED, BACKEND = "REJECTED", "CANCELED", "BACKEND"
-# Request latency buckets (ms): sub-millisecond tiny models to multi-second batches.
-LATENCY_BUCKETS_MS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
-
-# Counters fed from the runtime's statistics: name → description (Triton's wording).
-STATISTICS_COUNTERS = {
-    "nv_inference_request_success": "Number of successful inference requests, all batch sizes",
-    "nv_inference_count": "Number of inferences performed (a batch of n counts n)",
-    "nv_inference_exec_count": "Number of model executions performed (a batch counts once)",
-    "nv_inference_request_duration_us": "Cumulative inference request duration in microseconds",
-    "nv_inference_queue_duration_us": "Cumulative inference queuing duration in microseconds",
-    "nv_inference_compute_input_duration_us": "Cumulative compute input duration in microseconds",
-    "nv_inference_compute_infer_duration_us": "Cumulative compute inference duration in microseconds",
-    "nv_inference_compute_output_duration_us": "Cumulative inference compute output duration in microseconds",
-}
-FAILURE = "nv_inference_request_failure"
-PENDING = "nv_inference_pending_request_count"
-LATENCY = "nv_inference_request_histogram_ms"  # exported as LATENCY_bucket, _sum and _count
-GPU_GAUGES = {
-    "nv_gpu_utilization": "GPU utilization rate [0.0 - 1.0)",
-    "nv_gpu_memory_used_bytes": "GPU used memory, in bytes",
-    "nv_gpu_memory_total_bytes": "GPU total memory, in bytes",
-}
-
-# On-demand placement: one series per replica (Serve's tags), named after GET /v2's fields.
-MODEL_LOADS = "serve_app_model_loads"
-MODEL_UNLOADS = "serve_app_model_unloads"  # reason: idle, evicted, failed (Counters.unloads)
-CACHE_REQUESTS = "serve_app_cache_requests"  # result: hit, miss
-LOAD_DURATION = "serve_app_model_load_duration_seconds"  # histogram series, as LATENCY
-# Model load times (s): a tiny model on CPU to a large one onto a GPU.
-LOAD_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300]
-LOADED_MODELS, LOADED_BYTES = "serve_app_loaded_models", "serve_app_loaded_bytes"
-MAX_MODELS, MEMORY_BUDGET = "serve_app_max_models_per_replica", "serve_app_memory_budget_bytes"
-PLACEMENT_GAUGES = {
-    LOADED_MODELS: "Models loaded on the replica",
-    LOADED_BYTES: "Bytes of the models loaded on the replica (measured, else estimated)",
-    MAX_MODELS: "The replica's budget of models (args.model_placement)",
-    MEMORY_BUDGET: "The replica's memory budget for models, bytes (args.model_placement)",
-}
-
-
-class Sample(NamedTuple):
-    """One update of one metric: a counter increment, a gauge value or a histogram observation."""
-
-    name: str
-    value: float
-    tags: dict[str, str]
-
 
 _DURATIONS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 
@@ -130,32 +103,6 @@ class _Totals(NamedTuple):
         return _Totals(*(now - then for now, then in zip(self, before, strict=True)))
 
 
-class _Histogram:
-    """Observations since the replica started, counted in `bounds`, exported as `name`'s series."""
-
-    __slots__ = ("bounds", "counts", "name", "total")  # updated per request: the faster attributes
-
-    def __init__(self, name: str, bounds: list[float]) -> None:
-        self.name = name
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
-        self.total += value
-
-    def samples(self, tags: dict[str, str]) -> list[Sample]:
-        samples, cumulative = [], 0
-        labels = [*(str(float(bound)) for bound in self.bounds), "+Inf"]  # Prometheus's `le`
-        for bound, count in zip(labels, self.counts, strict=True):
-            cumulative += count
-            samples.append(Sample(f"{self.name}_bucket", cumulative, {**tags, "le": bound}))
-        samples.append(Sample(f"{self.name}_sum", self.total, tags))
-        samples.append(Sample(f"{self.name}_count", cumulative, tags))
-        return samples
-
-
 @dataclass(slots=True)
 class _Outcomes:
     """What the dataplane saw of one model version: counts since the last collection, latencies
@@ -164,7 +111,7 @@ class _Outcomes:
     in_flight: int = 0
     rejected: int = 0
     canceled: int = 0
-    latency: _Histogram = field(default_factory=lambda: _Histogram(LATENCY, LATENCY_BUCKETS_MS))
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY, LATENCY_BUCKETS_MS))
 
 
 def _tags(key: Key) -> dict[str, str]:
@@ -192,7 +139,7 @@ class _PlacementReader:
     def __init__(self, cache: Residency) -> None:
         self._cache = cache
         self._seen = Counters()  # the counters at the last read
-        self._load_time = _Histogram(LOAD_DURATION, LOAD_BUCKETS_S)
+        self._load_time = Histogram(LOAD_DURATION, LOAD_BUCKETS_S)
 
     def read(self) -> list[Sample]:
         counters, seen = self._cache.counters, self._seen
@@ -434,56 +381,3 @@ class _Instruments:
                 self._gauges[sample.name].set(sample.value, sample.tags)
             else:
                 self._counters[sample.name].inc(sample.value, sample.tags)
-
-
-class GpuReader:
-    """Utilisation and memory of the replica's GPUs from NVML, as Triton reports them."""
-
-    def __init__(self, nvml: Any, handles: dict[str, Any]) -> None:
-        self._nvml = nvml
-        self._handles = handles  # GPU UUID → NVML handle
-
-    @classmethod
-    def open(cls, gpu_ids: tuple[str, ...]) -> GpuReader | None:
-        """NVML handles for Ray's GPU ids (indices or UUIDs); None, logged, where NVML is missing."""
-        try:
-            nvml = _import_nvml()
-            nvml.nvmlInit()
-            handles = {}
-            for gpu in gpu_ids:
-                handle = (
-                    nvml.nvmlDeviceGetHandleByUUID(gpu) if gpu.startswith(("GPU-", "MIG-"))
-                    else nvml.nvmlDeviceGetHandleByIndex(int(gpu))
-                )  # fmt: skip
-                uuid = nvml.nvmlDeviceGetUUID(handle)
-                handles[uuid.decode() if isinstance(uuid, bytes) else uuid] = handle
-        except Exception as exc:  # noqa: BLE001 - no GPU metrics, everything else still works
-            logger.warning("no GPU metrics for GPUs %s: NVML unavailable (%s)", ",".join(gpu_ids), exc)
-            return None
-        return cls(nvml, handles)
-
-    def memory_used(self) -> int:
-        """Bytes in use on the replica's GPUs (what a model's load adds, on-demand placement)."""
-        return sum(self._nvml.nvmlDeviceGetMemoryInfo(handle).used for handle in self._handles.values())
-
-    def read(self) -> list[Sample]:
-        samples = []
-        for uuid, handle in self._handles.items():
-            tags = {"gpu_uuid": uuid}
-            memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-            utilization = self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100
-            samples += [
-                Sample("nv_gpu_utilization", utilization, tags),
-                Sample("nv_gpu_memory_used_bytes", memory.used, tags),
-                Sample("nv_gpu_memory_total_bytes", memory.total, tags),
-            ]
-        return samples
-
-
-def _import_nvml() -> Any:
-    """`pynvml` (nvidia-ml-py) where installed, else the copy Ray ships for its own GPU metrics."""
-    try:
-        import pynvml
-    except ImportError:
-        from ray._private.thirdparty import pynvml
-    return pynvml

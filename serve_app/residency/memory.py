@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from serve_app.metrics import GpuReader
+from serve_app.gpu_metrics import GpuReader
 from serve_app.storage import RepositoryURL, filesystem
 
 logger = logging.getLogger(__name__)

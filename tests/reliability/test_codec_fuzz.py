@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from serve_app.bytes_tensors import OBJECT, as_array, held_bytes
-from serve_app.dataplane import resolve_raw_input
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
 from serve_app.http_codec import (
@@ -32,6 +31,7 @@ from serve_app.http_codec import (
 )
 from serve_app.infer_types import InferRequest, InferResponse, Limits, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
+from serve_app.request_checks import resolve_raw_input
 
 # JSON floats past FP16/FP32's range become inf, as in Triton; numpy's warning about it is expected.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")

@@ -9,16 +9,7 @@ import numpy as np
 import pytest
 
 from serve_app import __version__
-from serve_app.dataplane import (
-    SERVED_EXTENSIONS,
-    DataPlane,
-    Expected,
-    infer_options,
-    load_parameters,
-    requested_outputs,
-    resolve_raw_input,
-    validate_inputs,
-)
+from serve_app.dataplane import SERVED_EXTENSIONS, DataPlane
 from serve_app.errors import (
     InternalError,
     InvalidInputError,
@@ -35,6 +26,14 @@ from serve_app.http_codec import decode_request
 from serve_app.infer_types import InferRequest, InputTensor, Limits, RequestedOutput
 from serve_app.model_state.replica import DeploymentModels
 from serve_app.repository import ModelSignature, TensorSpec
+from serve_app.request_checks import (
+    Expected,
+    infer_options,
+    load_parameters,
+    requested_outputs,
+    resolve_raw_input,
+    validate_inputs,
+)
 from serve_app.runtimes.base import NO_OPTIONS, InferOptions
 from serve_app.runtimes.torch.runtime import TorchRuntime
 from tests.unit.http_bodies import decode, json_input

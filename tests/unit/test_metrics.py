@@ -15,7 +15,7 @@ from serve_app.config import parse_args
 from serve_app.dataplane import DataPlane
 from serve_app.errors import InvalidInputError
 from serve_app.infer_types import InferRequest, InputTensor
-from serve_app.metrics import (
+from serve_app.metric_series import (
     CACHE_REQUESTS,
     LATENCY,
     LATENCY_BUCKETS_MS,
@@ -27,11 +27,10 @@ from serve_app.metrics import (
     MODEL_LOADS,
     MODEL_UNLOADS,
     PENDING,
-    ReplicaMetrics,
+    Histogram,
     Sample,
-    _Histogram,
-    _Instruments,
 )
+from serve_app.metrics import ReplicaMetrics, _Instruments
 from serve_app.model_state.replica import DeploymentModels
 from serve_app.residency.cache import Budget, Counters, ModelCache
 from serve_app.runtimes.torch.runtime import TorchRuntime
@@ -89,7 +88,7 @@ async def test_good_and_bad_requests_become_triton_metrics(runtime: TorchRuntime
 
 
 def test_latency_buckets_count_values_up_to_their_bound() -> None:
-    histogram = _Histogram(LATENCY, LATENCY_BUCKETS_MS)
+    histogram = Histogram(LATENCY, LATENCY_BUCKETS_MS)
     for ms in (0.1, 0.2, 7, 10**6):
         histogram.observe(ms)
     counts = {s.tags["le"]: s.value for s in histogram.samples({}) if s.name.endswith("_bucket")}
