@@ -9,7 +9,6 @@ rest (Serve noticing the request, starting the replica, and routing to it).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -20,7 +19,7 @@ from devtools.processes import (
     http_post,
     wait_for,
 )
-from devtools.serve_configs import examples_workdir, replica_pids, serving, shipped
+from devtools.serve_configs import examples_workdir, replica_pids, runtime_arguments, serving, shipped
 
 READY = re.compile(
     r"replica (\S+) ready: .*?; ([\d.]+) s after its process started \(its constructor at ([\d.]+) s, "
@@ -41,10 +40,7 @@ def config(repository: Path, runtime: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runtime", default="triton", choices=["triton", "torch"])
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = runtime_arguments(__doc__ or "", 3)
     workdir, repository = examples_workdir("serve_app-cold-")
     served = config(repository, args.runtime)
     log = workdir / "serve.log"

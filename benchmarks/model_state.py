@@ -11,7 +11,6 @@ control and repository polling (1 s), then measures, through HAProxy's port:
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -25,7 +24,7 @@ from benchmarks.cold_start import LINEAR_REQUEST
 from devtools.processes import (
     wait_for,
 )
-from devtools.serve_configs import examples_workdir, replica_http_ports, serving, shipped
+from devtools.serve_configs import examples_workdir, replica_http_ports, runtime_arguments, serving, shipped
 
 REPLICAS = 2
 
@@ -90,10 +89,7 @@ def version_roll(url: str, repository: Path, ports: list[int]) -> dict[str, floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runtime", default="triton", choices=["triton", "torch"])
-    parser.add_argument("--rounds", type=int, default=10)
-    args = parser.parse_args()
+    args = runtime_arguments(__doc__ or "", 10)
     workdir, repository = examples_workdir("serve_app-state-")
     config = app(repository, args.runtime)
     with serving(config, workdir) as (process, url):

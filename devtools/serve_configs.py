@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import subprocess
@@ -79,3 +80,11 @@ def examples_workdir(prefix: str) -> tuple[Path, Path]:
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     build_example_repository(workdir / "repository")
     return workdir, workdir / "repository"
+
+
+def runtime_arguments(description: str, rounds: int) -> argparse.Namespace:
+    """`--runtime` (triton or torch) and `--rounds` of a benchmark of one app."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runtime", default="triton", choices=["triton", "torch"])
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser.parse_args()

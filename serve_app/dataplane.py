@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serve_app import __version__
+from serve_app import request_checks as checks
 from serve_app.errors import (
     MODEL_CONTROL_OFF,
     InvalidInputError,
@@ -21,14 +22,6 @@ from serve_app.errors import (
     ModelNotReadyError,
 )
 from serve_app.infer_types import InferRequest, InferResponse
-from serve_app.request_checks import (
-    Expected,
-    infer_options,
-    load_parameters,
-    requested_outputs,
-    resolve_raw_input,
-    validate_inputs,
-)
 from serve_app.runtimes.base import LoadParameters, Runtime
 
 # Protocol extensions the codecs, routes and dataplane serve whatever the runtime, and those that
@@ -112,7 +105,7 @@ class DataPlane:
         self._model_control = model_control
         self._placement = placement
         self._observer = observer
-        self._expected: dict[tuple[str, str], Expected] = {}  # by model and version
+        self._expected: dict[tuple[str, str], checks.Expected] = {}  # by model and version
 
     def live(self) -> bool:
         return True
@@ -179,7 +172,7 @@ class DataPlane:
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
         """Load on every replica; a `config` override is checked here, before anything changes."""
         self._check_model_control(model)
-        await self._deployment.load(model, load_parameters(model, parameters))
+        await self._deployment.load(model, checks.load_parameters(model, parameters))
 
     async def unload(self, model: str) -> None:
         self._check_model_control(model)
@@ -216,10 +209,10 @@ class DataPlane:
         model = request.model_name
         expected = self._expected_of(model, version)
         try:
-            request = resolve_raw_input(request, expected.signature)
-            inputs = validate_inputs(expected, request.inputs)
-            outputs = requested_outputs(expected, request)
-            options = infer_options(request.parameters)
+            request = checks.resolve_raw_input(request, expected.signature)
+            inputs = checks.validate_inputs(expected, request.inputs)
+            outputs = checks.requested_outputs(expected, request)
+            options = checks.infer_options(request.parameters)
         except InvalidInputError:
             if self._observer is not None:
                 self._observer.rejected(model, version)
@@ -234,10 +227,10 @@ class DataPlane:
             parameters=dict(options.parameters) if options.parameters else None,
         )
 
-    def _expected_of(self, model: str, version: str) -> Expected:
+    def _expected_of(self, model: str, version: str) -> checks.Expected:
         """The runtime's signature, indexed; again whenever the runtime hands out another (a reload)."""
         signature = self._runtime.signature(model, version)
         expected = self._expected.get((model, version))
         if expected is None or expected.signature is not signature:
-            expected = self._expected[model, version] = Expected(signature)
+            expected = self._expected[model, version] = checks.Expected(signature)
         return expected

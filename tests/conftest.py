@@ -161,6 +161,48 @@ class Picky(torch.nn.Module):
         return x * 2
 
 
+# BYTES as Triton's PyTorch backend passes them: 1-D List[str] in, List[str] out.
+STRINGS_CONFIG = """
+platform: "pytorch_libtorch"
+max_batch_size: 0
+input [ { name: "INPUT__0" data_type: TYPE_STRING dims: [ -1 ] } ]
+output [
+  { name: "OUTPUT__0" data_type: TYPE_STRING dims: [ -1 ] },
+  { name: "OUTPUT__1" data_type: TYPE_INT64 dims: [ -1 ] }
+]
+"""
+STRINGS_BATCHED_CONFIG = """
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [ { name: "INPUT__0" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]
+dynamic_batching { max_queue_delay_microseconds: 20000 }
+"""
+
+
+class Strings(torch.nn.Module):
+    def forward(self, x: list[str]) -> tuple[list[str], torch.Tensor]:
+        return [s + "!" for s in x], torch.tensor([len(s) for s in x], dtype=torch.int64)
+
+
+class Upper(torch.nn.Module):
+    def forward(self, x: list[str]) -> list[str]:
+        return [s.upper() for s in x]
+
+
+def add_scripted(repository: Path, name: str, module: torch.nn.Module, config: str) -> None:
+    """`module`, scripted, as `<repository>/<name>/1/model.pt` with `config`."""
+    (repository / name / "1").mkdir(parents=True)
+    torch.jit.script(module).save(str(repository / name / "1" / "model.pt"))
+    (repository / name / "config.pbtxt").write_text(config)
+
+
+def add_string_models(repository: Path) -> None:
+    """`strings` (List[str] in: each with "!", and their lengths) and `strings_batched` (upper case)."""
+    add_scripted(repository, "strings", Strings(), STRINGS_CONFIG)
+    add_scripted(repository, "strings_batched", Upper(), STRINGS_BATCHED_CONFIG)
+
+
 def add_picky(repository: Path, max_queue_delay_us: int) -> None:
     """`picky` (Picky on rows of 2 FP32, batches of up to 8 gathered for `max_queue_delay_us`)."""
     (repository / "picky" / "1").mkdir(parents=True)

@@ -24,25 +24,9 @@ from serve_app.config import AppArgs
 from serve_app.dataplane import DataPlane
 from serve_app.model_state.replica import DeploymentModels
 from serve_app.runtimes.torch.runtime import TorchRuntime
-from tests.conftest import ServeFactory
+from tests.conftest import ServeFactory, add_scripted, add_string_models
 from tests.unit.test_grpc_api import Ingress, call
 
-STRINGS = """
-platform: "pytorch_libtorch"
-max_batch_size: 0
-input [ { name: "INPUT__0" data_type: TYPE_STRING dims: [ -1 ] } ]
-output [
-  { name: "OUTPUT__0" data_type: TYPE_STRING dims: [ -1 ] },
-  { name: "OUTPUT__1" data_type: TYPE_INT64 dims: [ -1 ] }
-]
-"""
-BATCHED = """
-platform: "pytorch_libtorch"
-max_batch_size: 8
-input [ { name: "INPUT__0" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]
-output [ { name: "OUTPUT__0" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]
-dynamic_batching { max_queue_delay_microseconds: 20000 }
-"""
 PAIR = """
 platform: "pytorch_libtorch"
 max_batch_size: 0
@@ -61,16 +45,6 @@ output [ { name: "OUTPUT__0" data_type: TYPE_STRING dims: [ 1 ] } ]
 TWO_DIMS = ONE.replace("dims: [ 1 ]", "dims: [ 2, 2 ]")
 
 
-class Strings(nn.Module):
-    def forward(self, x: list[str]) -> tuple[list[str], torch.Tensor]:
-        return [s + "!" for s in x], torch.tensor([len(s) for s in x], dtype=torch.int64)
-
-
-class Upper(nn.Module):
-    def forward(self, x: list[str]) -> list[str]:
-        return [s.upper() for s in x]
-
-
 class Join(nn.Module):
     def forward(self, INPUT0: list[str], INPUT1: list[str]) -> list[str]:
         return [INPUT0[i] + INPUT1[i] for i in range(len(INPUT0))]  # TorchScript's zip has no strict
@@ -84,16 +58,13 @@ class Same(nn.Module):
 @pytest.fixture(scope="module")
 def strings_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bytes") / "repo"
+    add_string_models(root)
     for name, module, config in (
-        ("strings", Strings(), STRINGS),
-        ("strings_batched", Upper(), BATCHED),
         ("pair", Join(), PAIR),
         ("one", Same(), ONE),
         ("two_dims", Same(), TWO_DIMS),
     ):
-        (root / name / "1").mkdir(parents=True)
-        torch.jit.script(module).save(str(root / name / "1" / "model.pt"))
-        (root / name / "config.pbtxt").write_text(config)
+        add_scripted(root, name, module, config)
     return root
 
 

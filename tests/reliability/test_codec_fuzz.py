@@ -18,17 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from serve_app import http_codec
 from serve_app.bytes_tensors import OBJECT, as_array, held_bytes
 from serve_app.datatypes import NUMPY_BY_DATATYPE
 from serve_app.errors import InvalidInputError, PayloadTooLargeError
-from serve_app.http_codec import (
-    ModelControlBody,
-    RepositoryIndexBody,
-    decode_body,
-    decode_request,
-    decompress,
-    encode_response,
-)
 from serve_app.infer_types import InferRequest, InferResponse, Limits, RequestedOutput
 from serve_app.repository import ModelSignature, TensorSpec
 from serve_app.request_checks import resolve_raw_input
@@ -120,7 +113,7 @@ def near_valid_tensors(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
 def decode(body: bytes, header_length: str | None) -> InferRequest | None:
     """Decode, or None where the body was refused with a 4xx; anything else propagates and fails."""
     try:
-        request = decode_request("m", None, body, header_length, limits=LIMITS)
+        request = http_codec.decode_request("m", None, body, header_length, limits=LIMITS)
     except REFUSALS:
         return None
     # What was accepted respects its bounds: declared shapes, and the byte limit over all inputs
@@ -239,7 +232,9 @@ def test_tritonclient_requests_round_trip_exactly(arrays: list[np.ndarray], bina
         tensor.set_data_from_numpy(array, binary_data=binary[i] if i < len(binary) else True)
         inputs.append(tensor)
     body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs)
-    request = decode_request("m", None, body, None if json_size is None else str(json_size), limits=LIMITS)
+    request = http_codec.decode_request(
+        "m", None, body, None if json_size is None else str(json_size), limits=LIMITS
+    )
     assert [t.name for t in request.inputs] == [f"x{i}" for i in range(len(arrays))]
     for tensor, array in zip(request.inputs, arrays, strict=True):
         assert_exact(tensor.array, array)
@@ -255,7 +250,9 @@ def test_tritonclient_bytes_round_trip_exactly(binary: np.ndarray, text: np.ndar
         tensor.set_data_from_numpy(array, binary_data=binary_data)
         inputs.append(tensor)
     body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs)
-    request = decode_request("m", None, body, None if json_size is None else str(json_size), limits=LIMITS)
+    request = http_codec.decode_request(
+        "m", None, body, None if json_size is None else str(json_size), limits=LIMITS
+    )
     assert_exact(request.inputs[0].array, binary)
     assert_exact(request.inputs[1].array, text)
 
@@ -266,7 +263,9 @@ def test_binary_inputs_round_trip_exactly_even_nan(array: np.ndarray) -> None:
     tensor = httpclient.InferInput("x", list(array.shape), _datatype(array.dtype))
     tensor.set_data_from_numpy(array)
     body, json_size = httpclient.InferenceServerClient.generate_request_body([tensor])
-    assert_exact(decode_request("m", None, body, str(json_size), limits=LIMITS).inputs[0].array, array)
+    assert_exact(
+        http_codec.decode_request("m", None, body, str(json_size), limits=LIMITS).inputs[0].array, array
+    )
 
 
 @FUZZ
@@ -283,7 +282,7 @@ def test_responses_round_trip_exactly_through_tritonclient(outputs: list[tuple[n
     response = InferResponse(
         "m", "1", [(RequestedOutput(f"y{i}", binary), array) for i, (array, binary) in enumerate(outputs)]
     )
-    body, header_length = encode_response(response)
+    body, header_length = http_codec.encode_response(response)
     result = httpclient.InferenceServerClient.parse_response_body(body, header_length=header_length)
     for i, (array, binary) in enumerate(outputs):
         got = result.as_numpy(f"y{i}")
@@ -299,7 +298,7 @@ def test_responses_round_trip_exactly_through_tritonclient(outputs: list[tuple[n
 )
 def test_arbitrary_compressed_bodies_decompress_or_are_refused(body: bytes, encoding: str | None) -> None:
     with contextlib.suppress(REFUSALS):
-        assert len(decompress(body, encoding, limit=512)) <= max(512, len(body))
+        assert len(http_codec.decompress(body, encoding, limit=512)) <= max(512, len(body))
 
 
 @FUZZ
@@ -308,7 +307,7 @@ def test_compression_round_trips(payload: bytes, encoding: str) -> None:
     wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
     compressor = zlib.compressobj(wbits=wbits)
     body = compressor.compress(payload) + compressor.flush()
-    assert decompress(body, encoding, limit=2048) == payload
+    assert http_codec.decompress(body, encoding, limit=2048) == payload
 
 
 @FUZZ
@@ -328,7 +327,7 @@ def test_raw_inputs_resolve_or_are_refused(
 ) -> None:
     specs = tuple(TensorSpec(f"x{i}", datatype, dims) for i, (datatype, dims) in enumerate(inputs))
     signature = ModelSignature("raw", max_batch_size, specs, ())
-    raw = decode_request("m", None, body, "0", limits=LIMITS)
+    raw = http_codec.decode_request("m", None, body, "0", limits=LIMITS)
     try:
         [tensor] = resolve_raw_input(raw, signature).inputs
     except InvalidInputError:
@@ -346,6 +345,6 @@ def test_raw_inputs_resolve_or_are_refused(
 @FUZZ
 @given(body=st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_control_bodies_decode_or_are_refused(body: bytes) -> None:
-    for schema in (RepositoryIndexBody, ModelControlBody):
+    for schema in (http_codec.RepositoryIndexBody, http_codec.ModelControlBody):
         with contextlib.suppress(InvalidInputError):
-            decode_body(body, schema, "control request")
+            http_codec.decode_body(body, schema, "control request")

@@ -11,25 +11,11 @@ import anyio
 import numpy as np
 import pytest
 
+from serve_app import metric_series as series
 from serve_app.config import parse_args
 from serve_app.dataplane import DataPlane
 from serve_app.errors import InvalidInputError
 from serve_app.infer_types import InferRequest, InputTensor
-from serve_app.metric_series import (
-    CACHE_REQUESTS,
-    LATENCY,
-    LATENCY_BUCKETS_MS,
-    LOAD_DURATION,
-    LOADED_BYTES,
-    LOADED_MODELS,
-    MAX_MODELS,
-    MEMORY_BUDGET,
-    MODEL_LOADS,
-    MODEL_UNLOADS,
-    PENDING,
-    Histogram,
-    Sample,
-)
 from serve_app.metrics import ReplicaMetrics, _Instruments
 from serve_app.model_state.replica import DeploymentModels
 from serve_app.residency.cache import Budget, Counters, ModelCache
@@ -40,7 +26,7 @@ pytestmark = pytest.mark.anyio
 Totals = dict[tuple[str, ...], float]
 
 
-def totals(samples: list[Sample], name: str) -> Totals:
+def totals(samples: list[series.Sample], name: str) -> Totals:
     """Sum of the updates of `name` by (model, version[, reason])."""
     found: Totals = defaultdict(float)
     for sample in samples:
@@ -74,21 +60,26 @@ async def test_good_and_bad_requests_become_triton_metrics(runtime: TorchRuntime
     for metric, phase in [("request", "success"), ("queue", "queue"), ("compute_infer", "compute_infer")]:
         exported = totals(samples, f"nv_inference_{metric}_duration_us")[key]
         assert exported == pytest.approx(stats[phase]["ns"] / 1000) and exported > 0
-    assert totals(samples, f"{LATENCY}_count") == {key: 3}
-    buckets = [s for s in samples if s.name == f"{LATENCY}_bucket"]
+    assert totals(samples, f"{series.LATENCY}_count") == {key: 3}
+    buckets = [s for s in samples if s.name == f"{series.LATENCY}_bucket"]
     assert buckets[-1].tags["le"] == "+Inf" and buckets[-1].value == 3
     assert [b.value for b in buckets] == sorted(b.value for b in buckets)  # cumulative
-    assert 0 < totals(samples, f"{LATENCY}_sum")[key] < 30_000 * 3
-    assert totals(samples, PENDING) == {key: 0}
+    assert 0 < totals(samples, f"{series.LATENCY}_sum")[key] < 30_000 * 3
+    assert totals(samples, series.PENDING) == {key: 0}
     assert not [s for s in samples if s.name.startswith("serve_app_")]  # every model resident: none
 
     again = metrics.collect()  # nothing new: no increments; the gauges again, the histogram unchanged
-    assert {s.name for s in again} == {PENDING, f"{LATENCY}_bucket", f"{LATENCY}_sum", f"{LATENCY}_count"}
-    assert totals(again, f"{LATENCY}_count") == {key: 3}
+    assert {s.name for s in again} == {
+        series.PENDING,
+        f"{series.LATENCY}_bucket",
+        f"{series.LATENCY}_sum",
+        f"{series.LATENCY}_count",
+    }
+    assert totals(again, f"{series.LATENCY}_count") == {key: 3}
 
 
 def test_latency_buckets_count_values_up_to_their_bound() -> None:
-    histogram = Histogram(LATENCY, LATENCY_BUCKETS_MS)
+    histogram = series.Histogram(series.LATENCY, series.LATENCY_BUCKETS_MS)
     for ms in (0.1, 0.2, 7, 10**6):
         histogram.observe(ms)
     counts = {s.tags["le"]: s.value for s in histogram.samples({}) if s.name.endswith("_bucket")}
@@ -148,7 +139,7 @@ async def test_runtime_failures_are_canceled_as_far_as_the_dataplane_saw_cancell
     hanging = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(metrics.observe("a", "1", hanging))
     await asyncio.sleep(0)
-    assert totals(metrics.collect(), PENDING) == {("a", "1"): 1}
+    assert totals(metrics.collect(), series.PENDING) == {("a", "1"): 1}
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -161,7 +152,7 @@ async def test_runtime_failures_are_canceled_as_far_as_the_dataplane_saw_cancell
 
 async def test_the_task_exports_every_interval_and_stops(runtime: TorchRuntime) -> None:
     metrics = ReplicaMetrics(runtime, interval_s=0.01)
-    exported: list[list[Sample]] = []
+    exported: list[list[series.Sample]] = []
     metrics._instruments.record = exported.append  # type: ignore[method-assign]
     metrics.start()
     with anyio.fail_after(10):
@@ -208,15 +199,20 @@ def test_the_cache_becomes_increments_since_the_last_read_and_gauges_against_the
     cache.counters.unloads["evicted"] = 1
     cache.sizes = {"a": 100, "b": 200}
     samples = metrics.collect()
-    assert totals(samples, CACHE_REQUESTS) == {("hit",): 5, ("miss",): 2}
-    assert totals(samples, MODEL_LOADS) == {(): 2}
-    assert totals(samples, MODEL_UNLOADS) == {("evicted",): 1}
-    gauges = {LOADED_MODELS: 2, LOADED_BYTES: 300, MAX_MODELS: 3, MEMORY_BUDGET: 1000}
+    assert totals(samples, series.CACHE_REQUESTS) == {("hit",): 5, ("miss",): 2}
+    assert totals(samples, series.MODEL_LOADS) == {(): 2}
+    assert totals(samples, series.MODEL_UNLOADS) == {("evicted",): 1}
+    gauges = {
+        series.LOADED_MODELS: 2,
+        series.LOADED_BYTES: 300,
+        series.MAX_MODELS: 3,
+        series.MEMORY_BUDGET: 1000,
+    }
     assert {name: totals(samples, name) for name in gauges} == {name: {(): v} for name, v in gauges.items()}
-    buckets = {s.tags["le"]: s.value for s in samples if s.name == f"{LOAD_DURATION}_bucket"}
+    buckets = {s.tags["le"]: s.value for s in samples if s.name == f"{series.LOAD_DURATION}_bucket"}
     expected = {"0.01": 0, "0.025": 1, "2.5": 1, "5.0": 2, "+Inf": 2}  # 0.02 s and 3 s
     assert {le: buckets[le] for le in expected} == expected
-    assert totals(samples, f"{LOAD_DURATION}_sum") == {(): pytest.approx(3.02)}
+    assert totals(samples, f"{series.LOAD_DURATION}_sum") == {(): pytest.approx(3.02)}
     assert cache.counters.load_seconds == []  # taken
     metrics._instruments.record(samples)  # Ray's metrics take every series with its tags
 
@@ -227,19 +223,24 @@ def test_the_cache_becomes_increments_since_the_last_read_and_gauges_against_the
     cache.counters.unloads["failed"] += 1
     del cache.sizes["b"]
     samples = metrics.collect()
-    assert totals(samples, CACHE_REQUESTS) == {("hit",): 1}
-    assert totals(samples, MODEL_LOADS) == {(): 1}
-    assert totals(samples, MODEL_UNLOADS) == {("idle",): 1, ("failed",): 1}
-    assert totals(samples, f"{LOAD_DURATION}_count") == {(): 3}
-    assert totals(samples, LOADED_MODELS) == {(): 1} and totals(samples, LOADED_BYTES) == {(): 100}
+    assert totals(samples, series.CACHE_REQUESTS) == {("hit",): 1}
+    assert totals(samples, series.MODEL_LOADS) == {(): 1}
+    assert totals(samples, series.MODEL_UNLOADS) == {("idle",): 1, ("failed",): 1}
+    assert totals(samples, f"{series.LOAD_DURATION}_count") == {(): 3}
+    assert totals(samples, series.LOADED_MODELS) == {(): 1} and totals(samples, series.LOADED_BYTES) == {
+        (): 100
+    }
 
 
 def test_no_budget_no_budget_series_and_mode_all_no_placement_series() -> None:
     unbounded = ReplicaMetrics(FakeRuntime(), interval_s=1.0, residency=StandInCache(Budget()))  # type: ignore[arg-type]
     names = {s.name for s in unbounded.collect()}
-    assert {LOADED_MODELS, LOADED_BYTES} <= names and not names & {MAX_MODELS, MEMORY_BUDGET}
+    assert {series.LOADED_MODELS, series.LOADED_BYTES} <= names and not names & {
+        series.MAX_MODELS,
+        series.MEMORY_BUDGET,
+    }
     with pytest.raises(KeyError):  # mode all registers none of the series
-        _Instruments(gpu=False, placement=False).record([Sample(MODEL_LOADS, 1, {})])
+        _Instruments(gpu=False, placement=False).record([series.Sample(series.MODEL_LOADS, 1, {})])
 
 
 def test_a_models_statistics_are_counted_when_the_cache_unloads_it() -> None:
@@ -305,7 +306,9 @@ async def test_a_model_cache_with_room_for_one_exports_every_request_and_what_it
     samples = metrics.collect()
     # One of the two was evicted with its statistics, and its requests still count.
     assert totals(samples, "nv_inference_request_success") == {("a", "1"): 2, ("b", "1"): 1}
-    assert totals(samples, CACHE_REQUESTS) == {("hit",): 1, ("miss",): 2}
-    assert totals(samples, MODEL_LOADS) == {(): 2} and totals(samples, f"{LOAD_DURATION}_count") == {(): 2}
-    assert totals(samples, MODEL_UNLOADS) == {("evicted",): 1}
-    assert totals(samples, LOADED_MODELS) == {(): 1} and totals(samples, MAX_MODELS) == {(): 1}
+    assert totals(samples, series.CACHE_REQUESTS) == {("hit",): 1, ("miss",): 2}
+    assert totals(samples, series.MODEL_LOADS) == {(): 2} and totals(
+        samples, f"{series.LOAD_DURATION}_count"
+    ) == {(): 2}
+    assert totals(samples, series.MODEL_UNLOADS) == {("evicted",): 1}
+    assert totals(samples, series.LOADED_MODELS) == {(): 1} and totals(samples, series.MAX_MODELS) == {(): 1}

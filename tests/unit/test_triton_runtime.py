@@ -46,7 +46,7 @@ from serve_app.runtimes.triton import runtime as triton_module
 from serve_app.runtimes.triton.bindings_caller import BindingsCaller
 from serve_app.runtimes.triton.extension_caller import ExtensionCaller, extension
 from serve_app.runtimes.triton.runtime import TritonRuntime
-from tests.conftest import add_picky, example_cases, infer_picky
+from tests.conftest import add_picky, add_scripted, add_string_models, example_cases, infer_picky
 
 pytest.importorskip("tritonserver", reason="needs `python -m serve_app.triton_install install`")
 
@@ -122,21 +122,6 @@ ensemble_scheduling { step [
 
 # BYTES on both backends: TorchScript takes and returns 1-D List[str] (Triton's PyTorch backend);
 # the python backend any shape of any bytes.
-STRINGS_CONFIG = """
-platform: "pytorch_libtorch"
-max_batch_size: 0
-input [ { name: "INPUT__0" data_type: TYPE_STRING dims: [ -1 ] } ]
-output [
-  { name: "OUTPUT__0" data_type: TYPE_STRING dims: [ -1 ] },
-  { name: "OUTPUT__1" data_type: TYPE_INT64 dims: [ -1 ] }
-]
-"""
-STRINGS_BATCHED_CONFIG = """
-platform: "pytorch_libtorch"
-max_batch_size: 8
-input [ { name: "INPUT__0" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]
-output [ { name: "OUTPUT__0" data_type: TYPE_STRING dims: [ 1 ] reshape: { shape: [ ] } } ]
-"""
 PY_STRINGS_CONFIG = """
 backend: "python"
 max_batch_size: 0
@@ -159,16 +144,6 @@ class TritonPythonModel:
 """
 
 
-class Strings(nn.Module):
-    def forward(self, x: list[str]) -> tuple[list[str], torch.Tensor]:
-        return [s + "!" for s in x], torch.tensor([len(s) for s in x], dtype=torch.int64)
-
-
-class Upper(nn.Module):
-    def forward(self, x: list[str]) -> list[str]:
-        return [s.upper() for s in x]
-
-
 class Double(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * 2
@@ -186,19 +161,11 @@ def repository(mixed_repository: Path, tmp_path_factory: pytest.TempPathFactory)
     path = tmp_path_factory.mktemp("triton") / "repo"
     shutil.copytree(mixed_repository, path)
     add_picky(path, 50000)
-    (path / "double" / "1").mkdir(parents=True)
-    torch.jit.script(Double()).save(str(path / "double" / "1" / "model.pt"))
-    (path / "double" / "config.pbtxt").write_text(DOUBLE_CONFIG)
+    add_scripted(path, "double", Double(), DOUBLE_CONFIG)
     (path / "echo" / "1").mkdir(parents=True)
     (path / "echo" / "1" / "model.py").write_text(ECHO_MODEL)
     (path / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
-    for name, module, config in (
-        ("strings", Strings(), STRINGS_CONFIG),
-        ("strings_batched", Upper(), STRINGS_BATCHED_CONFIG),
-    ):
-        (path / name / "1").mkdir(parents=True)
-        torch.jit.script(module).save(str(path / name / "1" / "model.pt"))
-        (path / name / "config.pbtxt").write_text(config)
+    add_string_models(path)
     (path / "py_strings" / "1").mkdir(parents=True)
     (path / "py_strings" / "1" / "model.py").write_text(PY_STRINGS_MODEL)
     (path / "py_strings" / "config.pbtxt").write_text(PY_STRINGS_CONFIG)

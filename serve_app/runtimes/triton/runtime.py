@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serve_app import repository as configs
 from serve_app import triton_layout
 from serve_app.config import AppArgs
 from serve_app.errors import (
@@ -32,26 +33,7 @@ from serve_app.errors import (
     unknown_model,
 )
 from serve_app.placement import Placement
-from serve_app.repository import (
-    TORCHSCRIPT_BACKEND,
-    TORCHSCRIPT_PLATFORM,
-    ModelEntryError,
-    ModelSignature,
-    config_override,
-    message_to_dict,
-    parse_config,
-)
-from serve_app.runtimes.base import (
-    NO_OPTIONS,
-    NO_PARAMETERS,
-    InferOptions,
-    LoadParameters,
-    ModelState,
-    Wanted,
-    everything,
-    model_version,
-    pick_version,
-)
+from serve_app.runtimes import base
 from serve_app.runtimes.triton.bindings_caller import BindingsCaller
 from serve_app.runtimes.triton.extension_caller import ExtensionCaller, extension
 from serve_app.runtimes.triton.model_call import ModelCall
@@ -109,7 +91,7 @@ class TritonRuntime:
         self._calls: dict[tuple[str, int], ModelCall] = {}  # by model and version, built at first use
         self._stopped = False
         self._versions: dict[str, tuple[int, ...]] = {}  # versions Triton knows, by model
-        self._signatures: dict[str, ModelSignature] = {}  # loaded models
+        self._signatures: dict[str, configs.ModelSignature] = {}  # loaded models
         self._on_gpu: set[str] = set()  # loaded models with a KIND_GPU instance group
         self._load_errors: dict[str, str] = {}  # why each model's last load failed
         # Python-backend loads fork a stub each; concurrent forks have aborted replicas inside
@@ -117,7 +99,9 @@ class TritonRuntime:
         self._fork_lock = asyncio.Lock()
 
     @classmethod
-    async def create(cls, args: AppArgs, placement: Placement, wanted: Wanted = everything) -> TritonRuntime:
+    async def create(
+        cls, args: AppArgs, placement: Placement, wanted: base.Wanted = base.everything
+    ) -> TritonRuntime:
         """Triton started over the app's repository, local or on object storage (Triton reads it)."""
         runtime = cls(args, placement)
         await runtime.start(wanted)
@@ -125,7 +109,7 @@ class TritonRuntime:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def start(self, wanted: Wanted = everything) -> None:
+    async def start(self, wanted: base.Wanted = base.everything) -> None:
         tritonserver = import_tritonserver()
         self._errors = (tritonserver.TritonError,)
         options = server_options(tritonserver, self._args, self._placement)
@@ -163,7 +147,7 @@ class TritonRuntime:
     def _threads(self) -> int:
         return self._args.torch_threads or self._placement.threads()
 
-    def _load_plan(self, name: str, parameters: LoadParameters) -> _LoadPlan:
+    def _load_plan(self, name: str, parameters: base.LoadParameters) -> _LoadPlan:
         """How to hand a model directory to Triton.
 
         A load's `config` override (checked by the dataplane) replaces config.pbtxt, as Triton
@@ -179,21 +163,23 @@ class TritonRuntime:
         repository = self._args.model_repository
         try:
             if override is not None:
-                config = config_override(name, override)
+                config = configs.config_override(name, override)
             elif isinstance(repository, Path):
-                config = parse_config(repository / name)
+                config = configs.parse_config(repository / name)
             else:  # on object storage: Triton alone reads the config
                 return _LoadPlan(forks=True)  # its backend is unknown until loaded: one at a time
-        except ModelEntryError as exc:
+        except configs.ModelEntryError as exc:
             return _LoadPlan(dict(parameters) or None, config_problem=str(exc))
         plan = _LoadPlan(dict(parameters) or None, forks=config.backend == "python")
-        torchscript = config.platform == TORCHSCRIPT_PLATFORM or config.backend == TORCHSCRIPT_BACKEND
+        torchscript = (
+            config.platform == configs.TORCHSCRIPT_PLATFORM or config.backend == configs.TORCHSCRIPT_BACKEND
+        )
         if torchscript and INTRA_OP_THREADS not in config.parameters and isinstance(repository, Path):
             config.parameters[INTRA_OP_THREADS].string_value = str(self._threads())
-            plan.parameters = {"config": json.dumps(message_to_dict(config))}
+            plan.parameters = {"config": json.dumps(configs.message_to_dict(config))}
         return plan
 
-    async def _load(self, name: str, parameters: LoadParameters = NO_PARAMETERS) -> str | None:
+    async def _load(self, name: str, parameters: base.LoadParameters = base.NO_PARAMETERS) -> str | None:
         """Load one model; return why it failed (a thread: Triton's load blocks until done)."""
         plan = self._load_plan(name, parameters)
         server = self._triton()
@@ -215,7 +201,7 @@ class TritonRuntime:
         # A failed reload can leave the previous versions serving.
         if server.model(name).ready():
             config = self._config(name, -1)
-            self._signatures[name] = ModelSignature.from_config(config)
+            self._signatures[name] = configs.ModelSignature.from_config(config)
             if any(group.get("kind") == "KIND_GPU" for group in config.get("instance_group", ())):
                 self._on_gpu.add(name)
             else:
@@ -310,15 +296,15 @@ class TritonRuntime:
                 versions[name].append(version)
         self._versions = {name: tuple(sorted(v)) for name, v in versions.items()}
 
-    def index(self) -> list[ModelState]:
+    def index(self) -> list[base.ModelState]:
         """Triton's index; an entry Triton could not even read is one UNAVAILABLE row with its load error."""
-        rows: dict[ModelState, None] = {}
+        rows: dict[base.ModelState, None] = {}
         for (name, version), model in sorted(self._triton().models().items()):
             if model.state is None:
-                row = ModelState(name, None, "UNAVAILABLE", self._load_errors.get(name, "not loaded"))
+                row = base.ModelState(name, None, "UNAVAILABLE", self._load_errors.get(name, "not loaded"))
             else:
                 reason = "" if model.state == "READY" else _reason(model.reason)
-                row = ModelState(name, str(version), model.state, reason)
+                row = base.ModelState(name, str(version), model.state, reason)
             rows[row] = None
         return list(rows)
 
@@ -327,20 +313,22 @@ class TritonRuntime:
         return reasons[0] if reasons else "not ready"
 
     def resolve(self, model: str, version: str | None) -> str:
-        number = None if version is None else model_version(version)  # Triton reads it first
+        number = None if version is None else base.model_version(version)  # Triton reads it first
         ready = self._ready_versions(model)
         if not ready and model in self._versions:  # a reload may have replaced them: ask Triton
             self._refresh_versions()
             ready = self._ready_versions(model)
         if model not in self._versions:
             raise unknown_model(model)
-        return pick_version(model, number, self._versions[model], ready, lambda: self._why_not_ready(model))
+        return base.pick_version(
+            model, number, self._versions[model], ready, lambda: self._why_not_ready(model)
+        )
 
     def _ready_versions(self, model: str) -> list[int]:
         server = self._triton()
         return [v for v in self._versions.get(model, ()) if server.model(model, v).ready()]
 
-    def signature(self, model: str, version: str) -> ModelSignature:
+    def signature(self, model: str, version: str) -> configs.ModelSignature:
         try:
             return self._signatures[model]
         except KeyError:
@@ -370,7 +358,7 @@ class TritonRuntime:
         version: str,
         inputs: dict[str, np.ndarray],
         output_names: list[str],
-        options: InferOptions = NO_OPTIONS,
+        options: base.InferOptions = base.NO_OPTIONS,
     ) -> dict[str, np.ndarray]:
         """One Triton request; concurrent calls meet in Triton's scheduler, which batches them."""
         key = (model, int(version))
@@ -407,7 +395,7 @@ class TritonRuntime:
     async def in_repository(self, model: str) -> bool:
         return model in await asyncio.to_thread(self._repository_models)
 
-    async def load(self, model: str, parameters: LoadParameters = NO_PARAMETERS) -> None:
+    async def load(self, model: str, parameters: base.LoadParameters = base.NO_PARAMETERS) -> None:
         """Triton (re)loads the directory, with the load's `config` override if it has one; a
         failed reload leaves the loaded versions serving."""
         if model not in self._repository_models():
