@@ -258,7 +258,7 @@ class ModelCache:
                 worth = priority(
                     self._age, self._frequencies.of(model), self._load_time(model, estimate), estimate
                 )
-                victims = self._victims(estimate)
+                victims = self._victims(1, estimate)
                 spare_free = not any(not e.admitted for e in self._resident.values()) and not any(
                     m not in self._resident for m in self._reserved if m != model
                 )
@@ -266,7 +266,12 @@ class ModelCache:
                     for name, entry in victims:
                         await self._evict(name, entry, "evicted")
                     return True
-                if spare_free and self._fits(0, 0):
+                # The spare room is beyond a full budget: one that measured sizes have overrun goes
+                # back within it first (else this would wait for a release that may never come).
+                over = self._victims(0, 0) if spare_free else None
+                if over is not None:
+                    for name, entry in over:
+                        await self._evict(name, entry, "evicted")
                     return False
                 await self._room.wait()
 
@@ -278,8 +283,10 @@ class ModelCache:
         seconds, sizes = sum(s for s, _ in loaded), sum(b for _, b in loaded)
         return seconds / sizes * estimate if sizes else 0.0
 
-    def _victims(self, estimate: int) -> list[tuple[str, Resident]] | None:
-        """The idle admitted models of lowest priority whose eviction makes room; None if none would."""
+    def _victims(self, models: int, estimate: int) -> list[tuple[str, Resident]] | None:
+        """The idle models of lowest priority (one in the spare room first) whose eviction makes room
+        for `models` more models of `estimate` bytes (none if it fits already); None if evicting
+        every idle model would not."""
         idle = sorted(
             ((m, e) for m, e in self._resident.items() if e.in_flight == 0),
             key=lambda item: (item[1].admitted, item[1].priority),
@@ -287,12 +294,12 @@ class ModelCache:
         chosen: list[tuple[str, Resident]] = []
         freed_models, freed_bytes = 0, 0
         for name, entry in idle:
-            if self._fits(1 - freed_models, estimate - freed_bytes):
+            if self._fits(models - freed_models, estimate - freed_bytes):
                 break
             chosen.append((name, entry))
             freed_models += 1
             freed_bytes += entry.size_bytes
-        return chosen if chosen and self._fits(1 - freed_models, estimate - freed_bytes) else None
+        return chosen if self._fits(models - freed_models, estimate - freed_bytes) else None
 
     async def _evict(self, model: str, entry: Resident, reason: str) -> None:
         """Unload an idle model (called holding `_room`)."""
@@ -316,9 +323,10 @@ class ModelCache:
         async with self._room:
             if not entry.admitted and entry.in_flight == 0 and self._resident.get(model) is entry:
                 del self._resident[model]  # judged as a newcomer
-                victims = self._victims(entry.size_bytes)
+                victims = self._victims(1, entry.size_bytes)
                 self._resident[model] = entry
-                if victims is not None and entry.priority > max(v.priority for _, v in victims):
+                worth = max((v.priority for _, v in victims or []), default=0.0)
+                if victims is not None and entry.priority > worth:
                     for name, victim in victims:
                         await self._evict(name, victim, "evicted")
                     entry.admitted = True

@@ -164,6 +164,28 @@ async def test_a_model_larger_than_the_budget_is_refused_without_evicting_anythi
     assert runtime.unloads == [] and cache.resident() == ["small"]
 
 
+async def test_a_replica_over_its_budget_by_measured_sizes_still_serves_a_cold_model() -> None:
+    """Models measured larger than their files put the replica over its budget; a cold newcomer
+    (not worth a hot model's room) then evicts back to the budget and takes the spare room, rather
+    than waiting for a release that a lone client never makes."""
+    runtime = SlowLoads()
+    cache = ModelCache(
+        runtime,
+        Budget(max_models=2, memory_bytes=30 * MIB),
+        lambda _: 10 * MIB,
+        lambda: 25 * MIB * len(runtime.loaded),
+        anything,
+    )  # type: ignore[arg-type]
+    with anyio.fail_after(10):
+        for _ in range(5):
+            for hot in ("a", "b"):
+                await request(cache, hot)
+        await request(cache, "cold")
+        await asyncio.sleep(0)  # the spare model's release runs
+    admitted = [m for m in cache.resident() if m != "cold"]
+    assert sum(cache._resident[m].size_bytes for m in admitted) <= 30 * MIB
+
+
 async def test_a_failed_load_is_answered_at_once_until_its_back_off_passes() -> None:
     now = [0.0]
     runtime = SlowLoads(broken=frozenset({"broken"}))
