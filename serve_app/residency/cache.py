@@ -99,6 +99,8 @@ class ModelCache:
         self._age = 0.0  # GDSF's clock: the priority of the last model evicted
         self._resident: dict[str, Resident] = {}
         self._loading: dict[str, asyncio.Task[Resident]] = {}
+        # Requests waiting for a model's load: it is theirs once loaded, not idle before they run.
+        self._waiting: dict[str, int] = {}
         self._reserved: dict[str, int] = {}  # bytes of the loads under way
         self._locks: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
         self._failures: dict[str, Failure] = {}
@@ -121,7 +123,13 @@ class ModelCache:
             self._frequencies.record(model)
             self.counters.misses += 1
             while entry is None:  # evicted between its load and this request's turn: load again
-                await self._load_once(model)
+                self._waiting[model] = self._waiting.get(model, 0) + 1
+                try:
+                    await self._load_once(model)
+                finally:
+                    self._waiting[model] -= 1
+                    if not self._waiting[model]:
+                        del self._waiting[model]
                 entry = self._resident.get(model)
             waited = self._clock() - started
         else:
@@ -283,12 +291,18 @@ class ModelCache:
         seconds, sizes = sum(s for s, _ in loaded), sum(b for _, b in loaded)
         return seconds / sizes * estimate if sizes else 0.0
 
+    def _idle(self, model: str, entry: Resident) -> bool:
+        """No request uses `model`, and none waits for it: a model just loaded is not idle until
+        the requests that waited for its load have taken it (else loads of several models could
+        evict each other's before use, round after round)."""
+        return entry.in_flight == 0 and model not in self._waiting
+
     def _victims(self, models: int, estimate: int) -> list[tuple[str, Resident]] | None:
         """The idle models of lowest priority (one in the spare room first) whose eviction makes room
         for `models` more models of `estimate` bytes (none if it fits already); None if evicting
         every idle model would not."""
         idle = sorted(
-            ((m, e) for m, e in self._resident.items() if e.in_flight == 0),
+            ((m, e) for m, e in self._resident.items() if self._idle(m, e)),
             key=lambda item: (item[1].admitted, item[1].priority),
         )
         chosen: list[tuple[str, Resident]] = []
@@ -321,7 +335,7 @@ class ModelCache:
         """A model in the spare room stays if it is now worth more than an admitted idle model
         (which goes in its place), else it goes."""
         async with self._room:
-            if not entry.admitted and entry.in_flight == 0 and self._resident.get(model) is entry:
+            if not entry.admitted and self._idle(model, entry) and self._resident.get(model) is entry:
                 del self._resident[model]  # judged as a newcomer
                 victims = self._victims(1, entry.size_bytes)
                 self._resident[model] = entry
@@ -353,7 +367,7 @@ class ModelCache:
             now = self._clock()
             async with self._room:
                 for model, entry in list(self._resident.items()):
-                    if entry.in_flight == 0 and now - entry.last_used >= idle_s:
+                    if self._idle(model, entry) and now - entry.last_used >= idle_s:
                         await self._evict(model, entry, "idle")
                 self._room.notify_all()
 

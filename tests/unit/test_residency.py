@@ -107,6 +107,17 @@ async def test_a_model_in_use_is_never_evicted_and_the_budget_holds_but_for_one_
     assert len(cache.resident()) <= 2
 
 
+async def test_concurrent_loads_of_more_models_than_fit_do_not_evict_each_other_before_use() -> None:
+    """Six models at once on room for two: each request gets the model it waited for (a model just
+    loaded is not idle while its requests have yet to take it)."""
+    runtime = SlowLoads(load_s=0.005)
+    cache = cache_of(runtime, Budget(max_models=2))
+    with anyio.fail_after(10):
+        for _ in range(20):
+            await asyncio.gather(*(request(cache, model, hold_s=0.001) for model in "abcdef"))
+    assert runtime.most_loaded <= 3 and len(runtime.loads) <= 6 * 20
+
+
 async def test_a_hot_model_stays_while_cold_ones_pass_through_the_spare_room() -> None:
     runtime = SlowLoads()
     cache = cache_of(runtime, Budget(max_models=2))
