@@ -87,8 +87,10 @@ class ModelCache:
         memory_used: MemoryUsed,
         admit: Admission,
         clock: Callable[[], float] = time.monotonic,
+        release: Callable[[], None] = lambda: None,
     ) -> None:
         self._runtime = runtime
+        self._release = release
         self._admit = admit
         self._budget = budget
         self._estimate = estimate
@@ -210,10 +212,11 @@ class ModelCache:
                 # Measured alone, and not the replica's first load: that one also pays the runtime's
                 # one-time costs (the backend's libraries, a CUDA context), which no model frees.
                 alone = len(self._reserved) == 1 and self.counters.loads > 0
-                before, started = self._memory_used(), self._clock()
+                before = await self._measure() if alone else 0
+                started = self._clock()
                 await self._runtime.load(model, {})
                 load_s = self._clock() - started
-                grew = self._memory_used() - before if alone else 0
+                grew = await self._measure() - before if alone else 0
             except ServeAppError as exc:
                 self._failed(model, exc)
                 raise
@@ -233,8 +236,20 @@ class ModelCache:
             logger.info(
                 "loaded model '%s' in %.2f s (%d bytes%s)", model, load_s, size, "" if admitted else ", spare"
             )
+            if admitted and size > estimate:
+                await self._trim(model)
             self._start_idle_unloads()
             return entry
+
+    async def _measure(self) -> int:
+        """Memory in use now, freed memory given back first: a load's growth is then what the model
+        holds, not the buffers it read its files into (which the C heap would otherwise keep)."""
+
+        def measure() -> int:
+            self._release()
+            return self._memory_used()
+
+        return await asyncio.to_thread(measure)
 
     def _failed(self, model: str, error: ServeAppError) -> None:
         previous = self._failures.get(model)
@@ -250,9 +265,11 @@ class ModelCache:
     # --- room -------------------------------------------------------------------------------
 
     def _fits(self, extra_models: int, extra_bytes: int) -> bool:
-        budget = self._budget
         models = len(self._resident) + len(self._reserved) + extra_models
-        used = self.resident_bytes() + sum(self._reserved.values()) + extra_bytes
+        return self._within(models, self.resident_bytes() + sum(self._reserved.values()) + extra_bytes)
+
+    def _within(self, models: int, used: int) -> bool:
+        budget = self._budget
         return (budget.max_models is None or models <= budget.max_models) and (
             budget.memory_bytes is None or used <= budget.memory_bytes
         )
@@ -282,6 +299,24 @@ class ModelCache:
                         await self._evict(name, entry, "evicted")
                     return False
                 await self._room.wait()
+
+    async def _trim(self, loaded: str) -> None:
+        """A load measured larger than its estimate: idle admitted models go (lowest priority first)
+        until the admitted ones are within the budget again, or none is idle but `loaded`."""
+        async with self._room:
+            idle = sorted(
+                (
+                    (m, e)
+                    for m, e in self._resident.items()
+                    if e.admitted and self._idle(m, e) and m != loaded
+                ),
+                key=lambda item: item[1].priority,
+            )
+            for name, entry in idle:
+                admitted = [e for e in self._resident.values() if e.admitted]
+                if self._within(len(admitted), sum(e.size_bytes for e in admitted)):
+                    break
+                await self._evict(name, entry, "evicted")
 
     def _load_time(self, model: str, estimate: int) -> float:
         """How long loading `model` takes: its last load, else the replica's loads' rate per byte."""
@@ -323,6 +358,7 @@ class ModelCache:
         async with self._lock(model):
             with contextlib.suppress(ModelNotFoundError):
                 await self._runtime.unload(model)
+        await asyncio.to_thread(self._release)
         logger.info("unloaded model '%s' (%s)", model, reason)
 
     def _released(self, model: str, entry: Resident) -> None:
@@ -339,8 +375,8 @@ class ModelCache:
                 del self._resident[model]  # judged as a newcomer
                 victims = self._victims(1, entry.size_bytes)
                 self._resident[model] = entry
-                worth = max((v.priority for _, v in victims or []), default=0.0)
-                if victims is not None and entry.priority > worth:
+                displaced = max((v.priority for _, v in victims or []), default=0.0)
+                if victims is not None and entry.priority > displaced:
                     for name, victim in victims:
                         await self._evict(name, victim, "evicted")
                     entry.admitted = True

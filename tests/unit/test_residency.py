@@ -197,6 +197,23 @@ async def test_a_replica_over_its_budget_by_measured_sizes_still_serves_a_cold_m
     assert sum(cache._resident[m].size_bytes for m in admitted) <= 30 * MIB
 
 
+async def test_a_load_measured_larger_than_its_files_evicts_back_to_the_budget() -> None:
+    runtime = SlowLoads()
+    released = []
+    cache = ModelCache(
+        runtime,
+        Budget(memory_bytes=25 * MIB),
+        lambda _: 10 * MIB,
+        lambda: 20 * MIB * len(runtime.loaded),
+        anything,
+        release=lambda: released.append(True),
+    )  # type: ignore[arg-type]
+    await request(cache, "a")  # the replica's first load: not measured, 10 MiB by its files
+    await request(cache, "b")  # fits by its files, measured 20 MiB: 30 MiB held
+    assert cache.resident() == ["b"] and cache.resident_bytes() <= 25 * MIB
+    assert runtime.unloads == ["a"] and released  # the evicted model's memory is handed back
+
+
 async def test_a_failed_load_is_answered_at_once_until_its_back_off_passes() -> None:
     now = [0.0]
     runtime = SlowLoads(broken=frozenset({"broken"}))
