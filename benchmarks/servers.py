@@ -199,7 +199,8 @@ class ServeProcess:
         self.proxy_url = f"http://127.0.0.1:{self.port}"
         self.probe_path = probe_path
         self.log_path = workdir / f"serve-{mode.name}-{self.port}.log"
-        self.env = {**os.environ, **isolation_env(workdir), **mode.env, **(extra_env or {})}
+        # Isolation last: a mode taken from a shipped config names that config's fixed HAProxy paths.
+        self.env = {**os.environ, **mode.env, **isolation_env(workdir), **(extra_env or {})}
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         self.process: subprocess.Popen | None = None
         self.ready_after_s = float("nan")
@@ -285,6 +286,18 @@ class ServeProcess:
                 key = command.split()[0].removeprefix("ray::ServeReplica:").split(".")[0]
                 counts[key] = counts.get(key, 0) + 1
         return counts
+
+    def replica_http_ports(self) -> dict[int, int | None]:
+        """pid → the direct-ingress HTTP port of each live replica process (None where it has
+        none: the stock request path)."""
+        replicas = [pid for pid, command in self._tree().items() if command.startswith("ray::ServeReplica:")]
+        low = int(self.env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"])
+        high = int(self.env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
+        ports: dict[int, int | None] = dict.fromkeys(replicas)
+        for _, port, pid in tcp_listeners(set(replicas)):
+            if low <= port < high:
+                ports[pid] = port
+        return ports
 
     def autoscaling_events(self) -> list[str]:
         """The controller's `Upscaling/Downscaling ... Current ongoing requests: N` log lines."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,6 +55,7 @@ class OnDemand:
     budget: Budget
     estimate: SizeEstimate
     memory_used: MemoryUsed
+    release: Callable[[], None] = lambda: None  # after unloads: give freed memory back
 
 
 class Holder(Protocol):
@@ -89,7 +91,12 @@ class DeploymentModels:
             None
             if on_demand is None
             else ModelCache(
-                runtime, on_demand.budget, on_demand.estimate, on_demand.memory_used, self.servable
+                runtime,
+                on_demand.budget,
+                on_demand.estimate,
+                on_demand.memory_used,
+                self.servable,
+                release=on_demand.release,
             )
         )
 

@@ -3,11 +3,17 @@
 `ModelCache.use(model)` wraps one inference: a model already resident is a hit; otherwise the
 request loads it (concurrent requests for it wait for that one load; loads of different models
 run side by side). When the replica is full (`max_models`, `memory_bytes`), idle models are
-evicted by `policy.priority`, never one with a request in flight; a newcomer worth less than
-what it would displace is served from one spare model's room and dropped once idle, so the
-replica never holds more than its budget plus one model. A model larger than the whole budget is
-refused (507) instead of emptying the replica for it; a load that fails is answered at once with
-its reason until its back-off has passed. Models idle for `idle_unload_s` are unloaded.
+evicted by `policy.priority`, never one with a request in flight or one that requests are waiting
+to take; a newcomer worth less than what it would displace is served from one spare model's room
+and dropped once idle, so the replica never holds more than its budget plus one model. A model
+larger than the whole budget is refused (507) instead of emptying the replica for it; a load that
+fails is answered at once with its reason until its back-off has passed. Models idle for
+`idle_unload_s` are unloaded.
+
+Decisions about room are taken under one condition (`_room`), and take effect there at once:
+victims leave `_resident` before anything is awaited, so no request can take one of them after
+its eviction was decided. The runtime's loads and unloads run outside it, each under its model's
+lock; the room is never waited for with a model's lock held, so the two never deadlock.
 """
 
 from __future__ import annotations
@@ -16,11 +22,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from serve_app.errors import InsufficientStorageError, ModelNotFoundError, ServeAppError
+from serve_app.errors import InsufficientStorageError, ModelNotFoundError, ServeAppError, unknown_model
 from serve_app.residency.policy import Frequencies, priority
 from serve_app.runtimes.base import NO_PARAMETERS, LoadParameters, Runtime
 
@@ -52,25 +58,15 @@ class Resident:
     priority: float
     admitted: bool  # False: in the spare room, dropped once idle
     in_flight: int = 0
-    # Requests that waited for its load and have not taken it yet: it is theirs, not a victim.
-    promised: int = 0
     last_used: float = 0.0
-
-    def idle(self) -> bool:
-        return self.in_flight == 0 and self.promised == 0
-
-
-@dataclass
-class Loading:
-    """A load under way and the requests waiting for it (each is promised the loaded model)."""
-
-    task: asyncio.Task[Resident]
-    waiting: int = 0
 
 
 @dataclass
 class Failure:
-    error: ServeAppError
+    """Why a model's last load failed; requests get a fresh error of its kind until `retry_at`."""
+
+    kind: type[ServeAppError]
+    message: str
     retry_at: float
     attempts: int
 
@@ -94,6 +90,11 @@ MemoryUsed = Callable[[], int]
 Admission = Callable[[str], LoadParameters]
 
 
+def is_model_name(name: str) -> bool:
+    """A name that can only be a directory of the repository (as model control requires)."""
+    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
+
+
 class ModelCache:
     def __init__(
         self,
@@ -103,23 +104,31 @@ class ModelCache:
         memory_used: MemoryUsed,
         admit: Admission,
         clock: Callable[[], float] = time.monotonic,
+        release: Callable[[], None] = lambda: None,
     ) -> None:
         self._runtime = runtime
-        self._admit = admit
         self._budget = budget
         self._estimate = estimate
         self._memory_used = memory_used
+        self._admit = admit
         self._clock = clock
+        self._release = release  # gives freed memory back to the system (after unloads)
         slots = budget.max_models or 16
         self._frequencies = Frequencies(window=WINDOW_PER_SLOT * slots)
         self._age = 0.0  # GDSF's clock: the priority of the last model evicted
         self._resident: dict[str, Resident] = {}
-        self._loading: dict[str, Loading] = {}
-        self._reserved: dict[str, int] = {}  # bytes of the loads under way
+        self._loading: dict[str, asyncio.Task[Resident]] = {}
+        # Requests waiting for a model's load: it is theirs once loaded, not idle before they run.
+        self._waiting: dict[str, int] = {}
+        # Bytes of the loads and unloads under way, by ("load" | "unload", model): still taken.
+        self._reserved: dict[tuple[str, str], int] = {}
+        self._spare_loading: set[str] = set()  # loads under way into the spare room
         self._locks: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
         self._failures: dict[str, Failure] = {}
+        self._found: set[str] = set()  # models found in the repository since the start
         self._load_s: dict[str, float] = {}  # each model's last load time, resident or not
         self._room = asyncio.Condition()
+        self._room_waiters = 0
         self._idle_task: asyncio.Task[None] | None = None
         self._releases: set[asyncio.Task[None]] = set()
         self._unload_listeners: list[Callable[[str], None]] = []
@@ -146,7 +155,15 @@ class ModelCache:
             await self._admitted(model)  # before it counts: a name that is no model leaves no trace
             self._frequencies.record(model)
             self.counters.misses += 1
-            entry = await self._wait_for_load(model)
+            while entry is None:  # evicted between its load and this request's turn: load again
+                self._waiting[model] = self._waiting.get(model, 0) + 1
+                try:
+                    await self._load_once(model)
+                finally:
+                    self._waiting[model] -= 1
+                    if not self._waiting[model]:
+                        del self._waiting[model]
+                entry = self._resident.get(model)
             waited = self._clock() - started
         else:
             self._frequencies.record(model)
@@ -158,7 +175,7 @@ class ModelCache:
         finally:
             entry.in_flight -= 1
             entry.last_used = self._clock()
-            if entry.in_flight == 0:
+            if entry.in_flight == 0 and (not entry.admitted or self._room_waiters):
                 self._released(model, entry)
 
     def resident(self) -> list[str]:
@@ -170,13 +187,14 @@ class ModelCache:
     def failures(self) -> dict[str, str]:
         """Models whose last load failed and whose back-off has not passed, with the reason."""
         now = self._clock()
-        return {m: str(f.error) for m, f in self._failures.items() if now < f.retry_at}
+        return {m: f.message for m, f in self._failures.items() if now < f.retry_at}
 
     def adopt(self, models: list[str]) -> None:
         """Models the runtime loaded at start (the warm set) count as resident and admitted."""
         for model in models:
             size = self._estimate(model)
-            self._resident[model] = Resident(size, 0.0, priority(self._age, 0.0, 0.0, size), True)
+            entry = Resident(size, 0.0, priority(self._age, 0.0, 0.0, size), True, last_used=self._clock())
+            self._resident[model] = entry
 
     def holds(self, model: str) -> bool:
         return model in self._resident
@@ -184,65 +202,46 @@ class ModelCache:
     def check(self, model: str) -> None:
         """Raise why `model` cannot be served now: not servable, or its last load failed and its
         back-off has not passed. A model that can is ready, resident here or not."""
-        self._admit(model)
+        if model not in self._found:
+            self._admit(model)
         self._raise_failure(model)
 
     async def _admitted(self, model: str) -> None:
         """`check`, where a model unknown here is looked for in the repository (added since)."""
         try:
-            self._admit(model)
+            self.check(model)
         except ModelNotFoundError:
-            if not await self._runtime.in_repository(model):
+            if not is_model_name(model) or not await self._runtime.in_repository(model):
                 raise
-        self._raise_failure(model)
+            self._found.add(model)
+            self._raise_failure(model)
 
-    def _parameters(self, model: str) -> LoadParameters:
+    def _parameters(self, model: str) -> LoadParameters | None:
+        """What `model` loads with now; None once the deployment no longer serves it."""
         try:
             return self._admit(model)
         except ModelNotFoundError:  # added to the repository since the start: no override
-            return NO_PARAMETERS
+            return NO_PARAMETERS if model in self._found else None
+        except ServeAppError:  # unloaded for the deployment meanwhile
+            return None
 
     def _raise_failure(self, model: str) -> None:
         failure = self._failures.get(model)
         if failure is not None and self._clock() < failure.retry_at:
-            raise failure.error
+            raise failure.kind(failure.message)  # a fresh one: a raise would keep every request's frames
 
     # --- loading ----------------------------------------------------------------------------
 
-    async def _wait_for_load(self, model: str) -> Resident:
-        """The model's one load (started here or by another request); the loaded model comes
-        promised to each request that waited, so no eviction takes it before they use it."""
-        loading = self._loading.get(model)
-        if loading is None:
-            task = asyncio.get_running_loop().create_task(self._load(model))
-            loading = self._loading[model] = Loading(task)
+    async def _load_once(self, model: str) -> Resident:
+        task = self._loading.get(model)
+        if task is None:
+            task = self._loading[model] = asyncio.get_running_loop().create_task(self._load(model))
             task.add_done_callback(lambda _: self._loading.pop(model, None))
-        loading.waiting += 1
-        try:
-            entry = await asyncio.shield(loading.task)  # a client that gives up cancels no one's load
-        except asyncio.CancelledError:
-            if loading.task.done() and not loading.task.cancelled() and loading.task.exception() is None:
-                loading.task.result().promised -= 1  # loaded for it, never taken
-            else:
-                loading.waiting -= 1
-            raise
-        entry.promised -= 1
-        return entry
+        return await asyncio.shield(task)  # a client that gives up does not cancel the others' load
 
     async def _load(self, model: str) -> Resident:
-        """Load `model` (its lock held); then wake those waiting for room, without the model's
-        lock: an eviction takes the room first and a model's lock second, never the other way."""
-        try:
-            async with self._lock(model):
-                return await self._load_held(model)
-        finally:
-            await self._notify()
-
-    async def _load_held(self, model: str) -> Resident:
         if model in self._resident:  # loaded while this waited for an unload to finish
-            entry = self._resident[model]
-            entry.promised += self._loading[model].waiting
-            return entry
+            return self._resident[model]
         estimate = await asyncio.to_thread(self._estimate, model)
         if self._budget.memory_bytes is not None and estimate > self._budget.memory_bytes:
             raise InsufficientStorageError(
@@ -250,19 +249,11 @@ class ModelCache:
                 f"budget of {self._budget.memory_bytes} bytes (args.model_placement.memory_budget_bytes)"
             )
         admitted = await self._make_room(model, estimate)
-        self._reserved[model] = estimate
         try:
-            # Measured alone, and not the replica's first load: that one also pays the runtime's
-            # one-time costs (the backend's libraries, a CUDA context), which no model frees.
-            alone = len(self._reserved) == 1 and self.counters.loads > 0
-            before, started = self._memory_used(), self._clock()
-            await self._runtime.load(model, self._parameters(model))
-            load_s = self._clock() - started
-            grew = self._memory_used() - before if alone else 0
-        except BaseException as exc:
-            del self._reserved[model]
-            if isinstance(exc, ServeAppError):
-                self._failed(model, exc)
+            async with self._lock(model):
+                load_s, grew = await self._load_current(model)
+        except BaseException:
+            await self._free("load", model)
             raise
         self._failures.pop(model, None)
         self._load_s[model] = load_s
@@ -271,24 +262,63 @@ class ModelCache:
             size, load_s, priority(self._age, self._frequencies.of(model), load_s, size), admitted
         )
         entry.last_used = self._clock()
-        entry.promised = self._loading[model].waiting
-        # Resident before its reservation goes: its room is never counted free in between.
-        self._resident[model] = entry
-        del self._reserved[model]
+        self._resident[model] = entry  # before its reservation goes: its room never counts as free
+        await self._free("load", model)
         self.counters.loads += 1
         if len(self.counters.load_seconds) < KEPT_LOAD_TIMES:  # none taken: metrics are off
             self.counters.load_seconds.append(load_s)
         logger.info(
             "loaded model '%s' in %.2f s (%d bytes%s)", model, load_s, size, "" if admitted else ", spare"
         )
+        if admitted and size > estimate:
+            await self._trim()
         self._start_idle_unloads()
         return entry
+
+    async def _load_current(self, model: str) -> tuple[float, int]:
+        """Load `model` with the deployment's current parameters; if they changed while it loaded
+        (a reload) load again, and if the deployment stopped serving it (an unload) unload it.
+        Returns the load's seconds and the memory it was measured to take (0: not measured)."""
+        loaded_with: LoadParameters | None = None
+        load_s, grew = 0.0, 0
+        while True:
+            parameters = self._parameters(model)
+            if parameters is None:
+                if loaded_with is not None:
+                    await self._unload(model)
+                self._admit(model)  # raises the deployment's reason
+                raise unknown_model(model)
+            if loaded_with is not None and dict(parameters) == dict(loaded_with):
+                return load_s, grew
+            # Measured alone, and not the replica's first load: that one also pays the runtime's
+            # one-time costs (the backend's libraries, a CUDA context), which no model frees.
+            alone = len(self._reserved) == 1 and self.counters.loads > 0
+            before = await self._measure() if alone else 0
+            started = self._clock()
+            try:
+                await self._runtime.load(model, parameters)
+            except ServeAppError as exc:
+                self._failed(model, exc)
+                raise
+            load_s = self._clock() - started
+            grew = await self._measure() - before if alone else 0
+            loaded_with = parameters
+
+    async def _measure(self) -> int:
+        """Memory in use now, freed memory given back first: a load's growth is then what the model
+        holds, not the buffers it read its files into (which the C heap would otherwise keep)."""
+
+        def measure() -> int:
+            self._release()
+            return self._memory_used()
+
+        return await asyncio.to_thread(measure)
 
     def _failed(self, model: str, error: ServeAppError) -> None:
         previous = self._failures.get(model)
         attempts = previous.attempts + 1 if previous else 1
         retry_in = BACKOFF_S[min(attempts, len(BACKOFF_S)) - 1]
-        self._failures[model] = Failure(error, self._clock() + retry_in, attempts)
+        self._failures[model] = Failure(type(error), str(error), self._clock() + retry_in, attempts)
         self.counters.unloads["failed"] += 1
         logger.warning("model '%s' failed to load (again in %.0f s): %s", model, retry_in, error)
 
@@ -298,33 +328,63 @@ class ModelCache:
     # --- room -------------------------------------------------------------------------------
 
     def _fits(self, extra_models: int, extra_bytes: int) -> bool:
-        budget = self._budget
         models = len(self._resident) + len(self._reserved) + extra_models
-        used = self.resident_bytes() + sum(self._reserved.values()) + extra_bytes
+        return self._within(models, self.resident_bytes() + sum(self._reserved.values()) + extra_bytes)
+
+    def _within(self, models: int, used: int) -> bool:
+        budget = self._budget
         return (budget.max_models is None or models <= budget.max_models) and (
             budget.memory_bytes is None or used <= budget.memory_bytes
         )
 
     async def _make_room(self, model: str, estimate: int) -> bool:
-        """Room for `model`: True when admitted (within the budget), False in the spare room."""
+        """Reserve room for `model`: True when admitted (within the budget), False in the spare room."""
         async with self._room:
             while True:
                 if self._fits(1, estimate):
+                    self._reserved["load", model] = estimate
                     return True
                 worth = priority(
                     self._age, self._frequencies.of(model), self._load_time(model, estimate), estimate
                 )
-                victims = self._victims(estimate)
-                spare_free = not any(not e.admitted for e in self._resident.values()) and not any(
-                    m not in self._resident for m in self._reserved if m != model
-                )
+                victims = self._victims(1, estimate)
+                spare_free = not self._spare_loading and all(e.admitted for e in self._resident.values())
                 if victims is not None and (worth > max(v.priority for _, v in victims) or not spare_free):
-                    for name, entry in victims:
-                        await self._evict(name, entry, "evicted")
+                    self._evict_later(victims, "evicted")
+                    self._reserved["load", model] = estimate
                     return True
-                if spare_free and self._fits(0, 0):
-                    return False
-                await self._room.wait()
+                if spare_free:
+                    # The spare room is beyond a full budget: one that measured sizes overran goes
+                    # back within it first (else this would wait for a release that may never come).
+                    over = self._victims(0, 0)
+                    if over is not None:
+                        self._evict_later(over, "evicted")
+                        self._reserved["load", model] = estimate
+                        self._spare_loading.add(model)
+                        return False
+                self._room_waiters += 1
+                try:
+                    await self._room.wait()
+                finally:
+                    self._room_waiters -= 1
+
+    async def _trim(self) -> None:
+        """A load measured larger than its estimate: idle admitted models go (lowest priority first)
+        until the admitted ones are within the budget again, or none is idle."""
+        async with self._room:
+            idle = sorted(
+                ((m, e) for m, e in self._resident.items() if e.admitted and self._idle(m, e)),
+                key=lambda item: item[1].priority,
+            )
+            chosen = []
+            admitted = [e for e in self._resident.values() if e.admitted]
+            models, used = len(admitted), sum(e.size_bytes for e in admitted)
+            for name, entry in idle:
+                if self._within(models, used):
+                    break
+                chosen.append((name, entry))
+                models, used = models - 1, used - entry.size_bytes
+            self._evict_later(chosen, "evicted")
 
     def _load_time(self, model: str, estimate: int) -> float:
         """How long loading `model` takes: its last load, else the replica's loads' rate per byte."""
@@ -334,40 +394,71 @@ class ModelCache:
         seconds, sizes = sum(s for s, _ in loaded), sum(b for _, b in loaded)
         return seconds / sizes * estimate if sizes else 0.0
 
-    def _victims(self, estimate: int) -> list[tuple[str, Resident]] | None:
-        """The idle admitted models of lowest priority whose eviction makes room; None if none would."""
+    def _idle(self, model: str, entry: Resident) -> bool:
+        """No request uses `model`, and none waits for it: a model just loaded is not idle until
+        the requests that waited for its load have taken it (else loads of several models could
+        evict each other's before use, round after round)."""
+        return entry.in_flight == 0 and model not in self._waiting
+
+    def _victims(self, models: int, estimate: int) -> list[tuple[str, Resident]] | None:
+        """The idle models of lowest priority (one in the spare room first) whose eviction makes room
+        for `models` more models of `estimate` bytes (none if it fits already); None if evicting
+        every idle model would not."""
         idle = sorted(
-            ((m, e) for m, e in self._resident.items() if e.idle()),
+            ((m, e) for m, e in self._resident.items() if self._idle(m, e)),
             key=lambda item: (item[1].admitted, item[1].priority),
         )
         chosen: list[tuple[str, Resident]] = []
         freed_models, freed_bytes = 0, 0
         for name, entry in idle:
-            if self._fits(1 - freed_models, estimate - freed_bytes):
+            if self._fits(models - freed_models, estimate - freed_bytes):
                 break
             chosen.append((name, entry))
             freed_models += 1
             freed_bytes += entry.size_bytes
-        return chosen if chosen and self._fits(1 - freed_models, estimate - freed_bytes) else None
+        return chosen if self._fits(models - freed_models, estimate - freed_bytes) else None
 
-    async def _evict(self, model: str, entry: Resident, reason: str) -> None:
-        """Unload an idle model (called holding `_room`)."""
-        del self._resident[model]
-        self._age = max(self._age, entry.priority)
-        self.counters.unloads[reason] += 1
-        async with self._lock(model):
-            self._unloading(model)
-            with contextlib.suppress(ModelNotFoundError):
-                await self._runtime.unload(model)
-        logger.info("unloaded model '%s' (%s)", model, reason)
+    def _evict_later(self, victims: Iterable[tuple[str, Resident]], reason: str) -> None:
+        """Decided (holding `_room`): the victims leave at once, their room stays reserved until
+        their unloads, which run outside the room, are done."""
+        for model, entry in victims:
+            del self._resident[model]
+            self._reserved["unload", model] = entry.size_bytes
+            self._age = max(self._age, entry.priority)
+            self.counters.unloads[reason] += 1
+            self._background(self._unload_and_free(model, reason))
 
-    def _unloading(self, model: str) -> None:
+    async def _unload_and_free(self, model: str, reason: str) -> None:
+        try:
+            async with self._lock(model):
+                await self._unload(model)
+            logger.info("unloaded model '%s' (%s)", model, reason)
+        except Exception:  # logged; its room is given back whatever happened
+            logger.exception("unloading model '%s' (%s) failed", model, reason)
+        finally:
+            await asyncio.to_thread(self._release)
+            await self._free("unload", model)
+
+    async def _unload(self, model: str) -> None:
         for listener in self._unload_listeners:
             listener(model)
+        with contextlib.suppress(ModelNotFoundError):
+            await self._runtime.unload(model)
+
+    async def _free(self, kind: str, model: str) -> None:
+        """A load or an unload of `model` is over: its reservation goes, and waiters look again."""
+        async with self._room:
+            self._reserved.pop((kind, model), None)
+            if kind == "load":
+                self._spare_loading.discard(model)
+            self._room.notify_all()
 
     def _released(self, model: str, entry: Resident) -> None:
         """The last request of a model ended: a model in the spare room goes, and waiters look again."""
-        task = asyncio.get_running_loop().create_task(self._after_release(model, entry))
+        self._background(self._after_release(model, entry))
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
@@ -375,20 +466,16 @@ class ModelCache:
         """A model in the spare room stays if it is now worth more than an admitted idle model
         (which goes in its place), else it goes."""
         async with self._room:
-            if not entry.admitted and entry.idle() and self._resident.get(model) is entry:
+            if not entry.admitted and self._idle(model, entry) and self._resident.get(model) is entry:
                 del self._resident[model]  # judged as a newcomer
-                victims = self._victims(entry.size_bytes)
+                victims = self._victims(1, entry.size_bytes)
                 self._resident[model] = entry
-                if victims is not None and entry.priority > max(v.priority for _, v in victims):
-                    for name, victim in victims:
-                        await self._evict(name, victim, "evicted")
+                displaced = max((v.priority for _, v in victims or []), default=0.0)
+                if victims is not None and entry.priority > displaced:
+                    self._evict_later(victims, "evicted")
                     entry.admitted = True
                 else:
-                    await self._evict(model, entry, "evicted")
-            self._room.notify_all()
-
-    async def _notify(self) -> None:
-        async with self._room:
+                    self._evict_later([(model, entry)], "evicted")
             self._room.notify_all()
 
     # --- idle unloads and control -----------------------------------------------------------
@@ -405,36 +492,39 @@ class ModelCache:
             await asyncio.sleep(min(idle_s / 4, 1.0))
             now = self._clock()
             async with self._room:
-                for model, entry in list(self._resident.items()):
-                    if entry.idle() and now - entry.last_used >= idle_s:
-                        await self._evict(model, entry, "idle")
-                self._room.notify_all()
+                idle = [
+                    (model, entry)
+                    for model, entry in self._resident.items()
+                    if self._idle(model, entry) and now - entry.last_used >= idle_s
+                ]
+                self._evict_later(idle, "idle")
 
     async def reload(self, model: str) -> None:
-        """The repository or a client changed `model`: load it again where it is resident."""
+        """The repository or a client changed `model`: load it again where it is resident (a load
+        under way checks the deployment's parameters again when it ends)."""
         self._failures.pop(model, None)
         if model in self._resident:
+            parameters = self._parameters(model)
             async with self._lock(model):
-                await self._runtime.load(model, self._parameters(model))
+                if parameters is not None and model in self._resident:
+                    await self._runtime.load(model, parameters)
 
     async def drop(self, model: str) -> None:
-        """A client unloaded `model` (or it left the repository): unload it here once its requests end."""
+        """A client unloaded `model` (or it left the repository): unload it here once its requests
+        end (a load under way unloads it when it ends)."""
         self._failures.pop(model, None)
-        entry = self._resident.get(model)
-        if entry is None:
-            return
         async with self._room:
-            if self._resident.get(model) is entry:
-                del self._resident[model]
-                async with self._lock(model):
-                    self._unloading(model)
-                    await self._runtime.unload(model)  # lets its requests in flight complete
-            self._room.notify_all()
+            entry = self._resident.pop(model, None)
+            if entry is not None:
+                self._reserved["unload", model] = entry.size_bytes
+        if entry is not None:
+            await self._unload_and_free(model, "unloaded")
 
     async def stop(self) -> None:
-        if self._idle_task is not None:
-            self._idle_task.cancel()
-            await asyncio.gather(self._idle_task, return_exceptions=True)
+        tasks = [t for t in (self._idle_task, *self._releases, *self._loading.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def describe(self) -> dict[str, Any]:
         """The `serve_app` block's part: models loaded here, loads since the replica started, and

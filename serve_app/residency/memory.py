@@ -6,6 +6,8 @@ resident set; a model's files are the estimate that decides, before it loads, wh
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import logging
 import os
@@ -24,6 +26,24 @@ def process_rss() -> int:
     """This process's resident set in bytes."""
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * _PAGE
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return getattr(libc, "malloc_trim", None)  # glibc only
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
+
+    An unloaded model's tensors go back to glibc's heap, which keeps large freed blocks once its
+    mmap threshold has risen past them: without this, a CPU replica's resident set stays at its
+    highest and grows with each load and eviction, well past what its models hold."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def memory_meter(gpu_ids: tuple[str, ...]) -> Callable[[], int]:

@@ -295,7 +295,7 @@ class LoadingRuntime(FakeRuntime):
 
 async def test_a_model_cache_with_room_for_one_exports_every_request_and_what_it_did() -> None:
     runtime = LoadingRuntime()
-    cache = ModelCache(runtime, Budget(max_models=1), lambda _: 1000, lambda: 0, lambda _: None)  # type: ignore[arg-type]
+    cache = ModelCache(runtime, Budget(max_models=1), lambda _: 1000, lambda: 0, lambda _: {})  # type: ignore[arg-type]
     metrics = ReplicaMetrics(runtime, interval_s=1.0, residency=cache)  # type: ignore[arg-type]
     with anyio.fail_after(10):
         for model in "aab":

@@ -24,8 +24,12 @@ MIB = 2**20
 class SlowLoads:
     """A runtime whose loads take `load_s` and whose models `broken` never load."""
 
-    def __init__(self, load_s: float = 0.0, broken: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, load_s: float = 0.0, broken: frozenset[str] = frozenset(), unload_s: float = 0.0
+    ) -> None:
         self.load_s = load_s
+        self.unload_s = unload_s
+        self.looked_up: list[str] = []
         self.broken = broken
         self.loaded: set[str] = set()
         self.loads: list[str] = []
@@ -35,6 +39,7 @@ class SlowLoads:
         self.most_concurrent_loads = 0
 
     async def in_repository(self, model: str) -> bool:
+        self.looked_up.append(model)
         return False
 
     async def load(self, model: str, parameters: dict[str, Any]) -> None:
@@ -52,18 +57,19 @@ class SlowLoads:
 
     async def unload(self, model: str) -> None:
         self.unloads.append(model)
+        await asyncio.sleep(self.unload_s)
         self.loaded.discard(model)
 
 
-def anything(model: str) -> None:
-    return None
+def anything(model: str) -> dict[str, str]:
+    return {}  # every model is served, with no load parameters
 
 
 def cache_of(
     runtime: SlowLoads,
     budget: Budget,
     size: Callable[[str], int] = lambda _: 10 * MIB,
-    admit: Callable[[str], None] = anything,
+    admit: Callable[[str], dict[str, str]] = anything,
     clock: Callable[[], float] = time.monotonic,
 ) -> ModelCache:
     return ModelCache(runtime, budget, size, lambda: 0, admit, clock)  # type: ignore[arg-type]
@@ -105,6 +111,17 @@ async def test_a_model_in_use_is_never_evicted_and_the_budget_holds_but_for_one_
     )
     assert runtime.most_loaded <= 3  # two, and the spare room
     assert len(cache.resident()) <= 2
+
+
+async def test_concurrent_loads_of_more_models_than_fit_do_not_evict_each_other_before_use() -> None:
+    """Six models at once on room for two: each request gets the model it waited for (a model just
+    loaded is not idle while its requests have yet to take it)."""
+    runtime = SlowLoads(load_s=0.005)
+    cache = cache_of(runtime, Budget(max_models=2))
+    with anyio.fail_after(10):
+        for _ in range(20):
+            await asyncio.gather(*(request(cache, model, hold_s=0.001) for model in "abcdef"))
+    assert runtime.most_loaded <= 3 and len(runtime.loads) <= 6 * 20
 
 
 async def test_a_hot_model_stays_while_cold_ones_pass_through_the_spare_room() -> None:
@@ -164,6 +181,45 @@ async def test_a_model_larger_than_the_budget_is_refused_without_evicting_anythi
     assert runtime.unloads == [] and cache.resident() == ["small"]
 
 
+async def test_a_replica_over_its_budget_by_measured_sizes_still_serves_a_cold_model() -> None:
+    """Models measured larger than their files put the replica over its budget; a cold newcomer
+    (not worth a hot model's room) then evicts back to the budget and takes the spare room, rather
+    than waiting for a release that a lone client never makes."""
+    runtime = SlowLoads()
+    cache = ModelCache(
+        runtime,
+        Budget(max_models=2, memory_bytes=30 * MIB),
+        lambda _: 10 * MIB,
+        lambda: 25 * MIB * len(runtime.loaded),
+        anything,
+    )  # type: ignore[arg-type]
+    with anyio.fail_after(10):
+        for _ in range(5):
+            for hot in ("a", "b"):
+                await request(cache, hot)
+        await request(cache, "cold")
+        await asyncio.sleep(0)  # the spare model's release runs
+    admitted = [m for m in cache.resident() if m != "cold"]
+    assert sum(cache._resident[m].size_bytes for m in admitted) <= 30 * MIB
+
+
+async def test_a_load_measured_larger_than_its_files_evicts_back_to_the_budget() -> None:
+    runtime = SlowLoads()
+    released = []
+    cache = ModelCache(
+        runtime,
+        Budget(memory_bytes=25 * MIB),
+        lambda _: 10 * MIB,
+        lambda: 20 * MIB * len(runtime.loaded),
+        anything,
+        release=lambda: released.append(True),
+    )  # type: ignore[arg-type]
+    await request(cache, "a")  # the replica's first load: not measured, 10 MiB by its files
+    await request(cache, "b")  # fits by its files, measured 20 MiB: 30 MiB held
+    assert cache.resident() == ["b"] and cache.resident_bytes() <= 25 * MIB
+    assert runtime.unloads == ["a"] and released  # the evicted model's memory is handed back
+
+
 async def test_a_failed_load_is_answered_at_once_until_its_back_off_passes() -> None:
     now = [0.0]
     runtime = SlowLoads(broken=frozenset({"broken"}))
@@ -184,9 +240,9 @@ async def test_idle_models_are_unloaded() -> None:
     try:
         await request(cache, "a")
         with anyio.fail_after(5):
-            while cache.resident():
+            while not runtime.unloads:  # the decision, then the unload off the room's lock
                 await asyncio.sleep(0.05)
-        assert runtime.unloads == ["a"] and cache.counters.unloads["idle"] == 1
+        assert not cache.resident() and runtime.unloads == ["a"] and cache.counters.unloads["idle"] == 1
     finally:
         await cache.stop()
 
@@ -212,7 +268,7 @@ async def test_every_unload_is_announced_while_the_model_is_still_loaded() -> No
 
 
 async def test_a_model_not_admitted_is_refused_before_any_load() -> None:
-    def unknown(model: str) -> None:
+    def unknown(model: str) -> dict[str, str]:
         raise ModelNotFoundError(f"unknown model '{model}'")
 
     runtime = SlowLoads()
@@ -241,3 +297,63 @@ async def test_concurrent_misses_stay_within_the_budget_and_one_spare() -> None:
             await asyncio.gather(*(request(cache, m, hold_s=0.005) for m in random.sample(models, 6)))
     assert runtime.most_loaded <= 3
     assert runtime.most_concurrent_loads > 1
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "x/..", "a\\b", ".hidden"])
+async def test_a_name_that_is_no_model_directory_is_refused_before_the_repository_is_read(name: str) -> None:
+    async def unknown(model: str) -> dict[str, str]:
+        raise ModelNotFoundError(f"unknown model '{model}'")
+
+    runtime = SlowLoads()
+    cache = cache_of(
+        runtime, Budget(max_models=2), admit=lambda m: (_ for _ in ()).throw(ModelNotFoundError(m))
+    )
+    with pytest.raises(ModelNotFoundError):
+        await request(cache, name)
+    assert runtime.looked_up == [] and runtime.loads == [] and not cache._failures
+
+
+async def test_an_unload_during_a_load_wins() -> None:
+    """The deployment unloads a model while a replica loads it: the load ends unloaded, and the
+    request that waited for it is told the model's reason (not served by a model that is gone)."""
+    unloaded: set[str] = set()
+
+    def admit(model: str) -> dict[str, str]:
+        if model in unloaded:
+            raise ModelNotReadyError(f"model '{model}' is not ready: unloaded")
+        return {}
+
+    runtime = SlowLoads(load_s=0.1)
+    cache = cache_of(runtime, Budget(max_models=2), admit=admit)
+    waiting = asyncio.create_task(request(cache, "a"))
+    await asyncio.sleep(0.03)
+    unloaded.add("a")
+    await cache.drop("a")  # nothing resident yet
+    with anyio.fail_after(5), pytest.raises(ModelNotReadyError, match="unloaded"):
+        await waiting
+    assert runtime.loaded == set() and runtime.unloads == ["a"] and not cache.resident()
+
+
+async def test_each_refusal_is_a_new_error_that_keeps_no_request_alive() -> None:
+    runtime = SlowLoads(broken=frozenset({"broken"}))
+    cache = cache_of(runtime, Budget(max_models=2))
+    raised = []
+    for _ in range(3):
+        with pytest.raises(ModelNotReadyError) as error:
+            await request(cache, "broken")
+        raised.append(error.value)
+    assert len({id(e) for e in raised}) == 3 and len(runtime.loads) == 1
+
+
+async def test_a_slow_unload_holds_up_no_other_model() -> None:
+    runtime = SlowLoads(unload_s=0.5)
+    cache = cache_of(runtime, Budget(max_models=3))
+    await request(cache, "a")
+    with anyio.fail_after(5):
+        dropping = asyncio.create_task(cache.drop("a"))
+        await asyncio.sleep(0.01)
+        started = asyncio.get_running_loop().time()
+        await request(cache, "b")  # room enough: it waits for nothing of "a"'s unload
+        took = asyncio.get_running_loop().time() - started
+        await dropping
+    assert took < 0.3 and runtime.unloads == ["a"]
