@@ -161,6 +161,8 @@ class RepositoryMirror:
         await asyncio.to_thread(self._fetch, model)
 
     def _fetch(self, model: str | None) -> None:
+        if model is not None and (not model or model.startswith(".") or "/" in model or "\\" in model):
+            raise StorageError(f"'{model}' is not a model directory name")  # never outside the mirror
         source = self.location.root if model is None else f"{self.location.root}/{model}"
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self._directory))
         try:

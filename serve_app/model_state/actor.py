@@ -88,15 +88,16 @@ class ActorHolder:
         self._handle: Any = None
 
     async def call(self, method: str, *args: Any) -> Any:
-        deadline = time.monotonic() + RESOLVE_TIMEOUT_S
+        failed_at: float | None = None  # the time to give up counts from the first failure
         while True:
-            handle = self._handle or self._lookup()
+            handle = self._handle or await asyncio.to_thread(self._lookup)
             if handle is not None:
                 try:
                     return await getattr(handle, method).remote(*args)
                 except RayActorError:
                     self._handle = None
-            if time.monotonic() > deadline:
+            failed_at = failed_at or time.monotonic()
+            if time.monotonic() - failed_at > RESOLVE_TIMEOUT_S:
                 raise ModelNotReadyError(
                     f"the deployment's model state did not answer within {RESOLVE_TIMEOUT_S:g} s"
                 )

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # How often a wait checks that the replicas it waits for still exist.
 LIVENESS_CHECK_S = 1.0
+# Recent load and unload requests remembered by id (a retried request waits for its own change).
+KEPT_CHANGE_IDS = 256
 # Model directory name → fingerprint of its files; None when the repository could not be read.
 Fingerprint = Callable[[], dict[str, str] | None]
 
@@ -56,7 +59,9 @@ class ReplicaRecord:
 
     name: str
     namespace: str
-    applied: dict[str, Applied] = field(default_factory=dict)
+    # None: known from before the holder restarted, not yet registered again (so not yet waited on
+    # as done; it is asked to register at its next long poll, or dropped once it is gone).
+    applied: dict[str, Applied] | None = field(default_factory=dict)
     mailbox: list[Command] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -84,6 +89,10 @@ class ModelStateHolder:
         self._answers: dict[int, dict[str, Answer]] = {}
         self._command_ids = itertools.count(1)
         self._pulse = asyncio.Event()  # set and replaced whenever a report or an answer arrives
+        # The generation each recent load or unload request made, by its id: a caller that retries
+        # on a new holder waits for its change instead of making it again.
+        self._changes: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._checked = 0.0  # when the replicas waited for were last checked for liveness
         self._restore(store.get())
 
     # --- what outlives the holder ------------------------------------------------------------
@@ -92,21 +101,22 @@ class ModelStateHolder:
         if not document:
             return
         self._state = DesiredState.from_json(document["state"])
-        for name, record in document.get("replicas", {}).items():
-            applied = {m: Applied(int(gen), str(error)) for m, (gen, error) in record["applied"].items()}
-            self._replicas[name] = ReplicaRecord(name, record["namespace"], applied)
+        for name, namespace in document.get("replicas", {}).items():
+            self._replicas[name] = ReplicaRecord(name, namespace, applied=None)
         self._fingerprints = document.get("fingerprints")
+        self._changes.update((key, (model, gen)) for key, (model, gen) in document.get("changes", {}).items())
         logger.info("model state restored: epoch %d, %d replicas", self._state.epoch, len(self._replicas))
 
-    def _save(self) -> None:
-        replicas = {
-            r.name: {
-                "namespace": r.namespace,
-                "applied": {m: [a.generation, a.error] for m, a in r.applied.items()},
-            }
-            for r in self._replicas.values()
+    def _save(self, state: DesiredState | None = None) -> None:
+        """What outlives the holder: the state (`state`, about to be published), the replicas to
+        wait for, the repository's fingerprints and the recent changes' ids. Reports are not kept:
+        a replica registers again with a new holder, which asks it to at its next long poll."""
+        document = {
+            "state": (state or self._state).as_json(),
+            "replicas": {r.name: r.namespace for r in self._replicas.values()},
+            "fingerprints": self._fingerprints,
+            "changes": {key: list(value) for key, value in self._changes.items()},
         }
-        document = {"state": self._state.as_json(), "replicas": replicas, "fingerprints": self._fingerprints}
         self._store.put(document)
 
     def _notify(self) -> None:
@@ -122,8 +132,12 @@ class ModelStateHolder:
     async def register(self, replica: str, namespace: str, applied: dict[str, Applied]) -> DesiredState:
         """A replica that serves: from now on changes wait for it. Returns the state to reconcile to."""
         self._start_polling()
-        self._replicas[replica] = ReplicaRecord(replica, namespace, dict(applied))
-        self._save()
+        previous = self._replicas.get(replica)
+        record = self._replicas[replica] = ReplicaRecord(replica, namespace, dict(applied))
+        if previous is not None:
+            record.mailbox = previous.mailbox  # questions asked before it registered again
+        else:
+            self._save()
         self._notify()
         return self._state
 
@@ -137,7 +151,7 @@ class ModelStateHolder:
         """Long poll: returns when the state is newer than `known_epoch`, a question waits, or at
         the timeout. None: the holder does not know the replica (it must register again)."""
         record = self._replicas.get(replica)
-        if record is None:
+        if record is None or record.applied is None:
             return None
         if self._state.epoch <= known_epoch and not record.mailbox:
             record.wake.clear()
@@ -150,10 +164,9 @@ class ModelStateHolder:
 
     async def report(self, replica: str, model: str, applied: Applied) -> None:
         record = self._replicas.get(replica)
-        if record is None:
+        if record is None or record.applied is None:
             return
         record.applied[model] = applied
-        self._save()
         self._notify()
 
     async def reply(self, replica: str, command_id: int, answer: Answer) -> None:
@@ -165,7 +178,12 @@ class ModelStateHolder:
     # --- changes and questions ----------------------------------------------------------------
 
     async def apply(
-        self, model: str, loaded: bool, timeout_s: float, parameters: dict[str, str] | None = None
+        self,
+        model: str,
+        loaded: bool,
+        timeout_s: float,
+        parameters: dict[str, str] | None = None,
+        change_id: str = "",
     ) -> dict[str, str]:
         """Load (`loaded`, with the load's `parameters`) or unload `model` on every replica: the
         outcomes of `wait_applied`.
@@ -173,14 +191,26 @@ class ModelStateHolder:
         One call for both halves, so that a caller whose holder died retries the whole change.
         Changes are applied in the order they reach the holder: of two clients loading and
         unloading the same model at once, the later one's wins, and the earlier one's answer
-        counts as applied once its change is superseded.
+        counts as applied once its change is superseded. A `change_id` this holder (or the one
+        before it) already recorded is waited for, not made again.
         """
-        self._change(model, loaded, parameters)
-        self._save()
-        return await self._wait_applied(model, self._state.generation(model), loaded, timeout_s)
+        recorded = self._changes.get(change_id) if change_id else None
+        if recorded is None:
+            self._change(model, loaded, parameters, change_id)
+            recorded = (model, self._state.generation(model))
+        return await self._wait_applied(model, recorded[1], loaded, timeout_s)
 
-    def _change(self, model: str, loaded: bool, parameters: dict[str, str] | None = None) -> None:
-        self._state = self._state.with_target(model, loaded, parameters)
+    def _change(
+        self, model: str, loaded: bool, parameters: dict[str, str] | None = None, change_id: str = ""
+    ) -> None:
+        """Record one change, kept before it is published (a store that fails changes nothing)."""
+        state = self._state.with_target(model, loaded, parameters)
+        if change_id:
+            self._changes[change_id] = (model, state.generation(model))
+            while len(self._changes) > KEPT_CHANGE_IDS:
+                self._changes.popitem(last=False)
+        self._save(state)
+        self._state = state
         for record in self._replicas.values():
             record.wake.set()
 
@@ -193,12 +223,12 @@ class ModelStateHolder:
         A later change of the same kind (a reload by the repository poll, another client's load)
         answers for this one, its error included; one of the other kind replaced this one."""
         await self._until(
-            lambda record: record.applied.get(model, Applied(0)).generation >= generation, timeout_s
+            lambda record: (record.applied or {}).get(model, Applied(0)).generation >= generation, timeout_s
         )
         same_kind = self._state.wants(model) == loaded
         outcomes = {}
         for record in self._replicas.values():
-            applied = record.applied.get(model, Applied(0))
+            applied = (record.applied or {}).get(model, Applied(0))
             if applied.generation < generation:
                 outcomes[record.name] = f"did not apply it within {timeout_s:g} s"
             else:
@@ -223,19 +253,22 @@ class ModelStateHolder:
         return answers
 
     async def _until(self, done: Callable[[ReplicaRecord], bool], timeout_s: float) -> None:
-        """Wait until `done` holds for every registered replica, dropping those that died."""
+        """Wait until `done` holds for every registered replica, dropping those that died (checked
+        every LIVENESS_CHECK_S, however busy the holder is)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            pending = [record for record in self._replicas.values() if not done(record)]
+            pending = [r for r in self._replicas.values() if r.applied is None or not done(r)]
             remaining = deadline - loop.time()
             if not pending or remaining <= 0:
                 return
-            pulse = self._pulse
-            try:
-                await asyncio.wait_for(pulse.wait(), min(remaining, LIVENESS_CHECK_S))
-            except asyncio.TimeoutError:
+            if loop.time() - self._checked >= LIVENESS_CHECK_S:
+                self._checked = loop.time()
                 await self._drop_dead(pending)
+                continue
+            pulse = self._pulse
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(pulse.wait(), min(remaining, LIVENESS_CHECK_S))
 
     async def _drop_dead(self, records: list[ReplicaRecord]) -> None:
         dead = [
@@ -260,14 +293,19 @@ class ModelStateHolder:
     async def _poll(self, fingerprint: Fingerprint, poll_s: float) -> None:
         """Triton's POLL mode for the deployment: models added, changed or removed in the
         repository become loads, reloads and unloads that every replica applies."""
-        if self._fingerprints is None:  # a fresh deployment: the replicas load what is there now
+        while self._fingerprints is None:  # a fresh deployment: the replicas load what is there now
             self._fingerprints = await asyncio.to_thread(fingerprint)
-            self._save()
+            if self._fingerprints is None:  # unreadable for now: no baseline, so no changes yet
+                await asyncio.sleep(poll_s)
+        self._save()
         while True:
             await asyncio.sleep(poll_s)
-            current = await asyncio.to_thread(fingerprint)
-            if current is not None and current != self._fingerprints:
-                self.apply_repository(current)
+            try:
+                current = await asyncio.to_thread(fingerprint)
+                if current is not None and current != self._fingerprints:
+                    self.apply_repository(current)
+            except Exception:  # the next poll tries again
+                logger.exception("repository poll failed")
 
     def apply_repository(self, current: dict[str, str]) -> list[str]:
         """The changes a new repository listing makes; the models they touch."""

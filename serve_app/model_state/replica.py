@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -85,6 +86,7 @@ class DeploymentModels:
         self._answering: set[asyncio.Task[None]] = set()
         self._follower: asyncio.Task[None] | None = None
         self._loads = 0
+        self._known: set[str] = set()  # the repository's models as the runtime listed them at start
         self._unreported = False  # a report failed: register again, which sends every outcome
         # On-demand placement: which models this replica holds (None: every model, `mode: all`).
         self.residency = (
@@ -110,8 +112,11 @@ class DeploymentModels:
         """Follow the deployment's state from `state`, the snapshot whose `wants` the runtime
         started with (`holder.call("snapshot")`; None: a fresh deployment's, everything)."""
         self._state = state or DesiredState()
-        self._loads = len({row.name for row in self._runtime.index() if row.state == "READY"})
-        failed = {row.name: row.reason for row in self._runtime.index() if row.state != "READY"}
+        rows = self._runtime.index()
+        self._known = {row.name for row in rows}
+        self._loads = len({row.name for row in rows if row.state == "READY"})
+        # What failed to load at start; on demand a replica loads nothing but its warm set then.
+        failed = {} if self.residency else {row.name: row.reason for row in rows if row.state != "READY"}
         self._applied = {
             model: Applied(target.generation, failed.get(model, "") if target.loaded else "")
             for model, target in self._state.targets.items()
@@ -230,7 +235,7 @@ class DeploymentModels:
         parameters = self._state.load_parameters(model)
         if parameters is None:
             raise no_ready_version(model, "unloaded")
-        if model not in self._state.targets and not any(row.name == model for row in self._runtime.index()):
+        if model not in self._state.targets and model not in self._known:
             raise unknown_model(model)
         return parameters
 
@@ -258,7 +263,7 @@ class DeploymentModels:
 
     async def _change(self, model: str, loaded: bool, parameters: dict[str, str] | None = None) -> None:
         outcomes: dict[str, str] = await self._holder.call(
-            "apply", model, loaded, APPLY_TIMEOUT_S, parameters
+            "apply", model, loaded, APPLY_TIMEOUT_S, parameters, uuid.uuid4().hex
         )
         failures: dict[str, list[str]] = {}
         for replica, error in sorted(outcomes.items()):

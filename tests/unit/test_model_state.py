@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from serve_app.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError
-from serve_app.model_state.desired import DesiredState, Target
+from serve_app.model_state.desired import Applied, DesiredState, Target
 from serve_app.model_state.holder import InProcessHolder, MemoryStore, ModelStateHolder, ReplicaRecord
 from serve_app.model_state.merge import merge_index, merge_statistics
 from serve_app.model_state.replica import DeploymentModels
@@ -249,11 +249,49 @@ async def test_a_replica_that_died_is_not_waited_for() -> None:
 
 
 async def test_a_new_holder_resumes_from_the_store(two: Deployment) -> None:
-    await two.replicas[0].unload("addsub")
+    """The state and the replicas to wait for outlive the holder; each replica registers again (a
+    new holder asks it to), and a retried request is waited for, not made again."""
+    change = "change-1"
+    await two.holder.apply("addsub", False, 10, None, change)
     successor = ModelStateHolder(two.store, two.holder._alive)
     assert successor._state == two.holder._state
     assert set(successor._replicas) == {"r1", "r2"}
-    assert successor._replicas["r1"].applied == two.holder._replicas["r1"].applied
+    assert all(record.applied is None for record in successor._replicas.values())
+    assert await successor.changes("r1", 0, 0.01) is None  # register again, please
+    for name in ("r1", "r2"):
+        await successor.register(name, "", dict(two.holder._replicas[name].applied or {}))
+    with anyio.fail_after(5):
+        outcomes = await successor.apply("addsub", False, 10, None, change)  # the retry
+    assert outcomes == {"r1": "", "r2": ""}
+    assert successor._state == two.holder._state  # not applied twice
+
+
+async def test_a_busy_holder_still_drops_a_replica_that_died() -> None:
+    """Reports and answers keep arriving; the wait for a dead replica still ends in a second."""
+    alive = {"r1", "r2"}
+
+    async def liveness(record: ReplicaRecord) -> bool:
+        return record.name in alive
+
+    holder = ModelStateHolder(MemoryStore(), liveness)
+    await holder.register("r1", "", {})
+    await holder.register("r2", "", {})
+    alive.discard("r2")
+
+    async def chatter() -> None:
+        while True:
+            await holder.report("r1", "other", Applied(1))
+            await asyncio.sleep(0.1)
+
+    noise = asyncio.create_task(chatter())
+    try:
+        with anyio.fail_after(5):
+            applying = asyncio.create_task(holder.apply("m", False, 30))
+            await asyncio.sleep(0.05)
+            await holder.report("r1", "m", Applied(1))
+            assert await applying == {"r1": ""}
+    finally:
+        noise.cancel()
 
 
 async def test_repository_changes_become_loads_reloads_and_unloads() -> None:
