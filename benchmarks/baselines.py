@@ -7,6 +7,11 @@
   (1 replica, num_cpus 1), nothing tuned.
 * `noop_app`: a deployment that reads the body and answers `{}` — what the Serve
   request path alone costs (same proxy, same machine).
+* `multiplexed_app`: Ray Serve's model multiplexing as its docs show it
+  (https://docs.ray.io/en/latest/serve/model-multiplexing.html): a `@serve.multiplexed` loader
+  keeping `max_models_per_replica` models per replica (LRU), the model chosen by the
+  `serve_multiplexed_model_id` header, which Serve's router uses to prefer replicas holding it;
+  the plain deployment's JSON in/out (the placement benchmark, benchmarks.placement).
 
 Used by `serve run` configs that `benchmarks.run` writes (`import_path:
 benchmarks.baselines:plain_app`); the repository root must be on PYTHONPATH.
@@ -14,13 +19,19 @@ benchmarks.baselines:plain_app`); the repository root must be on PYTHONPATH.
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from ray import serve
 from ray.serve import Application
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
+
+logger = logging.getLogger(__name__)
 
 
 @serve.deployment
@@ -61,3 +72,53 @@ def plain_app(args: dict[str, Any]) -> Application:
 
 def noop_app(args: dict[str, Any]) -> Application:
     return Noop.bind()
+
+
+class _Multiplexed:
+    """The request side of `multiplexed_app`'s deployment; the loader is added by the app, which
+    knows `max_num_models_per_replica` (`@serve.multiplexed` takes it when it decorates)."""
+
+    def __init__(self, repository: str) -> None:
+        self.repository = Path(repository)
+        self.loads = 0
+        self.loaded_at: dict[str, float] = {}  # model → when its last load ended (monotonic)
+        self.replica = str(os.getpid())
+
+    async def get_model(self, model_id: str) -> Any:
+        raise NotImplementedError  # multiplexed_app's subclass
+
+    async def load(self, model_id: str) -> Any:
+        """The docs' loader: the model's file loaded in the replica's event loop."""
+        started = time.monotonic()
+        model = torch.jit.load(str(self.repository / model_id / "1" / "model.pt")).eval()
+        self.loads += 1
+        self.loaded_at[model_id] = time.monotonic()
+        logger.warning("loaded model '%s' in %.2f s", model_id, self.loaded_at[model_id] - started)
+        return model
+
+    async def __call__(self, request: Request) -> Response:
+        if request.method == "GET":  # readiness probe of the benchmark
+            return JSONResponse({"ready": True})
+        model_id = serve.get_multiplexed_model_id()
+        started = time.monotonic()
+        model = await self.get_model(model_id)
+        headers = {"bench-replica": self.replica, "bench-model-loads": str(self.loads)}
+        if self.loaded_at.get(model_id, 0.0) >= started:  # this request waited for its load
+            headers["serve-app-model-load-s"] = f"{time.monotonic() - started:.6f}"
+        payload = await request.json()
+        with torch.no_grad():
+            output = model(torch.tensor(payload["data"], dtype=torch.float32))
+        return JSONResponse({"output": output.tolist()}, headers=headers)
+
+
+def multiplexed_app(args: dict[str, Any]) -> Application:
+    """`args`: `repository` (a Triton repository of TorchScript models, version 1) and
+    `max_models_per_replica`."""
+    room = int(args["max_models_per_replica"])
+
+    class MultiplexedTorch(_Multiplexed):
+        @serve.multiplexed(max_num_models_per_replica=room)
+        async def get_model(self, model_id: str) -> Any:
+            return await self.load(model_id)
+
+    return serve.deployment(MultiplexedTorch).bind(args["repository"])

@@ -5,6 +5,9 @@
 * plain Ray Serve and the no-op deployment (benchmarks.baselines);
 * serve_app no Ray (benchmarks.noray) and standalone Triton (benchmarks.standalone) run as
   plain processes, outside Ray, in no request-path mode.
+
+The placement benchmark (benchmarks.placement) runs configs/app.on_demand.yaml the same way
+(`placement_config`) and Ray Serve's model multiplexing (`multiplexed_application`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from benchmarks.workloads import model_file
 from devtools.processes import free_port
 
 APP_CONFIG = ROOT / "configs" / "app.yaml"
+ON_DEMAND_CONFIG = ROOT / "configs" / "app.on_demand.yaml"
 SERVE_APP = "serve_app"
 TRITON = "serve_app triton"
 STANDALONE = "standalone Triton"
@@ -57,14 +61,20 @@ BASELINE_MAX_ONGOING = 64
 
 
 def serve_app_config(
-    port: int, repository: Path, runtime: str, overrides: str = "{}", import_path: str | None = None
+    port: int,
+    repository: Path,
+    runtime: str,
+    overrides: str = "{}",
+    import_path: str | None = None,
+    shipped: Path = APP_CONFIG,
 ) -> dict[str, Any]:
-    """configs/app.yaml as shipped, with the ports, repository and runtime swapped.
+    """configs/app.yaml (or another `shipped` config) as shipped, with the ports, repository and
+    runtime swapped.
 
     The gRPC ingress (grpc_options) stays on, on a free port of its own: its fixed 8001 would
     collide with the next run or another Serve instance on the machine.
     """
-    config = yaml.safe_load(APP_CONFIG.read_text())
+    config = yaml.safe_load(shipped.read_text())
     config["http_options"]["port"] = port
     if "grpc_options" in config:
         config["grpc_options"]["port"] = free_port()
@@ -114,6 +124,39 @@ def noop_application(shared: bool, overrides: str = "{}") -> dict[str, Any]:
         "import_path": "benchmarks.baselines:noop_app",
         "args": {},
         "deployments": [_baseline_deployment("Noop", shared, serve_app_deployment(overrides))],
+    }
+
+
+def placement_config(
+    port: int, repository: Path, runtime: str, placement: dict[str, Any], replicas: int
+) -> dict[str, Any]:
+    """configs/app.on_demand.yaml with `args.model_placement` = `placement` and `replicas` fixed
+    replicas (no autoscaling)."""
+    config = serve_app_config(
+        port, repository, runtime, json.dumps({"num_replicas": replicas}), shipped=ON_DEMAND_CONFIG
+    )
+    config["applications"][0]["args"]["model_placement"] = placement
+    return config
+
+
+def multiplexed_application(repository: Path, room: int, replicas: int) -> dict[str, Any]:
+    """Ray Serve's model multiplexing (benchmarks.baselines.multiplexed_app) holding `room` models
+    per replica, on `replicas` replicas of serve_app's CPUs and max_ongoing_requests."""
+    deployment = serve_app_deployment(json.dumps({"num_replicas": replicas}))
+    return {
+        "name": "mux",
+        "route_prefix": "/mux",
+        "import_path": "benchmarks.baselines:multiplexed_app",
+        "args": {"repository": str(repository), "max_models_per_replica": room},
+        "deployments": [
+            _baseline_deployment(
+                "MultiplexedTorch",
+                shared=False,
+                settings={
+                    k: deployment[k] for k in ("num_replicas", "max_ongoing_requests", "ray_actor_options")
+                },
+            )
+        ],
     }
 
 

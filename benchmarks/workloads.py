@@ -10,6 +10,8 @@ Models (TorchScript, traced by serve_app.examples.write_model into a temp reposi
   out, max_batch_size 64 — the GPU rows' heavy model (benchmarks.gpu).
 
 `build_repository(..., gpu=True)` gives every model a KIND_GPU instance group (the GPU rows).
+`sized_repository` writes many models of `linear`'s contract whose files (and memory) have chosen
+sizes (the placement benchmark, benchmarks.placement).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from benchmarks.loadgen import MODEL_VERSION, Request
-from serve_app.examples import mlp, write_model
+from serve_app.examples import mlp, write_model, write_sized_linear
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,32 @@ def build_repository(path: Path, names: list[str], gpu: bool = False) -> Path:
             module, out, batching = _Identity(), model.width, False
         write_model(path, name, module, (torch.rand(1, model.width),), _config(model, out, batching, gpu))
     return path
+
+
+# The contract of `sized_repository`'s models (serve_app.examples.write_sized_linear): [16] FP32 in.
+SIZED = Model("sized", 16, 64, "Linear(16→4) FP32 with ballast weights of a chosen size")
+
+
+def sized_names(count: int) -> list[str]:
+    return [f"m{i:03d}" for i in range(count)]
+
+
+def sized_repository(path: Path, count: int, low_bytes: int, high_bytes: int) -> dict[str, int]:
+    """`count` models (`sized_names`) of sizes spread evenly from `low_bytes` to `high_bytes` (in
+    name order), each with its own seed, under `path`/repository; written once: a later call with
+    the same arguments finds them (sizes.json beside the repository says what was written).
+    Returns model → file bytes."""
+    record = path / "sizes.json"
+    spec = {"count": count, "low_bytes": low_bytes, "high_bytes": high_bytes}
+    if record.is_file() and json.loads(record.read_text()).get("spec") == spec:
+        return json.loads(record.read_text())["sizes"]
+    step = (high_bytes - low_bytes) / max(count - 1, 1)
+    wanted = {name: round(low_bytes + i * step) for i, name in enumerate(sized_names(count))}
+    for seed, (name, size) in enumerate(wanted.items()):
+        write_sized_linear(path / "repository", name, size, seed)
+    sizes = {name: model_file(path / "repository", name).stat().st_size for name in wanted}
+    record.write_text(json.dumps({"spec": spec, "sizes": sizes}))
+    return sizes
 
 
 def model_file(repository: Path, name: str) -> Path:

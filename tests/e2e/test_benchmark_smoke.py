@@ -1,4 +1,5 @@
-"""`python -m benchmarks.run --smoke`: the benchmark runs end to end and reports every contender.
+"""`python -m benchmarks.run --smoke`: the benchmark runs end to end and reports every contender;
+`python -m benchmarks.placement --smoke` too (the placement benchmark, tiny models, ~40 s).
 
 Seconds-long points on the tiny model, all Ray contenders in one `serve run`, standalone Triton
 beside them (~60 s). No timing assertions: only that every contender produced rows with no
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import placement
 from benchmarks.contenders import GRPC_CONTENDERS, TRITON_BASED
 from benchmarks.loadgen import GRPC_CODEC
 from benchmarks.settings import PRESETS
@@ -77,3 +79,31 @@ def test_benchmark_smoke_reports_every_contender(tmp_path: Path) -> None:
     assert "in-process limit" in table and "xtriton" in table
     if grpc:
         assert "| gRPC req/s | HTTP binary req/s | gRPC/HTTP |" in table
+
+
+def test_placement_benchmark_smoke_reports_every_contender(tmp_path: Path) -> None:
+    """Every contender of the smoke preset served the Zipf load with no failed request, hits and
+    misses both seen (more models than the replicas hold), and each model's requests went to one
+    replica under HAProxy's hash."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.placement", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    output = completed.stdout[-4000:] + completed.stderr[-4000:]
+    assert completed.returncode == 0, output
+    results = json.loads((tmp_path / "placement.json").read_text())
+    rows = {row["contender"]: row for row in results["rows"]}
+    assert set(rows) == set(placement.PRESETS["smoke"]["contenders"].split(",")), output
+    for name, row in rows.items():
+        assert row["requests"] > 0 and row["failed"] == 0, (name, row["failures"])
+        assert 0 < row["hit_ratio"] < 1 and row["loads"] > 0, (name, row)
+        assert 0 < row["oracle_hit_ratio"] <= 1, (name, row)
+    ring = rows[placement.ON_DEMAND]["ring"]
+    assert ring["unmapped"] == [], ring
+    table = (tmp_path / "placement.md").read_text()
+    for name in rows:
+        assert f"| {name} |" in table
+    assert "hit ratio ≥ 0.9x oracle" in table
