@@ -97,9 +97,11 @@ MODES: dict[str, Mode] = {
 
 def isolation_env(tmp: Path, block: int = 16) -> dict[str, str]:
     """Per-run ports and paths for every fixed default a Serve mode would take."""
-    # The upper half: other Serve instances on the machine allocate upward from 30000 and 40000.
+    # Other Serve instances on the machine allocate upward from 30000 (HTTP) and 40000 (gRPC); both
+    # blocks stay below the kernel's ephemeral range (32768-60999), where outgoing connections take
+    # ports (a session's Ray holds enough of them to leave no free block in 40500-41000: seen in CI).
     http = free_block(30500, 31000, block)
-    grpc = free_block(40500, 41000, block)
+    grpc = free_block(31000, 31500, block)
     hap = tmp / "haproxy"
     hap.mkdir(parents=True, exist_ok=True)
     return {

@@ -203,11 +203,13 @@ def port_free(port: int) -> bool:
 
 
 def free_block(low: int, high: int, size: int) -> int:
-    """First port of `size` consecutive free ports inside [low, high)."""
+    """First port of `size` consecutive free ports inside [low, high), none handed out before."""
     starts = list(range(low, high - size, size))
     random.shuffle(starts)
     for start in starts:
-        if all(port_free(p) for p in range(start, start + size)):
+        block = range(start, start + size)
+        if _handed_out.isdisjoint(block) and all(port_free(p) for p in block):
+            _handed_out.update(block)
             return start
     raise RuntimeError(f"no {size} free consecutive ports in {low}-{high}")
 

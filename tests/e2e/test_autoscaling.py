@@ -76,9 +76,9 @@ output [ {{ name: "output__0" data_type: TYPE_FP32 dims: [ {DEPTH} ] }} ]
     return repository
 
 
-def serve_config(repository: Path, autoscaling: dict[str, Any]) -> dict[str, Any]:
+def serve_config(repository: Path, autoscaling: dict[str, Any], **args: Any) -> dict[str, Any]:
     return app_config(
-        {"model_repository": str(repository), "runtime": "torch"},
+        {"model_repository": str(repository), "runtime": "torch", **args},
         {"autoscaling_config": autoscaling, "ray_actor_options": {"num_cpus": 1}},
     )
 
@@ -320,11 +320,12 @@ def test_sigint_with_requests_in_flight(
 def test_scale_to_zero_and_cold_start(
     ray_address: str, slow_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """min_replicas: 0 — idle drains the last replica; the next request waits for a new one."""
+    """min_replicas: 0 — idle drains the last replica; the next request waits for a new one, which
+    starts with no model (on-demand placement) and loads the one the request names."""
     autoscaling = {**AUTOSCALING, "min_replicas": 0, "initial_replicas": 1, "downscale_to_zero_delay_s": 3}
-    run = ServeRun(
-        serve_config(slow_repository, autoscaling), tmp_path_factory.mktemp("serve-zero"), ray_address
-    )
+    on_demand = {"mode": "on_demand", "max_models_per_replica": 2}
+    config = serve_config(slow_repository, autoscaling, model_placement=on_demand)
+    run = ServeRun(config, tmp_path_factory.mktemp("serve-zero"), ray_address)
     run.start(timeout_s=180)
     try:
         started = time.monotonic()
@@ -346,7 +347,9 @@ def test_scale_to_zero_and_cold_start(
             f"\nscale-to-zero: 0 replicas {idle_s:.1f} s after start; first request after idle "
             f"answered in {cold_start_s:.1f} s (cold start), the next in {warm_s:.2f} s"
         )
-        # The replica that answered: RUNNING (once the controller has seen it so).
+        # The replica that answered: RUNNING (once the controller has seen it so), with one model.
         wait_for(lambda: replica_states().get("RUNNING") == 1, 30, replicas_seen("1 RUNNING replica"), 0.5)
+        block = json.loads(http_get(run.url + "/v2", timeout=30)[1])["serve_app"]
+        assert block["loaded_models"] == [MODEL] and block["model_loads"] == 1, block
     finally:
         run.stop()
