@@ -123,6 +123,7 @@ class ModelCache:
         # Bytes of the loads and unloads under way, by ("load" | "unload", model): still taken.
         self._reserved: dict[tuple[str, str], int] = {}
         self._spare_loading: set[str] = set()  # loads under way into the spare room
+        self._loads_started = 0  # a load that saw another start is not measured
         self._locks: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
         self._failures: dict[str, Failure] = {}
         self._found: set[str] = set()  # models found in the repository since the start
@@ -292,8 +293,11 @@ class ModelCache:
                 return load_s, grew
             # Measured alone, and not the replica's first load: that one also pays the runtime's
             # one-time costs (the backend's libraries, a CUDA context), which no model frees.
+            # Nor while another load ran: its memory would count as this model's.
             alone = len(self._reserved) == 1 and self.counters.loads > 0
             before = await self._measure() if alone else 0
+            self._loads_started += 1
+            starts = self._loads_started
             started = self._clock()
             try:
                 await self._runtime.load(model, parameters)
@@ -301,6 +305,7 @@ class ModelCache:
                 self._failed(model, exc)
                 raise
             load_s = self._clock() - started
+            alone = alone and self._loads_started == starts
             grew = await self._measure() - before if alone else 0
             loaded_with = parameters
 
@@ -344,6 +349,11 @@ class ModelCache:
                 if self._fits(1, estimate):
                     self._reserved["load", model] = estimate
                     return True
+                if any(kind == "unload" for kind, _ in self._reserved):
+                    # Room is being given back: decide once it is, else its bytes would be freed
+                    # twice (by the unload and by evicting more models for them).
+                    await self._wait_for_room()
+                    continue
                 worth = priority(
                     self._age, self._frequencies.of(model), self._load_time(model, estimate), estimate
                 )
@@ -362,11 +372,15 @@ class ModelCache:
                         self._reserved["load", model] = estimate
                         self._spare_loading.add(model)
                         return False
-                self._room_waiters += 1
-                try:
-                    await self._room.wait()
-                finally:
-                    self._room_waiters -= 1
+                await self._wait_for_room()
+
+    async def _wait_for_room(self) -> None:
+        """Wait (holding `_room`) until a load, an unload or a release gives room back."""
+        self._room_waiters += 1
+        try:
+            await self._room.wait()
+        finally:
+            self._room_waiters -= 1
 
     async def _trim(self) -> None:
         """A load measured larger than its estimate: idle admitted models go (lowest priority first)

@@ -357,3 +357,34 @@ async def test_a_slow_unload_holds_up_no_other_model() -> None:
         took = asyncio.get_running_loop().time() - started
         await dropping
     assert took < 0.3 and runtime.unloads == ["a"]
+
+
+async def test_cold_models_passing_while_unloads_are_under_way_leave_a_hot_model() -> None:
+    """An unload under way still holds its room: a newcomer that counted it as well as the models
+    it would evict for it took the hot model's room too (it waits for the unload instead)."""
+    runtime = SlowLoads(unload_s=0.05)
+    cache = cache_of(runtime, Budget(max_models=2))
+    with anyio.fail_after(10):
+        for _ in range(10):
+            await request(cache, "hot")
+        for index in range(8):
+            await request(cache, f"cold{index}")
+    assert "hot" not in runtime.unloads and "hot" in cache.resident()
+
+
+async def test_a_load_that_another_load_overlapped_is_not_measured() -> None:
+    """Memory that grew while two loads ran belongs to both: neither is sized by it."""
+    runtime = SlowLoads(load_s=0.1)
+    cache = ModelCache(
+        runtime,
+        Budget(max_models=5),
+        lambda _: 10 * MIB,
+        lambda: 40 * MIB * (len(runtime.loaded) + runtime.concurrent_loads),
+        anything,
+    )  # type: ignore[arg-type]
+    with anyio.fail_after(10):
+        await request(cache, "first")  # the replica's first load: never measured
+        first = asyncio.create_task(request(cache, "a"))
+        await asyncio.sleep(0.02)
+        await asyncio.gather(first, request(cache, "b"))
+    assert cache._resident["a"].size_bytes == cache._resident["b"].size_bytes == 10 * MIB
