@@ -58,7 +58,7 @@ from benchmarks.contenders import (
 from benchmarks.fetch import CACHE
 from benchmarks.loadgen import Request
 from benchmarks.placement_report import ALL_RESIDENT, LEASTCONN, MULTIPLEXED, ON_DEMAND
-from benchmarks.results import loadavg, log
+from benchmarks.results import loadavg, log, preset_parser
 from benchmarks.servers import MODES, Mode, ServeProcess, make_workdir
 from benchmarks.workloads import SIZED, kserve_binary, plain_json, sized_repository
 from benchmarks.zipf_load import ClosedLoop, ZipfTrace, run_closed_loop
@@ -115,14 +115,12 @@ MEASURED_OVER_FILE = 1.2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.placement",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = preset_parser(
+        "benchmarks.placement",
+        __doc__,
+        quick="20 s measured, triton runtime only",
+        smoke="12 tiny models, seconds, torch runtime",
     )
-    preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="20 s measured, triton runtime only")
-    preset.add_argument("--smoke", action="store_true", help="12 tiny models, seconds, torch runtime")
     parser.add_argument("--models", type=int, help="models in the repository")
     parser.add_argument("--min-mib", type=float, help="smallest model file (MiB)")
     parser.add_argument("--max-mib", type=float, help="largest model file (MiB)")

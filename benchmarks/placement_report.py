@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
+
+from benchmarks.results import report_arguments, write_files
 
 MIB = 2**20
 # The contenders (benchmarks.placement runs them).
@@ -166,21 +166,21 @@ def render(data: dict[str, Any]) -> str:
 
 def write(data: dict[str, Any], out: Path, tag: str = "") -> str:
     """placement<tag>.json and placement<tag>.md in `out`; the md text."""
-    out.mkdir(parents=True, exist_ok=True)
     suffix = f"-{tag}" if tag else ""
     data["targets"] = targets(data)
-    (out / f"placement{suffix}.json").write_text(json.dumps(data, indent=1) + "\n")
     text = render(data)
-    (out / f"placement{suffix}.md").write_text(text + "\n")
+    write_files(out, f"placement{suffix}", data, text, indent=1)
     return text
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.placement_report", description=__doc__)
-    parser.add_argument("results", type=Path, help="a placement.json written by benchmarks.placement")
-    parser.add_argument("--write", action="store_true", help="rewrite the .md beside it")
-    args = parser.parse_args(argv)
-    data = json.loads(args.results.read_text())
+    args, data = report_arguments(
+        "benchmarks.placement_report",
+        __doc__,
+        "a placement.json written by benchmarks.placement",
+        "rewrite the .md beside it",
+        argv,
+    )
     data["targets"] = targets(data)
     text = render(data)
     if args.write:

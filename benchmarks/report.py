@@ -12,13 +12,12 @@ binary twins in the gRPC table.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from benchmarks.contenders import LIMIT, NOOP, OURS, PLAIN, SERVE_APPS, STANDALONE, STANDALONE_MODE
 from benchmarks.loadgen import GRPC_CODEC
+from benchmarks.results import report_arguments, write_files
 from benchmarks.workloads import MODELS
 
 
@@ -368,24 +367,24 @@ def render(data: dict[str, Any]) -> str:
 
 def write(data: dict[str, Any], out: Path, tag: str = "", with_plot: bool = True) -> str:
     """results<tag>.json, results<tag>.md and (with_plot) throughput<tag>.png in `out`; the md text."""
-    out.mkdir(parents=True, exist_ok=True)
     suffix = f"-{tag}" if tag else ""
     add_ratios(data)
     data["targets"] = targets(data)
-    (out / f"results{suffix}.json").write_text(json.dumps(data, separators=(",", ":"), default=str) + "\n")
     text = render(data)
-    (out / f"results{suffix}.md").write_text(text + "\n")
+    write_files(out, f"results{suffix}", data, text)
     if with_plot:
         plot(data, out / f"throughput{suffix}.png")
     return text
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__)
-    parser.add_argument("results", type=Path, help="a results.json written by benchmarks.run")
-    parser.add_argument("--write", action="store_true", help="rewrite the .md (and .png) beside it")
-    args = parser.parse_args(argv)
-    data = json.loads(args.results.read_text())
+    args, data = report_arguments(
+        "benchmarks.report",
+        __doc__,
+        "a results.json written by benchmarks.run",
+        "rewrite the .md (and .png) beside it",
+        argv,
+    )
     add_ratios(data)
     data["targets"] = targets(data)
     if args.write:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import LoadResult
@@ -18,6 +20,40 @@ def log(message: str) -> None:
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def preset_parser(module: str, description: str | None, quick: str, smoke: str) -> argparse.ArgumentParser:
+    """A benchmark command's parser with its two presets, --quick and --smoke (one at a time)."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help=quick)
+    preset.add_argument("--smoke", action="store_true", help=smoke)
+    return parser
+
+
+def report_arguments(
+    module: str, description: str | None, results_help: str, write_help: str, argv: list[str] | None
+) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """A report command's arguments (a results file to render again, --write) and the file's data."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("results", type=Path, help=results_help)
+    parser.add_argument("--write", action="store_true", help=write_help)
+    args = parser.parse_args(argv)
+    return args, json.loads(args.results.read_text())
+
+
+def write_files(out: Path, stem: str, data: dict[str, Any], text: str, indent: int | None = None) -> None:
+    """<stem>.json (compact unless `indent`) and <stem>.md in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    separators = None if indent else (",", ":")
+    (out / f"{stem}.json").write_text(
+        json.dumps(data, indent=indent, separators=separators, default=str) + "\n"
+    )
+    (out / f"{stem}.md").write_text(text + "\n")
 
 
 class Run:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.contenders import ALL_CONTENDERS, NOOP, NORAY, PLAIN, SERVE_APP, STANDALONE, TRITON
+from benchmarks.results import preset_parser
 from benchmarks.servers import MODES, ROOT
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -44,14 +45,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def parse_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
     """The run's settings: a preset's values, overridden by any option given."""
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run",
-        description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = preset_parser(
+        "benchmarks.run",
+        description,
+        quick="stock + haproxy, concurrency 1/64, 5 s points",
+        smoke="seconds-long points, shared cluster, no plot",
     )
-    preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="stock + haproxy, concurrency 1/64, 5 s points")
-    preset.add_argument("--smoke", action="store_true", help="seconds-long points, shared cluster, no plot")
     parser.add_argument("--modes", help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--models", help="comma list of mlp4096, mlp1024, tiny")
     parser.add_argument("--concurrency", help="comma list, e.g. 1,8,64")

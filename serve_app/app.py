@@ -24,9 +24,9 @@ from serve_app.metrics import ReplicaMetrics
 from serve_app.model_state.actor import ActorHolder, actor_config
 from serve_app.model_state.replica import DeploymentModels, OnDemand
 from serve_app.placement import Placement
-from serve_app.residency.cache import Budget
 from serve_app.residency.catalog import Catalog
 from serve_app.residency.memory import memory_meter, size_estimator, trim_heap
+from serve_app.residency.types import Budget
 from serve_app.runtimes.factory import start_runtime
 
 logger = logging.getLogger(__name__)

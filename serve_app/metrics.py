@@ -61,7 +61,7 @@ from serve_app.metric_series import (
     Histogram,
     Sample,
 )
-from serve_app.residency.cache import Budget, Counters
+from serve_app.residency.types import Budget, Counters
 from serve_app.runtimes.base import Runtime
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from serve_app.errors import (
 from serve_app.model_state.desired import Answer, Applied, Command, DesiredState, Target, Update
 from serve_app.model_state.holder import InProcessHolder, MemoryStore, ModelStateHolder, always_alive
 from serve_app.model_state.merge import merge_index, merge_statistics, on_demand_index
-from serve_app.residency.cache import Budget, MemoryUsed, ModelCache, SizeEstimate
+from serve_app.residency.cache import ModelCache
+from serve_app.residency.types import Budget, MemoryUsed, SizeEstimate
 from serve_app.runtimes.base import LoadParameters, Runtime
 
 logger = logging.getLogger(__name__)

@@ -23,76 +23,28 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from serve_app.errors import InsufficientStorageError, ModelNotFoundError, ServeAppError, unknown_model
+from serve_app.residency.admission import Servable
+from serve_app.residency.memory import LoadMeter
 from serve_app.residency.policy import Frequencies, priority
-from serve_app.runtimes.base import NO_PARAMETERS, LoadParameters, Runtime
+from serve_app.residency.types import (
+    Admission,
+    Budget,
+    Counters,
+    MemoryUsed,
+    Resident,
+    SizeEstimate,
+)
+from serve_app.runtimes.base import LoadParameters, Runtime
 
 logger = logging.getLogger(__name__)
 
-# A failed load is retried after this long, doubling with each failure up to the last.
-BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 # Load times kept for the metrics exporter to take (it takes them every interval).
 KEPT_LOAD_TIMES = 4096
 # Frequencies are halved every this many requests per slot of the budget (TinyLFU's sample).
 WINDOW_PER_SLOT = 20
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much one replica holds (None: no bound); `idle_unload_s`: unload models idle this long."""
-
-    max_models: int | None = None
-    memory_bytes: int | None = None
-    idle_unload_s: float | None = None
-
-
-@dataclass
-class Resident:
-    """A loaded model: what it costs, what it is worth keeping, and its requests in flight."""
-
-    size_bytes: int
-    load_s: float
-    priority: float
-    admitted: bool  # False: in the spare room, dropped once idle
-    in_flight: int = 0
-    last_used: float = 0.0
-
-
-@dataclass
-class Failure:
-    """Why a model's last load failed; requests get a fresh error of its kind until `retry_at`."""
-
-    kind: type[ServeAppError]
-    message: str
-    retry_at: float
-    attempts: int
-
-
-@dataclass
-class Counters:
-    """What the cache did since the replica started, for metrics and GET /v2."""
-
-    hits: int = 0
-    misses: int = 0
-    loads: int = 0
-    load_seconds: list[float] = field(default_factory=list)  # taken by the metrics exporter
-    unloads: dict[str, int] = field(default_factory=lambda: {"idle": 0, "evicted": 0, "failed": 0})
-
-
-# Size of a model before it is loaded (bytes of its files), and the memory the replica uses now.
-SizeEstimate = Callable[[str], int]
-MemoryUsed = Callable[[], int]
-# A model's load parameters (its deployment's `config` override); raises when the model may not
-# be served now (unknown, or unloaded for the deployment).
-Admission = Callable[[str], LoadParameters]
-
-
-def is_model_name(name: str) -> bool:
-    """A name that can only be a directory of the repository (as model control requires)."""
-    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
 
 
 class ModelCache:
@@ -109,10 +61,8 @@ class ModelCache:
         self._runtime = runtime
         self._budget = budget
         self._estimate = estimate
-        self._memory_used = memory_used
-        self._admit = admit
         self._clock = clock
-        self._release = release  # gives freed memory back to the system (after unloads)
+        self._meter = LoadMeter(memory_used, release)  # release: freed memory back to the system
         slots = budget.max_models or 16
         self._frequencies = Frequencies(window=WINDOW_PER_SLOT * slots)
         self._age = 0.0  # GDSF's clock: the priority of the last model evicted
@@ -123,10 +73,9 @@ class ModelCache:
         # Bytes of the loads and unloads under way, by ("load" | "unload", model): still taken.
         self._reserved: dict[tuple[str, str], int] = {}
         self._spare_loading: set[str] = set()  # loads under way into the spare room
-        self._loads_started = 0  # a load that saw another start is not measured
         self._locks: dict[str, asyncio.Lock] = {}  # one load or unload of a model at a time
-        self._failures: dict[str, Failure] = {}
-        self._found: set[str] = set()  # models found in the repository since the start
+        self._servable = Servable(admit, runtime.in_repository, clock)
+        self._failures = self._servable.failures
         self._load_s: dict[str, float] = {}  # each model's last load time, resident or not
         self._room = asyncio.Condition()
         self._room_waiters = 0
@@ -153,7 +102,7 @@ class ModelCache:
         waited = 0.0
         if entry is None:
             started = self._clock()
-            await self._admitted(model)  # before it counts: a name that is no model leaves no trace
+            await self._servable.look_up(model)  # before it counts: a name that is no model leaves no trace
             self._frequencies.record(model)
             self.counters.misses += 1
             while entry is None:  # evicted between its load and this request's turn: load again
@@ -187,8 +136,7 @@ class ModelCache:
 
     def failures(self) -> dict[str, str]:
         """Models whose last load failed and whose back-off has not passed, with the reason."""
-        now = self._clock()
-        return {m: f.message for m, f in self._failures.items() if now < f.retry_at}
+        return self._failures.reasons()
 
     def adopt(self, models: list[str]) -> None:
         """Models the runtime loaded at start (the warm set) count as resident and admitted."""
@@ -201,35 +149,8 @@ class ModelCache:
         return model in self._resident
 
     def check(self, model: str) -> None:
-        """Raise why `model` cannot be served now: not servable, or its last load failed and its
-        back-off has not passed. A model that can is ready, resident here or not."""
-        if model not in self._found:
-            self._admit(model)
-        self._raise_failure(model)
-
-    async def _admitted(self, model: str) -> None:
-        """`check`, where a model unknown here is looked for in the repository (added since)."""
-        try:
-            self.check(model)
-        except ModelNotFoundError:
-            if not is_model_name(model) or not await self._runtime.in_repository(model):
-                raise
-            self._found.add(model)
-            self._raise_failure(model)
-
-    def _parameters(self, model: str) -> LoadParameters | None:
-        """What `model` loads with now; None once the deployment no longer serves it."""
-        try:
-            return self._admit(model)
-        except ModelNotFoundError:  # added to the repository since the start: no override
-            return NO_PARAMETERS if model in self._found else None
-        except ServeAppError:  # unloaded for the deployment meanwhile
-            return None
-
-    def _raise_failure(self, model: str) -> None:
-        failure = self._failures.get(model)
-        if failure is not None and self._clock() < failure.retry_at:
-            raise failure.kind(failure.message)  # a fresh one: a raise would keep every request's frames
+        """Raise why `model` cannot be served now (see `Servable.check`)."""
+        self._servable.check(model)
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -256,7 +177,7 @@ class ModelCache:
         except BaseException:
             await self._free("load", model)
             raise
-        self._failures.pop(model, None)
+        self._failures.forget(model)
         self._load_s[model] = load_s
         size = max(estimate, grew)
         entry = Resident(
@@ -283,49 +204,26 @@ class ModelCache:
         loaded_with: LoadParameters | None = None
         load_s, grew = 0.0, 0
         while True:
-            parameters = self._parameters(model)
+            parameters = self._servable.parameters(model)
             if parameters is None:
                 if loaded_with is not None:
                     await self._unload(model)
-                self._admit(model)  # raises the deployment's reason
+                self._servable.raise_reason(model)
                 raise unknown_model(model)
             if loaded_with is not None and dict(parameters) == dict(loaded_with):
                 return load_s, grew
             # Measured alone, and not the replica's first load: that one also pays the runtime's
             # one-time costs (the backend's libraries, a CUDA context), which no model frees.
-            # Nor while another load ran: its memory would count as this model's.
             alone = len(self._reserved) == 1 and self.counters.loads > 0
-            before = await self._measure() if alone else 0
-            self._loads_started += 1
-            starts = self._loads_started
             started = self._clock()
             try:
-                await self._runtime.load(model, parameters)
+                grew = await self._meter.load(alone, self._runtime.load(model, parameters))
             except ServeAppError as exc:
-                self._failed(model, exc)
+                self._failures.record(model, exc)
+                self.counters.unloads["failed"] += 1
                 raise
             load_s = self._clock() - started
-            alone = alone and self._loads_started == starts
-            grew = await self._measure() - before if alone else 0
             loaded_with = parameters
-
-    async def _measure(self) -> int:
-        """Memory in use now, freed memory given back first: a load's growth is then what the model
-        holds, not the buffers it read its files into (which the C heap would otherwise keep)."""
-
-        def measure() -> int:
-            self._release()
-            return self._memory_used()
-
-        return await asyncio.to_thread(measure)
-
-    def _failed(self, model: str, error: ServeAppError) -> None:
-        previous = self._failures.get(model)
-        attempts = previous.attempts + 1 if previous else 1
-        retry_in = BACKOFF_S[min(attempts, len(BACKOFF_S)) - 1]
-        self._failures[model] = Failure(type(error), str(error), self._clock() + retry_in, attempts)
-        self.counters.unloads["failed"] += 1
-        logger.warning("model '%s' failed to load (again in %.0f s): %s", model, retry_in, error)
 
     def _lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
@@ -450,7 +348,7 @@ class ModelCache:
         except Exception:  # logged; its room is given back whatever happened
             logger.exception("unloading model '%s' (%s) failed", model, reason)
         finally:
-            await asyncio.to_thread(self._release)
+            await self._meter.give_back()
             await self._free("unload", model)
 
     async def _unload(self, model: str) -> None:
@@ -516,9 +414,9 @@ class ModelCache:
     async def reload(self, model: str) -> None:
         """The repository or a client changed `model`: load it again where it is resident (a load
         under way checks the deployment's parameters again when it ends)."""
-        self._failures.pop(model, None)
+        self._failures.forget(model)
         if model in self._resident:
-            parameters = self._parameters(model)
+            parameters = self._servable.parameters(model)
             async with self._lock(model):
                 if parameters is not None and model in self._resident:
                     await self._runtime.load(model, parameters)
@@ -526,7 +424,7 @@ class ModelCache:
     async def drop(self, model: str) -> None:
         """A client unloaded `model` (or it left the repository): unload it here once its requests
         end (a load under way unloads it when it ends)."""
-        self._failures.pop(model, None)
+        self._failures.forget(model)
         async with self._room:
             entry = self._resident.pop(model, None)
             if entry is not None:

@@ -6,12 +6,13 @@ resident set; a model's files are the estimate that decides, before it loads, wh
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 
 from serve_app.gpu_metrics import GpuReader
@@ -44,6 +45,38 @@ def trim_heap() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+class LoadMeter:
+    """What a load adds to the memory in use, where that can be told: measured alone (no other load
+    beside it, whose memory would count as its own), with freed memory given back before and after
+    (else the buffers its files were read into would count, which the C heap keeps)."""
+
+    def __init__(self, memory_used: Callable[[], int], release: Callable[[], None]) -> None:
+        self._memory_used = memory_used
+        self._release = release
+        self._loads = 0
+
+    async def load(self, alone: bool, load: Awaitable[None]) -> int:
+        """Await `load`; the bytes it added, or 0 when `alone` is false or another load ran beside it."""
+        before = await self.in_use() if alone else 0
+        self._loads += 1
+        number = self._loads
+        await load
+        return await self.in_use() - before if alone and self._loads == number else 0
+
+    async def in_use(self) -> int:
+        """Memory in use now, freed memory given back first."""
+
+        def measure() -> int:
+            self._release()
+            return self._memory_used()
+
+        return await asyncio.to_thread(measure)
+
+    async def give_back(self) -> None:
+        """Freed memory back to the system (after an unload)."""
+        await asyncio.to_thread(self._release)
 
 
 def memory_meter(gpu_ids: tuple[str, ...]) -> Callable[[], int]:

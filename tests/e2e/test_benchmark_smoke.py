@@ -34,15 +34,20 @@ pytestmark = [
 ]
 
 
-def test_benchmark_smoke_reports_every_contender(tmp_path: Path) -> None:
+def run_smoke(module: str, out: Path, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], str]:
+    """`python -m <module> --smoke --out <out>`: the process, and its output's last lines."""
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(tmp_path)],
+        [sys.executable, "-m", module, "--smoke", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout_s,
     )
-    output = completed.stdout[-4000:] + completed.stderr[-4000:]
+    return completed, completed.stdout[-4000:] + completed.stderr[-4000:]
+
+
+def test_benchmark_smoke_reports_every_contender(tmp_path: Path) -> None:
+    completed, output = run_smoke("benchmarks.run", tmp_path, timeout_s=300)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["failures"] == [], output
     assert completed.returncode == 0, output
@@ -85,14 +90,7 @@ def test_placement_benchmark_smoke_reports_every_contender(tmp_path: Path) -> No
     """Every contender of the smoke preset served the Zipf load with no failed request, hits and
     misses both seen (more models than the replicas hold), and each model's requests went to one
     replica under HAProxy's hash."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.placement", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    output = completed.stdout[-4000:] + completed.stderr[-4000:]
+    completed, output = run_smoke("benchmarks.placement", tmp_path, timeout_s=240)
     assert completed.returncode == 0, output
     results = json.loads((tmp_path / "placement.json").read_text())
     rows = {row["contender"]: row for row in results["rows"]}

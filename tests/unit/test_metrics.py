@@ -18,7 +18,8 @@ from serve_app.errors import InvalidInputError
 from serve_app.infer_types import InferRequest, InputTensor
 from serve_app.metrics import ReplicaMetrics, _Instruments
 from serve_app.model_state.replica import DeploymentModels
-from serve_app.residency.cache import Budget, Counters, ModelCache
+from serve_app.residency.cache import ModelCache
+from serve_app.residency.types import Budget, Counters
 from serve_app.runtimes.torch.runtime import TorchRuntime
 
 pytestmark = pytest.mark.anyio

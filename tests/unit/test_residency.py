@@ -13,8 +13,9 @@ import anyio
 import pytest
 
 from serve_app.errors import InsufficientStorageError, ModelNotFoundError, ModelNotReadyError
-from serve_app.residency.cache import Budget, ModelCache
+from serve_app.residency.cache import ModelCache
 from serve_app.residency.policy import Frequencies
+from serve_app.residency.types import Budget
 
 pytestmark = pytest.mark.anyio
 
@@ -310,7 +311,7 @@ async def test_a_name_that_is_no_model_directory_is_refused_before_the_repositor
     )
     with pytest.raises(ModelNotFoundError):
         await request(cache, name)
-    assert runtime.looked_up == [] and runtime.loads == [] and not cache._failures
+    assert runtime.looked_up == [] and runtime.loads == [] and not cache.failures()
 
 
 async def test_an_unload_during_a_load_wins() -> None:
