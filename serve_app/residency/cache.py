@@ -4,16 +4,16 @@
 request loads it (concurrent requests for it wait for that one load; loads of different models
 run side by side). When the replica is full (`max_models`, `memory_bytes`), idle models are
 evicted by `policy.priority`, never one with a request in flight or one that requests are waiting
-to take; a newcomer worth less than what it would displace is served from one spare model's room
-and dropped once idle, so the replica never holds more than its budget plus one model. A model
+to take; a newcomer asked for less often than what it would displace waits for one spare model's
+room (at most its own load's time), is served there and dropped once idle, so the replica never
+holds more than its budget plus one model. A model
 larger than the whole budget is refused (507) instead of emptying the replica for it; a load that
 fails is answered at once with its reason until its back-off has passed. Models idle for
 `idle_unload_s` are unloaded.
 
-Decisions about room are taken under one condition (`_room`), and take effect there at once:
-victims leave `_resident` before anything is awaited, so no request can take one of them after
-its eviction was decided. The runtime's loads and unloads run outside it, each under its model's
-lock; the room is never waited for with a model's lock held, so the two never deadlock.
+Decisions about room take effect under one condition (`_room`) at once: victims leave `_resident`
+before anything is awaited, so no request takes a model whose eviction was decided. Loads and
+unloads run outside it under their model's lock, never waiting for the room: no deadlock.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 from serve_app.errors import InsufficientStorageError, ModelNotFoundError, ServeAppError, unknown_model
 from serve_app.residency.admission import Servable
 from serve_app.residency.memory import LoadMeter
-from serve_app.residency.policy import Frequencies, priority
+from serve_app.residency.policy import Frequencies, admits, expected_load_s, priority
 from serve_app.residency.types import (
     Admission,
     Budget,
@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 KEPT_LOAD_TIMES = 4096
 # Frequencies are halved every this many requests per slot of the budget (TinyLFU's sample).
 WINDOW_PER_SLOT = 20
+# A newcomer not worth a resident's room waits for the spare room as long as its own load takes (at
+# least this long) before it evicts the lowest-priority idle model instead.
+SPARE_WAIT_S = 0.05
 
 
 class ModelCache:
@@ -242,6 +245,10 @@ class ModelCache:
 
     async def _make_room(self, model: str, estimate: int) -> bool:
         """Reserve room for `model`: True when admitted (within the budget), False in the spare room."""
+        sizes = {m: e.size_bytes for m, e in self._resident.items()}
+        load_s = expected_load_s(model, estimate, self._load_s, sizes)
+        patience = max(SPARE_WAIT_S, load_s)
+        asked = self._clock()
         async with self._room:
             while True:
                 if self._fits(1, estimate):
@@ -252,12 +259,11 @@ class ModelCache:
                     # twice (by the unload and by evicting more models for them).
                     await self._wait_for_room()
                     continue
-                worth = priority(
-                    self._age, self._frequencies.of(model), self._load_time(model, estimate), estimate
-                )
                 victims = self._victims(1, estimate)
                 spare_free = not self._spare_loading and all(e.admitted for e in self._resident.values())
-                if victims is not None and (worth > max(v.priority for _, v in victims) or not spare_free):
+                waited = not spare_free and self._clock() - asked >= patience
+                newcomer = (model, load_s, estimate)
+                if victims is not None and (waited or admits(self._frequencies, newcomer, victims)):
                     self._evict_later(victims, "evicted")
                     self._reserved["load", model] = estimate
                     return True
@@ -270,13 +276,15 @@ class ModelCache:
                         self._reserved["load", model] = estimate
                         self._spare_loading.add(model)
                         return False
-                await self._wait_for_room()
+                # The spare room is taken: wait for it, a while at most where victims could go.
+                await self._wait_for_room(patience if victims is not None else None)
 
-    async def _wait_for_room(self) -> None:
-        """Wait (holding `_room`) until a load, an unload or a release gives room back."""
+    async def _wait_for_room(self, timeout_s: float | None = None) -> None:
+        """Wait (holding `_room`) until a load, an unload or a release gives room back, or `timeout_s`."""
         self._room_waiters += 1
         try:
-            await self._room.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), timeout_s)
         finally:
             self._room_waiters -= 1
 
@@ -297,14 +305,6 @@ class ModelCache:
                 chosen.append((name, entry))
                 models, used = models - 1, used - entry.size_bytes
             self._evict_later(chosen, "evicted")
-
-    def _load_time(self, model: str, estimate: int) -> float:
-        """How long loading `model` takes: its last load, else the replica's loads' rate per byte."""
-        if model in self._load_s:
-            return self._load_s[model]
-        loaded = [(self._load_s[m], e.size_bytes) for m, e in self._resident.items() if m in self._load_s]
-        seconds, sizes = sum(s for s, _ in loaded), sum(b for _, b in loaded)
-        return seconds / sizes * estimate if sizes else 0.0
 
     def _idle(self, model: str, entry: Resident) -> bool:
         """No request uses `model`, and none waits for it: a model just loaded is not idle until

@@ -389,3 +389,26 @@ async def test_a_load_that_another_load_overlapped_is_not_measured() -> None:
         await asyncio.sleep(0.02)
         await asyncio.gather(first, request(cache, "b"))
     assert cache._resident["a"].size_bytes == cache._resident["b"].size_bytes == 10 * MIB
+
+
+async def test_concurrent_clients_keep_the_head_while_the_spare_room_is_busy() -> None:
+    """Four clients on Zipf(1.1) over 100 models, room for 10: a cold newcomer that finds the spare
+    room taken waits for it (one load at most) instead of evicting a hot model."""
+    models = [f"m{i}" for i in range(100)]
+    trace = random.Random(3).choices(models, [1 / (i + 1) ** 1.1 for i in range(100)], k=2000)
+    cache = cache_of(SlowLoads(load_s=0.01), Budget(max_models=10))
+    measured = iter(enumerate(trace))
+    hits = 0
+
+    async def client() -> None:
+        nonlocal hits
+        for index, model in measured:
+            hits += index >= 500 and model in cache.resident()
+            await request(cache, model, hold_s=0.001)
+
+    with anyio.fail_after(60):
+        await asyncio.gather(*(client() for _ in range(4)))
+    hit_ratio = hits / 1500
+    oracle = sum(1 for m in trace[500:] if int(m[1:]) < 10) / 1500
+    print(f"\nhit ratio {hit_ratio:.3f}, oracle {oracle:.3f}")
+    assert hit_ratio >= 0.85 * oracle
