@@ -25,7 +25,7 @@ from serve_app.model_state.actor import ActorHolder, actor_config
 from serve_app.model_state.replica import DeploymentModels, OnDemand
 from serve_app.placement import Placement
 from serve_app.residency.catalog import Catalog
-from serve_app.residency.memory import memory_meter, size_estimator, trim_heap
+from serve_app.residency.memory import map_large_blocks, memory_meter, size_estimator, trim_heap
 from serve_app.residency.types import Budget
 from serve_app.runtimes.factory import start_runtime
 
@@ -166,6 +166,7 @@ def on_demand_placement(args: AppArgs, placement: Placement) -> OnDemand | None:
     if options.mode != "on_demand":
         return None
     budget = Budget(options.max_models_per_replica, options.memory_budget_bytes, options.idle_unload_s)
+    map_large_blocks()
     return OnDemand(budget, size_estimator(args.model_repository), memory_meter(placement.gpu_ids), trim_heap)
 
 

@@ -30,10 +30,32 @@ def process_rss() -> int:
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return getattr(libc, "malloc_trim", None)  # glibc only
+    return ctypes.CDLL(name) if name else None
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    return getattr(_libc(), "malloc_trim", None)  # glibc only
+
+
+# mallopt's M_MMAP_THRESHOLD, and the size from which allocations get their own mapping (glibc's
+# default starts at 128 KiB and rises to the largest block freed, up to 32 MiB).
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 4 * 2**20
+
+
+def map_large_blocks() -> None:
+    """Give every block of `MMAP_THRESHOLD_BYTES` or more its own mapping, returned to the system
+    when freed, whatever was freed before (glibc only).
+
+    glibc raises its threshold to the largest mapped block freed: once a model's tensors were
+    freed, the next model's (tens of MiB) went to the heaps of the threads that loaded them, which
+    trimming cannot shrink past the blocks still in use above them; a CPU replica's resident set
+    then grew by gigabytes while models came and went (torch runtime, placement benchmark)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def trim_heap() -> None:

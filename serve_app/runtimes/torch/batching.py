@@ -143,6 +143,9 @@ class Scheduler:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        # A cancelled task keeps its traceback, whose frames hold this scheduler (and so the model):
+        # let the tasks go, or the model's memory waits for the garbage collector's next full pass.
+        self._workers = []
 
     async def _work(self) -> None:
         """One model instance: take a batch, run it; a fault here fails the scheduler, never hangs it."""
