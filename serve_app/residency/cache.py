@@ -6,10 +6,9 @@ run side by side). When the replica is full (`max_models`, `memory_bytes`), idle
 evicted by `policy.priority`, never one with a request in flight or one that requests are waiting
 to take; a newcomer asked for less often than what it would displace waits for one spare model's
 room (at most its own load's time), is served there and dropped once idle, so the replica never
-holds more than its budget plus one model. A model
-larger than the whole budget is refused (507) instead of emptying the replica for it; a load that
-fails is answered at once with its reason until its back-off has passed. Models idle for
-`idle_unload_s` are unloaded.
+holds more than its budget plus one model. A model larger than the whole budget is refused (507)
+instead of emptying the replica for it; a load that fails is answered at once with its reason
+until its back-off has passed. Models idle for `idle_unload_s` are unloaded.
 
 Decisions about room take effect under one condition (`_room`) at once: victims leave `_resident`
 before anything is awaited, so no request takes a model whose eviction was decided. Loads and
