@@ -161,7 +161,8 @@ def process_age_s() -> float:
 
 
 def on_demand_placement(args: AppArgs, placement: Placement) -> OnDemand | None:
-    """`args.model_placement` for a replica: its budget, and how it estimates and measures model sizes."""
+    """`args.model_placement` for a replica: its budget, and how it estimates and measures model sizes.
+    On demand it also has this process map large blocks (`map_large_blocks`): models come and go."""
     options = args.model_placement
     if options.mode != "on_demand":
         return None
